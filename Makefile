@@ -1,0 +1,53 @@
+# Cube: `make up` installs what is missing, builds, and runs Cube on this
+# machine; `make test` runs every test. Both need root (cgroups, mounts,
+# network namespaces), as Cube itself does.
+
+GO       ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+BIN      := bin/cube
+PREFIX   ?= /usr/local
+# Debian packages Cube runs with (runc, CNI plugins, iptables) and tests
+# with (a real OCI registry, busybox for test images).
+RUN_PKGS  := runc containernetworking-plugins iptables iproute2
+TEST_PKGS := docker-registry busybox-static
+GOFLAGS_TEST ?= -count=1 -timeout 45m
+
+.PHONY: all build deps deps-test up test vet install clean
+
+all: build
+
+# deps installs the missing Debian packages only (apt-get when missing).
+deps:
+	@missing=""; for p in $(RUN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+deps-test: deps
+	@missing=""; for p in $(TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+build:
+	$(GO) build -o $(BIN) ./cmd/cube
+
+install: build
+	install -m 0755 $(BIN) $(PREFIX)/bin/cube
+
+# up: everything on this machine, in the foreground (Ctrl-C stops the
+# control plane; instances keep running and the next `make up` adopts them).
+up: deps install
+	$(PREFIX)/bin/cube up
+
+vet:
+	$(GO) vet ./...
+
+# test: every test, with the race detector on every package (most start
+# goroutines). The end-to-end suite builds its own cube binary.
+test: deps-test vet
+	$(GO) test -race $(GOFLAGS_TEST) ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,276 @@
+// Package v1 holds Cube's wire types (the REST API's JSON), their validation
+// and the OpenAPI document generated from them. It does no I/O and depends
+// on nothing else in Cube.
+package v1
+
+import "time"
+
+// Version is the apiVersion of every object here.
+const Version = "v1"
+
+// ObjectMeta is common to every object.
+type ObjectMeta struct {
+	// Name is unique per tenant (instances, images) or per cluster (nodes).
+	Name string `json:"name"`
+	// Tenant owns the object; set by the server from the caller's token.
+	Tenant string `json:"tenant,omitempty"`
+	// UID is unique across time: a re-created name gets a new UID.
+	UID string `json:"uid,omitempty"`
+	// ResourceVersion changes on every write; send it back on update for
+	// optimistic concurrency (409 Conflict when stale).
+	ResourceVersion string            `json:"resourceVersion,omitempty"`
+	Labels          map[string]string `json:"labels,omitempty"`
+	// CreationTimestamp is set by the server.
+	CreationTimestamp time.Time `json:"creationTimestamp,omitzero"`
+	// DeletionTimestamp is set when deletion was requested and the node is
+	// still tearing the instance down.
+	DeletionTimestamp *time.Time `json:"deletionTimestamp,omitempty"`
+}
+
+// Instance is the unit users run: 1+ containers sharing one sandbox, one IP
+// and one lifecycle.
+type Instance struct {
+	APIVersion string         `json:"apiVersion"`
+	Kind       string         `json:"kind"`
+	Metadata   ObjectMeta     `json:"metadata"`
+	Spec       InstanceSpec   `json:"spec"`
+	Status     InstanceStatus `json:"status"`
+}
+
+// RestartPolicy says when a container that exited is started again.
+type RestartPolicy string
+
+const (
+	RestartAlways    RestartPolicy = "Always"
+	RestartOnFailure RestartPolicy = "OnFailure"
+	RestartNever     RestartPolicy = "Never"
+)
+
+// InstanceSpec is what the user asks for.
+type InstanceSpec struct {
+	Containers []Container `json:"containers"`
+	// RestartPolicy defaults to Always.
+	RestartPolicy RestartPolicy `json:"restartPolicy,omitempty"`
+}
+
+// Container is one process tree of an instance.
+type Container struct {
+	// Name defaults to "main" for a single container.
+	Name string `json:"name"`
+	// Image is a reference the tenant imported or pulled ("busybox",
+	// "127.0.0.1:5000/app:v1").
+	Image string `json:"image"`
+	// ImageDigest is the manifest digest the image resolved to at
+	// admission; set by the server.
+	ImageDigest string `json:"imageDigest,omitempty"`
+	// Command replaces the image's entrypoint.
+	Command []string `json:"command,omitempty"`
+	// Args replaces the image's cmd.
+	Args       []string        `json:"args,omitempty"`
+	Env        []EnvVar        `json:"env,omitempty"`
+	WorkingDir string          `json:"workingDir,omitempty"`
+	Ports      []ContainerPort `json:"ports,omitempty"`
+	Resources  Resources       `json:"resources,omitempty"`
+}
+
+// EnvVar is one environment variable.
+type EnvVar struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// ContainerPort is a port the container listens on, optionally published
+// on the node.
+type ContainerPort struct {
+	ContainerPort int `json:"containerPort"`
+	// HostPort publishes the port on the node (0: not published).
+	HostPort int `json:"hostPort,omitempty"`
+	// Protocol is "TCP" (default) or "UDP".
+	Protocol string `json:"protocol,omitempty"`
+}
+
+// Resources are limits, which are also what the scheduler reserves.
+type Resources struct {
+	// CPU in cores: "0.5", "2", or millicores "500m". Default "1".
+	CPU string `json:"cpu,omitempty"`
+	// Memory in bytes with an optional unit: "256Mi", "1Gi", "512M".
+	// Default "256Mi".
+	Memory string `json:"memory,omitempty"`
+}
+
+// Phase of an instance.
+type Phase string
+
+const (
+	PhasePending   Phase = "Pending"
+	PhaseScheduled Phase = "Scheduled"
+	PhaseCreating  Phase = "Creating"
+	PhaseRunning   Phase = "Running"
+	PhaseSucceeded Phase = "Succeeded"
+	PhaseFailed    Phase = "Failed"
+)
+
+// Terminal reports whether nothing will run in this phase again.
+func (p Phase) Terminal() bool { return p == PhaseSucceeded || p == PhaseFailed }
+
+// InstanceStatus is what the platform observed.
+type InstanceStatus struct {
+	Phase Phase `json:"phase,omitempty"`
+	// Reason is a CamelCase word (Unschedulable, OOMKilled, Error…).
+	Reason string `json:"reason,omitempty"`
+	// Message explains Reason to a person.
+	Message string `json:"message,omitempty"`
+	// Node the instance is bound to.
+	Node string `json:"node,omitempty"`
+	// IP on the node's instance network.
+	IP         string            `json:"ip,omitempty"`
+	Containers []ContainerStatus `json:"containers,omitempty"`
+	// Timestamps of each phase.
+	ScheduledAt *time.Time `json:"scheduledAt,omitempty"`
+	CreatingAt  *time.Time `json:"creatingAt,omitempty"`
+	RunningAt   *time.Time `json:"runningAt,omitempty"`
+	FinishedAt  *time.Time `json:"finishedAt,omitempty"`
+}
+
+// ContainerState is the state of one container.
+type ContainerState string
+
+const (
+	ContainerWaiting    ContainerState = "Waiting"
+	ContainerRunning    ContainerState = "Running"
+	ContainerTerminated ContainerState = "Terminated"
+)
+
+// ContainerStatus reports one container.
+type ContainerStatus struct {
+	Name         string         `json:"name"`
+	State        ContainerState `json:"state"`
+	ExitCode     int            `json:"exitCode"`
+	Signal       int            `json:"signal,omitempty"`
+	OOMKilled    bool           `json:"oomKilled,omitempty"`
+	RestartCount int            `json:"restartCount"`
+	Reason       string         `json:"reason,omitempty"`
+	StartedAt    *time.Time     `json:"startedAt,omitempty"`
+	FinishedAt   *time.Time     `json:"finishedAt,omitempty"`
+}
+
+// Node is a host that runs instances.
+type Node struct {
+	APIVersion string     `json:"apiVersion"`
+	Kind       string     `json:"kind"`
+	Metadata   ObjectMeta `json:"metadata"`
+	Spec       NodeSpec   `json:"spec"`
+	Status     NodeStatus `json:"status"`
+}
+
+// NodeSpec is set by the operator.
+type NodeSpec struct {
+	// Unschedulable keeps new instances off the node.
+	Unschedulable bool `json:"unschedulable,omitempty"`
+}
+
+// NodeStatus is reported by the node agent and completed by the server.
+type NodeStatus struct {
+	// Capacity of the node ("cpu" in cores, "memory" in bytes with unit).
+	Capacity Resources `json:"capacity"`
+	// Allocated is the sum of the limits of the instances bound here;
+	// computed by the server.
+	Allocated Resources `json:"allocated"`
+	// Instances bound here (not finished); computed by the server.
+	Instances int `json:"instances"`
+	// Address is where the node agent serves logs and exec to the server.
+	Address string `json:"address,omitempty"`
+	// Backend is the sandbox backend ("runc").
+	Backend string `json:"backend,omitempty"`
+	// Ready is true while the node's heartbeat lease is alive.
+	Ready         bool       `json:"ready"`
+	LastHeartbeat *time.Time `json:"lastHeartbeat,omitempty"`
+}
+
+// Image is an image a tenant imported or pulled.
+type Image struct {
+	APIVersion string     `json:"apiVersion"`
+	Kind       string     `json:"kind"`
+	Metadata   ObjectMeta `json:"metadata"` // Name is the normalized reference
+	Digest     string     `json:"digest"`
+	Size       int64      `json:"size"`
+}
+
+// PullRequest asks the server to pull an image from a registry.
+type PullRequest struct {
+	Image string `json:"image"`
+	// Insecure allows plain HTTP to the registry.
+	Insecure bool `json:"insecure,omitempty"`
+}
+
+// EventType of a watch event.
+type EventType string
+
+const (
+	EventAdded    EventType = "ADDED"
+	EventModified EventType = "MODIFIED"
+	EventDeleted  EventType = "DELETED"
+)
+
+// WatchEvent is one line of a `?watch=true` stream.
+type WatchEvent[T any] struct {
+	Type   EventType `json:"type"`
+	Object T         `json:"object"`
+}
+
+// List is the body of a list response.
+type List[T any] struct {
+	Items []T `json:"items"`
+	// ResourceVersion of the list; watch from here to miss nothing.
+	ResourceVersion string `json:"resourceVersion"`
+}
+
+// ErrorBody is the JSON body of every error response.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail describes one error.
+type ErrorDetail struct {
+	// Code is a CamelCase class: InvalidArgument, NotFound, AlreadyExists,
+	// Conflict, Unauthorized, QuotaExceeded, Timeout, Internal.
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Field is the JSON path of the offending field, when there is one.
+	Field string `json:"field,omitempty"`
+}
+
+// Object is implemented by every top-level API object.
+type Object interface {
+	Meta() *ObjectMeta
+}
+
+func (in *Instance) Meta() *ObjectMeta { return &in.Metadata }
+func (n *Node) Meta() *ObjectMeta      { return &n.Metadata }
+func (i *Image) Meta() *ObjectMeta     { return &i.Metadata }
+
+// ExecRequest is the body of POST /v1/instances/{name}/exec. The response
+// upgrades the connection ("Upgrade: cube-stream") to a framed stream of
+// stdin, stdout, stderr, resize and exit frames.
+type ExecRequest struct {
+	// Container defaults to the first container.
+	Container string   `json:"container,omitempty"`
+	Command   []string `json:"command"`
+	Env       []string `json:"env,omitempty"`
+	// TTY allocates a terminal (stdout and stderr are merged).
+	TTY bool `json:"tty,omitempty"`
+}
+
+// StreamProtocol is the Upgrade token of exec connections.
+const StreamProtocol = "cube-stream"
+
+// TenantRequest creates a tenant (admin only).
+type TenantRequest struct {
+	Name string `json:"name"`
+}
+
+// TenantToken is the answer to a tenant creation: the token is shown once.
+type TenantToken struct {
+	Name  string `json:"name"`
+	Token string `json:"token"`
+}

@@ -1,0 +1,160 @@
+package v1
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// FieldError is a validation failure of one field; the API answers it with
+// 422 and the field's path.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// Defaults applied to containers that do not say.
+const (
+	DefaultCPU    = "1"
+	DefaultMemory = "256Mi"
+	// MinMemory keeps a container able to start at all.
+	MinMemory = 4 << 20
+)
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+var envRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
+var labelKeyRE = regexp.MustCompile(`^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$`)
+
+// ValidateName checks an object name (DNS label: what a hostname allows).
+func ValidateName(field, name string) error {
+	if !nameRE.MatchString(name) {
+		return &FieldError{field, fmt.Sprintf("%q is not a valid name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit", name)}
+	}
+	return nil
+}
+
+// SetDefaults fills what the user may omit. It is idempotent.
+func (in *Instance) SetDefaults() {
+	in.APIVersion, in.Kind = Version, "Instance"
+	if in.Spec.RestartPolicy == "" {
+		in.Spec.RestartPolicy = RestartAlways
+	}
+	for i := range in.Spec.Containers {
+		c := &in.Spec.Containers[i]
+		if c.Name == "" && len(in.Spec.Containers) == 1 {
+			c.Name = "main"
+		}
+		if c.Resources.CPU == "" {
+			c.Resources.CPU = DefaultCPU
+		}
+		if c.Resources.Memory == "" {
+			c.Resources.Memory = DefaultMemory
+		}
+		for j := range c.Ports {
+			if c.Ports[j].Protocol == "" {
+				c.Ports[j].Protocol = "TCP"
+			}
+			c.Ports[j].Protocol = strings.ToUpper(c.Ports[j].Protocol)
+		}
+	}
+}
+
+// Validate checks a defaulted instance spec; the first problem is returned
+// as a *FieldError.
+func (in *Instance) Validate() error {
+	if err := ValidateName("metadata.name", in.Metadata.Name); err != nil {
+		return err
+	}
+	for k, v := range in.Metadata.Labels {
+		if !labelKeyRE.MatchString(k) {
+			return &FieldError{"metadata.labels", fmt.Sprintf("label key %q is invalid: use letters, digits, '-', '_', '.' with an optional DNS prefix", k)}
+		}
+		if len(v) > 63 {
+			return &FieldError{"metadata.labels." + k, "label value is longer than 63 characters"}
+		}
+	}
+	switch in.Spec.RestartPolicy {
+	case RestartAlways, RestartOnFailure, RestartNever:
+	default:
+		return &FieldError{"spec.restartPolicy", fmt.Sprintf("%q is not one of Always, OnFailure, Never", in.Spec.RestartPolicy)}
+	}
+	if len(in.Spec.Containers) == 0 {
+		return &FieldError{"spec.containers", "at least one container is required"}
+	}
+	names := map[string]bool{}
+	hostPorts := map[string]bool{}
+	containerPorts := map[string]bool{}
+	for i, c := range in.Spec.Containers {
+		f := fmt.Sprintf("spec.containers[%d]", i)
+		if err := ValidateName(f+".name", c.Name); err != nil {
+			return err
+		}
+		if names[c.Name] {
+			return &FieldError{f + ".name", fmt.Sprintf("container name %q is used twice", c.Name)}
+		}
+		names[c.Name] = true
+		if strings.TrimSpace(c.Image) == "" {
+			return &FieldError{f + ".image", "an image is required"}
+		}
+		cpu, err := ParseCPU(c.Resources.CPU)
+		if err != nil {
+			return &FieldError{f + ".resources.cpu", err.Error()}
+		}
+		if cpu < 10 {
+			return &FieldError{f + ".resources.cpu", "must be at least 10m (0.01 cores)"}
+		}
+		mem, err := ParseMemory(c.Resources.Memory)
+		if err != nil {
+			return &FieldError{f + ".resources.memory", err.Error()}
+		}
+		if mem < MinMemory {
+			return &FieldError{f + ".resources.memory", fmt.Sprintf("%s is below the minimum of 4Mi", c.Resources.Memory)}
+		}
+		for j, e := range c.Env {
+			if !envRE.MatchString(e.Name) {
+				return &FieldError{fmt.Sprintf("%s.env[%d].name", f, j), fmt.Sprintf("%q is not a valid environment variable name", e.Name)}
+			}
+		}
+		for j, p := range c.Ports {
+			pf := fmt.Sprintf("%s.ports[%d]", f, j)
+			if p.ContainerPort < 1 || p.ContainerPort > 65535 {
+				return &FieldError{pf + ".containerPort", fmt.Sprintf("%d is not a port (1-65535)", p.ContainerPort)}
+			}
+			if p.HostPort < 0 || p.HostPort > 65535 {
+				return &FieldError{pf + ".hostPort", fmt.Sprintf("%d is not a port (1-65535, or 0 to not publish)", p.HostPort)}
+			}
+			if p.Protocol != "TCP" && p.Protocol != "UDP" {
+				return &FieldError{pf + ".protocol", fmt.Sprintf("%q is not TCP or UDP", p.Protocol)}
+			}
+			// All containers share one network namespace: a port can be
+			// bound by only one of them.
+			ck := fmt.Sprintf("%d/%s", p.ContainerPort, p.Protocol)
+			if containerPorts[ck] {
+				return &FieldError{pf + ".containerPort", fmt.Sprintf("port %s is declared twice in this instance", ck)}
+			}
+			containerPorts[ck] = true
+			if p.HostPort != 0 {
+				hk := fmt.Sprintf("%d/%s", p.HostPort, p.Protocol)
+				if hostPorts[hk] {
+					return &FieldError{pf + ".hostPort", fmt.Sprintf("host port %s is published twice", hk)}
+				}
+				hostPorts[hk] = true
+			}
+		}
+	}
+	return nil
+}
+
+// Requests sums the instance's cpu (millicores) and memory (bytes). The
+// spec must be valid.
+func (in *Instance) Requests() (milliCPU, memory int64) {
+	for _, c := range in.Spec.Containers {
+		cpu, _ := ParseCPU(c.Resources.CPU)
+		mem, _ := ParseMemory(c.Resources.Memory)
+		milliCPU += cpu
+		memory += mem
+	}
+	return milliCPU, memory
+}

@@ -1,0 +1,183 @@
+package apiserver
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/errdefs"
+	"github.com/cube-platform/cube/store"
+)
+
+// AdminTenant may read cluster-wide objects (nodes).
+const AdminTenant = "admin"
+
+// NodeSecretHeader carries the secret a node agent registers; the server
+// presents it back when it proxies logs and exec to that node.
+const NodeSecretHeader = "X-Cube-Node-Secret"
+
+// leaseTable remembers each node's etcd lease between heartbeats.
+type leaseTable struct {
+	mu     sync.Mutex
+	leases map[string]int64 // protected by mu
+}
+
+func newLeaseTable() *leaseTable { return &leaseTable{leases: map[string]int64{}} }
+
+func (s *Server) registerNode(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	c := callerFrom(r.Context())
+	if c.Role != store.RoleNode || c.Node != name {
+		writeError(w, fmt.Errorf("%w: only node %s's own token may register it", errdefs.ErrForbidden, name))
+		return
+	}
+	var body v1.Node
+	if err := decodeBody(r, &body); err != nil {
+		writeError(w, err)
+		return
+	}
+	if secret := r.Header.Get(NodeSecretHeader); secret != "" {
+		if err := s.store.SetNodeSecret(r.Context(), name, secret); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	nodes := s.store.Nodes()
+	key := nodes.Key(name)
+	out, err := nodes.Mutate(r.Context(), key, func(n *v1.Node) error {
+		n.Status.Capacity, n.Status.Address, n.Status.Backend = body.Status.Capacity, body.Status.Address, body.Status.Backend
+		return nil
+	})
+	if errors.Is(err, errdefs.ErrNotFound) {
+		body.APIVersion, body.Kind = v1.Version, "Node"
+		body.Metadata = v1.ObjectMeta{Name: name, UID: newUID(), CreationTimestamp: s.cfg.Now().UTC(), Labels: body.Metadata.Labels}
+		body.Status.Allocated, body.Status.Instances, body.Status.Ready = v1.Resources{}, 0, false
+		err = nodes.Create(r.Context(), key, &body)
+		out = &body
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("node registered", "node", name, "address", out.Status.Address)
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	c := callerFrom(r.Context())
+	if c.Role != store.RoleNode || c.Node != name {
+		writeError(w, fmt.Errorf("%w: only node %s's own token may heartbeat for it", errdefs.ErrForbidden, name))
+		return
+	}
+	s.leases.mu.Lock()
+	prev := s.leases.leases[name]
+	s.leases.mu.Unlock()
+	id, err := s.store.Heartbeat(r.Context(), name, s.cfg.NodeTTL, prev, s.cfg.Now())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	s.leases.mu.Lock()
+	s.leases.leases[name] = id
+	s.leases.mu.Unlock()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func canReadNodes(r *http.Request) error {
+	c := callerFrom(r.Context())
+	if c.Role == store.RoleNode || c.Tenant == AdminTenant {
+		return nil
+	}
+	return fmt.Errorf("%w: nodes are visible to the %s tenant only", errdefs.ErrForbidden, AdminTenant)
+}
+
+// NodeViews completes nodes with what the server derives: readiness from
+// the lease, and allocation from the instances bound to each.
+func NodeViews(nodes []*v1.Node, insts []*v1.Instance, alive map[string]time.Time) {
+	type agg struct {
+		cpu, mem int64
+		n        int
+	}
+	byNode := map[string]*agg{}
+	for _, in := range insts {
+		if in.Status.Node == "" || in.Status.Phase.Terminal() {
+			continue
+		}
+		a := byNode[in.Status.Node]
+		if a == nil {
+			a = &agg{}
+			byNode[in.Status.Node] = a
+		}
+		cpu, mem := in.Requests()
+		a.cpu, a.mem, a.n = a.cpu+cpu, a.mem+mem, a.n+1
+	}
+	for _, n := range nodes {
+		a := byNode[n.Metadata.Name]
+		if a == nil {
+			a = &agg{}
+		}
+		n.Status.Allocated = v1.Resources{CPU: v1.FormatCPU(a.cpu), Memory: v1.FormatMemory(a.mem)}
+		n.Status.Instances = a.n
+		beat, ok := alive[n.Metadata.Name]
+		n.Status.Ready = ok
+		if ok {
+			b := beat
+			n.Status.LastHeartbeat = &b
+		}
+	}
+}
+
+func (s *Server) nodeViews(r *http.Request) ([]*v1.Node, string, error) {
+	nodes, rev, err := s.store.Nodes().List(r.Context(), s.store.Nodes().Prefix())
+	if err != nil {
+		return nil, "", err
+	}
+	insts, _, err := s.store.Instances().List(r.Context(), s.store.Instances().Prefix())
+	if err != nil {
+		return nil, "", err
+	}
+	alive, err := s.store.AliveNodes(r.Context())
+	if err != nil {
+		return nil, "", err
+	}
+	NodeViews(nodes, insts, alive)
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Metadata.Name < nodes[j].Metadata.Name })
+	return nodes, fmt.Sprint(rev), nil
+}
+
+func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
+	if err := canReadNodes(r); err != nil {
+		writeError(w, err)
+		return
+	}
+	nodes, rev, err := s.nodeViews(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v1.List[*v1.Node]{Items: nodes, ResourceVersion: rev})
+}
+
+func (s *Server) getNode(w http.ResponseWriter, r *http.Request) {
+	if err := canReadNodes(r); err != nil {
+		writeError(w, err)
+		return
+	}
+	nodes, _, err := s.nodeViews(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	for _, n := range nodes {
+		if n.Metadata.Name == r.PathValue("name") {
+			writeJSON(w, http.StatusOK, n)
+			return
+		}
+	}
+	writeError(w, fmt.Errorf("%w: node %q not found", errdefs.ErrNotFound, r.PathValue("name")))
+}

@@ -1,0 +1,130 @@
+// Package apiserver serves Cube's REST API: authentication (bearer tokens,
+// stored hashed), validation and admission, CRUD and watch over the store,
+// image import/pull, and the proxy of logs and exec to node agents. It
+// depends on api/v1, store and image; it never talks to a shim or sandbox.
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/cube-platform/cube/image"
+	"github.com/cube-platform/cube/store"
+)
+
+// Config of the API server.
+type Config struct {
+	// Listen is the TCP address to serve on.
+	Listen string
+	// Store holds the state.
+	Store *store.Store
+	// Images is where imported and pulled images go.
+	Images image.Store
+	// Log receives structured logs.
+	Log *slog.Logger
+	// Now is the clock (tests inject one).
+	Now func() time.Time
+	// NodeTTL is how long a node stays Ready without a heartbeat.
+	NodeTTL time.Duration
+}
+
+// Validate checks the config.
+func (c *Config) Validate() error {
+	if c.Listen == "" || c.Store == nil || c.Images == nil || c.Log == nil {
+		return errors.New("apiserver: Listen, Store, Images and Log are required")
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.NodeTTL == 0 {
+		c.NodeTTL = 15 * time.Second
+	}
+	return nil
+}
+
+// Server is the running API server.
+type Server struct {
+	cfg    Config
+	store  *store.Store
+	log    *slog.Logger
+	srv    *http.Server
+	ln     net.Listener
+	errc   chan error
+	leases *leaseTable
+}
+
+// New builds a server; Start serves it.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, store: cfg.Store, log: cfg.Log.With("component", "apiserver"), errc: make(chan error, 1), leases: newLeaseTable()}
+	s.srv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
+}
+
+// Handler returns the HTTP handler (for tests).
+func (s *Server) Handler() http.Handler { return s.srv.Handler }
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /v1/openapi.json", s.openapi)
+
+	api := http.NewServeMux()
+	api.HandleFunc("POST /v1/instances", s.createInstance)
+	api.HandleFunc("GET /v1/instances", s.listInstances)
+	api.HandleFunc("GET /v1/instances/{name}", s.getInstance)
+	api.HandleFunc("DELETE /v1/instances/{name}", s.deleteInstance)
+	api.HandleFunc("PUT /v1/instances/{name}/status", s.updateInstanceStatus)
+	api.HandleFunc("GET /v1/instances/{name}/wait", s.waitInstance)
+	api.HandleFunc("GET /v1/instances/{name}/logs", s.proxyToNode("logs"))
+	api.HandleFunc("POST /v1/instances/{name}/exec", s.proxyToNode("exec"))
+	api.HandleFunc("GET /v1/nodes", s.listNodes)
+	api.HandleFunc("GET /v1/nodes/{name}", s.getNode)
+	api.HandleFunc("PUT /v1/nodes/{name}", s.registerNode)
+	api.HandleFunc("POST /v1/nodes/{name}/heartbeat", s.heartbeat)
+	api.HandleFunc("POST /v1/tenants", s.createTenant)
+	api.HandleFunc("GET /v1/images", s.listImages)
+	api.HandleFunc("POST /v1/images/import", s.importImage)
+	api.HandleFunc("POST /v1/images/pull", s.pullImage)
+	mux.Handle("/v1/", s.authenticate(api))
+	return mux
+}
+
+// Start listens and serves in the background.
+func (s *Server) Start(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another `cube up` running? pick another --listen)", s.cfg.Listen, err)
+	}
+	s.ln = ln
+	go func() {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.errc <- err
+		}
+	}()
+	s.log.Info("serving", "addr", ln.Addr().String())
+	return nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Err reports a fatal serving error.
+func (s *Server) Err() <-chan error { return s.errc }
+
+// Close stops serving; open watches and streams are cut.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.srv.Shutdown(ctx); err != nil {
+		return s.srv.Close()
+	}
+	return nil
+}

@@ -1,0 +1,164 @@
+package apiserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/errdefs"
+)
+
+// watchInstances streams one JSON event per line: first the current
+// objects as ADDED (unless the client resumes from a resourceVersion), then
+// every change.
+func (s *Server) watchInstances(w http.ResponseWriter, r *http.Request, f filter) {
+	fl, _ := w.(http.Flusher)
+	insts := s.store.Instances()
+	prefix := s.listPrefix(r)
+	enc := json.NewEncoder(w)
+	w.Header().Set("Content-Type", "application/json-seq")
+	var rev int64
+	if rv := r.URL.Query().Get("resourceVersion"); rv != "" {
+		n, err := strconv.ParseInt(rv, 10, 64)
+		if err != nil {
+			writeError(w, fmt.Errorf("%w: resourceVersion %q is not a number", errdefs.ErrInvalid, rv))
+			return
+		}
+		rev = n
+		w.WriteHeader(http.StatusOK)
+	} else {
+		items, lrev, err := insts.List(r.Context(), prefix)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		rev = lrev
+		w.WriteHeader(http.StatusOK)
+		for _, in := range items {
+			if f.match(in) {
+				_ = enc.Encode(v1.WatchEvent[*v1.Instance]{Type: v1.EventAdded, Object: in})
+			}
+		}
+	}
+	if fl != nil {
+		fl.Flush()
+	}
+	for ev := range insts.Watch(r.Context(), prefix, rev) {
+		if !f.match(ev.Object) {
+			// An object leaving the filter (e.g. rebound) is gone for
+			// this watcher.
+			continue
+		}
+		if err := enc.Encode(v1.WatchEvent[*v1.Instance]{Type: ev.Type, Object: ev.Object}); err != nil {
+			return
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+	}
+}
+
+// matchState reports whether an instance is in one of the wanted states;
+// deleted matches nothing here (the object is gone).
+func matchState(in *v1.Instance, states []string) bool {
+	for _, st := range states {
+		switch st {
+		case "exited":
+			if in.Status.Phase.Terminal() {
+				return true
+			}
+		default:
+			if strings.EqualFold(st, string(in.Status.Phase)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+var knownStates = map[string]bool{"pending": true, "scheduled": true, "creating": true, "running": true, "succeeded": true, "failed": true, "exited": true, "deleted": true}
+
+// waitInstance long-polls until the instance reaches a wanted state, ends
+// (a terminal phase ends every wait), or the timeout passes (408 with the
+// current object in the body).
+func (s *Server) waitInstance(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	states := strings.Split(strings.ToLower(q.Get("state")), ",")
+	wantDeleted := false
+	for _, st := range states {
+		if !knownStates[st] {
+			writeError(w, fmt.Errorf("%w: state %q: want one or more of running, exited, deleted, pending, scheduled, creating, succeeded, failed", errdefs.ErrInvalid, st))
+			return
+		}
+		wantDeleted = wantDeleted || st == "deleted"
+	}
+	timeout := 60 * time.Second
+	if t := q.Get("timeout"); t != "" {
+		d, err := time.ParseDuration(t)
+		if err != nil || d <= 0 {
+			writeError(w, fmt.Errorf("%w: timeout %q: want a duration such as 30s or 5m", errdefs.ErrInvalid, t))
+			return
+		}
+		timeout = min(d, 10*time.Minute)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	in, err := s.lookupInstance(r)
+	if err != nil {
+		if wantDeleted && errors.Is(err, errdefs.ErrNotFound) {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		writeError(w, err)
+		return
+	}
+	insts := s.store.Instances()
+	key := insts.Key(in.Metadata.Tenant, in.Metadata.Name)
+	rev, _ := strconv.ParseInt(in.Metadata.ResourceVersion, 10, 64)
+	events := insts.Watch(ctx, key, rev)
+	for {
+		if matchState(in, states) || (in.Status.Phase.Terminal() && !wantDeleted) {
+			writeJSON(w, http.StatusOK, in)
+			return
+		}
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				if r.Context().Err() != nil {
+					return
+				}
+				w.Header().Set("Content-Type", "application/json")
+				writeJSON(w, http.StatusRequestTimeout, v1.ErrorBody{Error: v1.ErrorDetail{
+					Code:    "Timeout",
+					Message: fmt.Sprintf("instance %q is still %s after %s%s", in.Metadata.Name, in.Status.Phase, timeout, reasonSuffix(in)),
+				}})
+				return
+			}
+			if ev.Object.Metadata.Name != in.Metadata.Name {
+				continue // a key sharing the prefix
+			}
+			if ev.Type == v1.EventDeleted {
+				if wantDeleted {
+					w.WriteHeader(http.StatusNoContent)
+					return
+				}
+				writeError(w, fmt.Errorf("%w: instance %q was deleted", errdefs.ErrNotFound, in.Metadata.Name))
+				return
+			}
+			in = ev.Object
+		}
+	}
+}
+
+func reasonSuffix(in *v1.Instance) string {
+	if in.Status.Reason == "" && in.Status.Message == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (%s: %s)", in.Status.Reason, in.Status.Message)
+}

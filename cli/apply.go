@@ -1,0 +1,193 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/errdefs"
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+)
+
+func newApplyCmd(g *globals) *cobra.Command {
+	var files []string
+	var dryRun string
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE|DIR|-",
+		Short: "Create instances from YAML or JSON files",
+		Long: `Create every instance described in the files (multi-document YAML or JSON,
+"---" between documents). apply is idempotent: an instance that exists with
+the same spec is left unchanged. Instances are immutable: to change one,
+rm it and apply again.`,
+		Example: `  cube apply -f instance.yaml
+  cube apply -f deploy/ --dry-run=client
+  cat instance.yaml | cube apply -f -`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(files) == 0 {
+				return errors.New("apply needs -f FILE, -f DIR or -f -")
+			}
+			if dryRun != "" && dryRun != "none" && dryRun != "client" && dryRun != "server" {
+				return fmt.Errorf("--dry-run %q: want client or server", dryRun)
+			}
+			var objs []*v1.Instance
+			for _, f := range files {
+				got, err := readManifests(g, f)
+				if err != nil {
+					return err
+				}
+				objs = append(objs, got...)
+			}
+			for _, in := range objs {
+				in.SetDefaults()
+				if err := in.Validate(); err != nil {
+					return err
+				}
+			}
+			if dryRun == "client" {
+				for _, in := range objs {
+					fmt.Fprintf(g.stdout, "instance/%s valid (dry run)\n", in.Metadata.Name)
+				}
+				return nil
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			for _, in := range objs {
+				if dryRun == "server" {
+					if err := c.DryRunInstance(cmd.Context(), in); err != nil {
+						return fmt.Errorf("instance/%s: %w", in.Metadata.Name, err)
+					}
+					fmt.Fprintf(g.stdout, "instance/%s valid (server dry run)\n", in.Metadata.Name)
+					continue
+				}
+				_, err := c.CreateInstance(cmd.Context(), in)
+				if errors.Is(err, errdefs.ErrAlreadyExists) {
+					cur, gerr := c.GetInstance(cmd.Context(), in.Metadata.Name)
+					if gerr != nil {
+						return gerr
+					}
+					if sameSpec(cur, in) {
+						fmt.Fprintf(g.stdout, "instance/%s unchanged\n", in.Metadata.Name)
+						continue
+					}
+					return fmt.Errorf("instance/%s exists with a different spec; instances are immutable: `cube rm --force %s` and apply again", in.Metadata.Name, in.Metadata.Name)
+				}
+				if err != nil {
+					return fmt.Errorf("instance/%s: %w", in.Metadata.Name, err)
+				}
+				fmt.Fprintf(g.stdout, "instance/%s created\n", in.Metadata.Name)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file, directory (*.yaml, *.yml, *.json) or - for stdin (repeatable)")
+	cmd.Flags().StringVar(&dryRun, "dry-run", "", "client: validate locally; server: validate and admit on the server without creating")
+	cmd.Flags().Lookup("dry-run").NoOptDefVal = "client"
+	return cmd
+}
+
+// sameSpec compares what the user wrote, ignoring what the server adds.
+func sameSpec(cur, want *v1.Instance) bool {
+	a, b := cur.Spec, want.Spec
+	a.Containers = append([]v1.Container{}, a.Containers...)
+	for i := range a.Containers {
+		a.Containers[i].ImageDigest = ""
+	}
+	return reflect.DeepEqual(a, b) && reflect.DeepEqual(cur.Metadata.Labels, nilIfEmpty(want.Metadata.Labels))
+}
+
+func nilIfEmpty(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
+func readManifests(g *globals, path string) ([]*v1.Instance, error) {
+	if path == "-" {
+		b, err := io.ReadAll(g.stdin)
+		if err != nil {
+			return nil, err
+		}
+		return parseManifests("stdin", b)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsDir() {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		return parseManifests(path, b)
+	}
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []*v1.Instance
+	for _, e := range entries {
+		ext := filepath.Ext(e.Name())
+		if e.IsDir() || (ext != ".yaml" && ext != ".yml" && ext != ".json") {
+			continue
+		}
+		got, err := readManifests(g, filepath.Join(path, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, got...)
+	}
+	return out, nil
+}
+
+// parseManifests splits multi-document YAML (JSON is YAML) and decodes each
+// document strictly, so a misspelt field is an error, not a silent default.
+func parseManifests(src string, b []byte) ([]*v1.Instance, error) {
+	var out []*v1.Instance
+	var doc bytes.Buffer
+	flush := func(n int) error {
+		if strings.TrimSpace(doc.String()) == "" {
+			doc.Reset()
+			return nil
+		}
+		var in v1.Instance
+		if err := yaml.UnmarshalStrict(doc.Bytes(), &in); err != nil {
+			return fmt.Errorf("%s: document %d: %w", src, n, err)
+		}
+		doc.Reset()
+		if in.Kind != "" && in.Kind != "Instance" {
+			return fmt.Errorf("%s: document %d: kind %q is not supported (only Instance)", src, n, in.Kind)
+		}
+		out = append(out, &in)
+		return nil
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	n := 1
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.TrimRight(line, " \t") == "---" {
+			if err := flush(n); err != nil {
+				return nil, err
+			}
+			n++
+			continue
+		}
+		doc.WriteString(line + "\n")
+	}
+	if err := flush(n); err != nil {
+		return nil, err
+	}
+	return out, sc.Err()
+}

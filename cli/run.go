@@ -1,0 +1,290 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/client"
+	"github.com/spf13/cobra"
+)
+
+type runFlags struct {
+	name, cpu, memory, restart, workdir, entrypoint string
+	env, envFiles, ports, labels                    []string
+	detach, attach, interactive, tty, rm            bool
+}
+
+func newRunCmd(g *globals) *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
+		Short: "Create and start an instance",
+		Long: `Create an instance from IMAGE and return as soon as it exists, printing its name.
+Everything after IMAGE is the command (a "--" right after IMAGE is dropped).
+With --attach (or -it) the output is streamed and cube exits with the
+instance's exit code.
+
+--env-file reads KEY=VALUE lines; blank lines and lines starting with # are
+skipped, and one pair of matching quotes around a value is stripped.`,
+		Example: `  cube run --name web --cpu 0.5 --memory 256Mi -e GREETING=hi -p 8080:80 busybox -- httpd -f -p 80
+  cube run --restart never --attach busybox -- sh -c 'echo hello; exit 3'`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			in, err := f.instance(args)
+			if err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			out, err := c.CreateInstance(ctx, in)
+			if err != nil {
+				return err
+			}
+			if !f.attach && !(f.interactive && f.tty) {
+				fmt.Fprintln(g.stdout, out.Metadata.Name)
+				return nil
+			}
+			if f.interactive {
+				fmt.Fprintln(g.stderr, "cube: warning: stdin is not attached to an instance's main process; use `cube exec -it` for an interactive shell")
+			}
+			code, err := attach(ctx, g, c, out.Metadata.Name)
+			if f.rm {
+				_ = c.DeleteInstance(context.Background(), out.Metadata.Name, true)
+			}
+			if err != nil {
+				return err
+			}
+			return &ExitError{Code: code}
+		},
+	}
+	fl := cmd.Flags()
+	fl.SetInterspersed(false)
+	fl.StringVar(&f.name, "name", "", "instance name (default: generated from the image)")
+	fl.StringVar(&f.cpu, "cpu", "", "cpu limit in cores, e.g. 0.5 or 500m (default 1)")
+	fl.StringVar(&f.cpu, "cpus", "", "alias of --cpu")
+	fl.StringVarP(&f.memory, "memory", "m", "", "memory limit, e.g. 256Mi, 1Gi, 512m (default 256Mi)")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable KEY=VALUE (repeatable; KEY alone copies it from here)")
+	fl.StringArrayVar(&f.envFiles, "env-file", nil, "read environment variables from a file (repeatable)")
+	fl.StringArrayVarP(&f.ports, "publish", "p", nil, "publish a port HOST:CONTAINER[/tcp|udp] (repeatable)")
+	fl.StringArrayVar(&f.labels, "label", nil, "set a label key=value (repeatable)")
+	fl.StringVar(&f.restart, "restart", "always", "restart policy: always|on-failure|never (Docker's no = never)")
+	fl.StringVarP(&f.workdir, "workdir", "w", "", "working directory inside the container")
+	fl.StringVar(&f.entrypoint, "entrypoint", "", "override the image's entrypoint")
+	fl.BoolVarP(&f.detach, "detach", "d", false, "accepted for Docker habits; run always returns once created")
+	fl.BoolVarP(&f.attach, "attach", "a", false, "stream the output and exit with the instance's exit code")
+	fl.BoolVarP(&f.interactive, "interactive", "i", false, "with -t: attach (see --attach)")
+	fl.BoolVarP(&f.tty, "tty", "t", false, "with -i: attach (see --attach)")
+	fl.BoolVar(&f.rm, "rm", false, "with --attach: remove the instance when it exits")
+	return cmd
+}
+
+// ParseRestart maps Docker's spellings onto the API's restart policy.
+func ParseRestart(s string) (v1.RestartPolicy, error) {
+	base, n, hasN := strings.Cut(strings.ToLower(s), ":")
+	switch base {
+	case "always", "unless-stopped":
+		return v1.RestartAlways, nil
+	case "on-failure", "onfailure":
+		if hasN {
+			if _, err := strconv.Atoi(n); err != nil {
+				return "", fmt.Errorf("--restart %q: the retry count must be a number", s)
+			}
+			fmt.Fprintln(os.Stderr, "cube: warning: --restart on-failure:N retries without a limit for now")
+		}
+		return v1.RestartOnFailure, nil
+	case "never", "no":
+		return v1.RestartNever, nil
+	}
+	return "", fmt.Errorf("--restart %q: want always, on-failure[:N] or never", s)
+}
+
+// ParsePort parses -p HOST:CONTAINER[/proto] (or CONTAINER alone: exposed,
+// not published).
+func ParsePort(s string) (v1.ContainerPort, error) {
+	spec, proto, _ := strings.Cut(s, "/")
+	if proto == "" {
+		proto = "tcp"
+	}
+	var p v1.ContainerPort
+	p.Protocol = strings.ToUpper(proto)
+	hostS, ctrS, published := strings.Cut(spec, ":")
+	if !published {
+		ctrS, hostS = hostS, ""
+	}
+	var err error
+	if p.ContainerPort, err = strconv.Atoi(ctrS); err != nil {
+		return p, fmt.Errorf("-p %q: want HOST:CONTAINER[/tcp|udp], e.g. 8080:80", s)
+	}
+	if hostS != "" {
+		if p.HostPort, err = strconv.Atoi(hostS); err != nil {
+			return p, fmt.Errorf("-p %q: want HOST:CONTAINER[/tcp|udp], e.g. 8080:80", s)
+		}
+	}
+	return p, nil
+}
+
+// ReadEnvFile reads KEY=VALUE lines, stripping one pair of matching quotes.
+func ReadEnvFile(path string) ([]v1.EnvVar, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--env-file: %w", err)
+	}
+	defer f.Close()
+	var out []v1.EnvVar
+	sc := bufio.NewScanner(f)
+	for line := 1; sc.Scan(); line++ {
+		t := strings.TrimSpace(sc.Text())
+		if t == "" || strings.HasPrefix(t, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(t, "=")
+		if !ok {
+			v, ok = os.LookupEnv(k)
+			if !ok {
+				continue
+			}
+		}
+		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+			v = v[1 : len(v)-1]
+		}
+		out = append(out, v1.EnvVar{Name: strings.TrimSpace(k), Value: v})
+	}
+	return out, sc.Err()
+}
+
+func (f *runFlags) instance(args []string) (*v1.Instance, error) {
+	img := args[0]
+	command := args[1:]
+	if len(command) > 0 && command[0] == "--" {
+		command = command[1:]
+	}
+	restart, err := ParseRestart(f.restart)
+	if err != nil {
+		return nil, err
+	}
+	c := v1.Container{Image: img, WorkingDir: f.workdir, Resources: v1.Resources{CPU: f.cpu, Memory: f.memory}}
+	if f.entrypoint != "" {
+		c.Command = []string{f.entrypoint}
+		c.Args = command
+	} else if len(command) > 0 {
+		c.Command = command
+	}
+	for _, path := range f.envFiles {
+		env, err := ReadEnvFile(path)
+		if err != nil {
+			return nil, err
+		}
+		c.Env = append(c.Env, env...)
+	}
+	for _, e := range f.env {
+		k, v, ok := strings.Cut(e, "=")
+		if !ok {
+			if v, ok = os.LookupEnv(k); !ok {
+				continue
+			}
+		}
+		c.Env = append(c.Env, v1.EnvVar{Name: k, Value: v})
+	}
+	for _, p := range f.ports {
+		cp, err := ParsePort(p)
+		if err != nil {
+			return nil, err
+		}
+		c.Ports = append(c.Ports, cp)
+	}
+	labels := map[string]string{}
+	for _, l := range f.labels {
+		k, v, _ := strings.Cut(l, "=")
+		labels[k] = v
+	}
+	name := f.name
+	if name == "" {
+		name = generateName(img)
+	}
+	in := &v1.Instance{
+		APIVersion: v1.Version, Kind: "Instance",
+		Metadata: v1.ObjectMeta{Name: name, Labels: labels},
+		Spec:     v1.InstanceSpec{Containers: []v1.Container{c}, RestartPolicy: restart},
+	}
+	return in, nil
+}
+
+// generateName makes "busybox-3f2a" from "127.0.0.1:5000/lib/busybox:1.36".
+func generateName(img string) string {
+	base := img
+	if i := strings.LastIndex(base, "/"); i >= 0 {
+		base = base[i+1:]
+	}
+	base, _, _ = strings.Cut(base, "@")
+	base, _, _ = strings.Cut(base, ":")
+	var sb strings.Builder
+	for _, r := range strings.ToLower(base) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' {
+			sb.WriteRune(r)
+		}
+	}
+	s := strings.Trim(sb.String(), "-")
+	if s == "" {
+		s = "instance"
+	}
+	if len(s) > 40 {
+		s = s[:40]
+	}
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	return s + "-" + hex.EncodeToString(b[:])
+}
+
+// attach streams an instance's logs until it ends and returns the exit
+// code of its first non-zero container (0 when all succeeded).
+func attach(ctx context.Context, g *globals, c *client.Client, name string) (int, error) {
+	if _, err := waitFor(ctx, c, name, []string{"running", "exited"}, 10*time.Minute); err != nil {
+		return 0, err
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Logs(lctx, name, client.LogOptions{Follow: true, Tail: -1}, g.stdout) }()
+	var in *v1.Instance
+	for {
+		var err error
+		in, err = c.WaitInstance(ctx, name, []string{"exited"}, 5*time.Minute)
+		if err == nil {
+			break
+		}
+		if !isTimeout(err) {
+			cancel()
+			return 0, err
+		}
+	}
+	// Let the follower read the last lines the container wrote.
+	time.Sleep(500 * time.Millisecond)
+	cancel()
+	<-done
+	if in == nil {
+		return 0, fmt.Errorf("instance %q was deleted", name)
+	}
+	return exitCode(in), nil
+}
+
+func exitCode(in *v1.Instance) int {
+	for _, cs := range in.Status.Containers {
+		if cs.ExitCode != 0 {
+			return cs.ExitCode
+		}
+	}
+	if in.Status.Phase == v1.PhaseFailed {
+		return ExitCubeError
+	}
+	return 0
+}

@@ -1,0 +1,87 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/client"
+	"github.com/cube-platform/cube/internal/allinone"
+	"github.com/spf13/cobra"
+)
+
+func newUpCmd(g *globals) *cobra.Command {
+	var cfg allinone.Config
+	var etcd, logLevel string
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run the whole platform on this machine",
+		Long: `Run Cube on this machine in one process: etcd (embedded, unless
+--etcd-endpoints names a cluster), the API server, placement, and a node agent.
+On first start it creates the admin tenant and its token and writes a client
+config ($CUBE_CONFIG or ~/.config/cube/config.yaml, mode 0600) so every other
+command works with no flags. Instances keep running when cube up stops; the
+next cube up on the same --data-dir adopts them. Needs root.`,
+		Example: `  sudo cube up
+  cube up --data-dir /tmp/cube --listen 127.0.0.1:7690`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if os.Geteuid() != 0 {
+				return fmt.Errorf("cube up needs root (it manages cgroups, mounts and network namespaces): run it with sudo")
+			}
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+			}
+			cfg.Log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl}))
+			if etcd != "" {
+				cfg.EtcdEndpoints = strings.Split(etcd, ",")
+			}
+			if cfg.Capacity.CPU != "" {
+				if _, err := v1.ParseCPU(cfg.Capacity.CPU); err != nil {
+					return fmt.Errorf("--capacity-cpu: %w", err)
+				}
+			}
+			if cfg.Capacity.Memory != "" {
+				if _, err := v1.ParseMemory(cfg.Capacity.Memory); err != nil {
+					return fmt.Errorf("--capacity-memory: %w", err)
+				}
+			}
+			cfg.ClientConfig = g.configPath
+			if cfg.ClientConfig == "" {
+				cfg.ClientConfig = client.DefaultConfigPath()
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			p, err := allinone.Start(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			fmt.Fprintf(g.stderr, "Cube is up: API %s, client config %s\nTry: cube nodes; cube image import FILE.tar; cube run IMAGE\n", p.URL, cfg.ClientConfig)
+			select {
+			case <-ctx.Done():
+				fmt.Fprintln(g.stderr, "cube up: stopping (instances keep running)")
+				return nil
+			case err := <-p.Err():
+				return err
+			}
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&cfg.DataDir, "data-dir", "/var/lib/cube", "where etcd data, images, instance state and tokens live")
+	fl.StringVar(&cfg.Listen, "listen", "127.0.0.1:7680", "API server address")
+	fl.StringVar(&etcd, "etcd-endpoints", "", "comma-separated external etcd endpoints (default: embedded etcd)")
+	fl.StringVar(&cfg.NodeName, "node-name", "", "name of this node (default: hostname)")
+	fl.StringVar(&cfg.NodeListen, "node-listen", "127.0.0.1:0", "node agent address for logs and exec")
+	fl.StringVar(&cfg.Capacity.CPU, "capacity-cpu", "", "cores offered to instances (default: all)")
+	fl.StringVar(&cfg.Capacity.Memory, "capacity-memory", "", "memory offered to instances (default: all)")
+	fl.StringVar(&cfg.Subnet, "subnet", "", "instance network subnet (default 10.88.0.0/16 style, see docs)")
+	fl.StringVar(&cfg.Bridge, "bridge", "", "instance network bridge name (default cube0)")
+	fl.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	return cmd
+}

@@ -1,0 +1,210 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/image/imagetest"
+)
+
+// pushBusybox builds the busybox test image and serves it from a real
+// registry on loopback; it returns the reference to pull.
+func pushBusybox(t *testing.T) string {
+	t.Helper()
+	reg := imagetest.StartRegistry(t)
+	ref := reg + "/busybox:v1"
+	imagetest.Push(t, imagetest.BusyboxImage(t), ref)
+	return ref
+}
+
+func TestRunEndToEnd(t *testing.T) {
+	c := startCluster(t)
+	ref := pushBusybox(t)
+	c.mustCube("image", "pull", ref, "--insecure")
+	if out := c.mustCube("image", "ls"); !strings.Contains(out, "busybox") {
+		t.Fatalf("image ls = %q; want the pulled image", out)
+	}
+
+	port := freePort(t)
+	script := `mkdir -p /www && echo hello-cube > /www/index.html && echo started $GREETING && exec httpd -f -p 80 -h /www`
+	name := strings.TrimSpace(c.mustCube("run", "--name", "web", "--cpu", "0.5", "--memory", "64Mi", "-e", "GREETING=hi",
+		"-p", fmt.Sprintf("%d:80", port), ref, "--", "sh", "-c", script))
+	if name != "web" {
+		t.Fatalf("run printed %q; want the name web", name)
+	}
+	c.mustCube("wait", "web", "--for", "running", "--timeout", "60s")
+
+	c.eventually(10*time.Second, "logs show the start line", func() error {
+		out, _, _ := c.cube("", "logs", "web")
+		if !strings.Contains(out, "started hi") {
+			return fmt.Errorf("logs = %q", out)
+		}
+		return nil
+	})
+	if out := c.mustCube("exec", "web", "--", "sh", "-c", "echo $GREETING"); strings.TrimSpace(out) != "hi" {
+		t.Errorf("exec echo $GREETING = %q; want hi", out)
+	}
+	if _, _, code := c.cube("", "exec", "web", "--", "sh", "-c", "exit 7"); code != 7 {
+		t.Errorf("exec exit 7: cube exited %d; want 7", code)
+	}
+	if out, _, code := c.cube("", "exec", "-i", "web", "--", "cat"); code != 0 || out != "" {
+		t.Errorf("exec -i cat with empty stdin = %q, %d", out, code)
+	}
+
+	var body string
+	c.eventually(20*time.Second, "published port answers over HTTP", func() error {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return nil
+	})
+	if strings.TrimSpace(body) != "hello-cube" {
+		t.Errorf("GET / = %q; want hello-cube", body)
+	}
+
+	var in v1.Instance
+	if err := json.Unmarshal([]byte(c.mustCube("get", "web", "-o", "json")), &in); err != nil {
+		t.Fatal(err)
+	}
+	if in.Status.Phase != v1.PhaseRunning || in.Status.IP == "" || in.Status.Node != "e2e" ||
+		in.Status.ScheduledAt == nil || in.Status.CreatingAt == nil || in.Status.RunningAt == nil {
+		t.Fatalf("status = %+v; want Running with IP, node and phase timestamps", in.Status)
+	}
+	if out := c.mustCube("ps", "-q"); strings.TrimSpace(out) != "web" {
+		t.Errorf("ps -q = %q; want web", out)
+	}
+	if out := c.mustCube("nodes"); !strings.Contains(out, "e2e") || !strings.Contains(out, "Ready") {
+		t.Errorf("nodes = %q; want e2e Ready", out)
+	}
+
+	// A second instance reaches the first by IP.
+	c.mustCube("run", "--name", "curl", "--restart", "never", ref, "--", "sh", "-c", "wget -q -O - http://"+in.Status.IP+"/ && sleep 600")
+	c.mustCube("wait", "curl", "--for", "running", "--timeout", "60s")
+	c.eventually(20*time.Second, "instance reaches instance by IP", func() error {
+		out, _, _ := c.cube("", "logs", "curl")
+		if !strings.Contains(out, "hello-cube") {
+			return fmt.Errorf("curl logs = %q", out)
+		}
+		return nil
+	})
+
+	// rm refuses a live instance without --force, then removes every trace.
+	if _, errOut, code := c.cube("", "rm", "web"); code == 0 || !strings.Contains(errOut, "--force") {
+		t.Errorf("rm of a running instance: exit %d, stderr %q; want a refusal naming --force", code, errOut)
+	}
+	uid := in.Metadata.UID
+	c.mustCube("rm", "--force", "web")
+	if _, _, code := c.cube("", "get", "web"); code == 0 {
+		t.Error("get web succeeded after rm")
+	}
+	assertNoTrace(t, uid)
+}
+
+// assertNoTrace checks that no process, mount, cgroup or network
+// namespace of the instance is left on the host.
+func assertNoTrace(t *testing.T, uid string) {
+	t.Helper()
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), uid) {
+		t.Errorf("a mount of instance %s is left:\n%s", uid, grepLines(string(mounts), uid))
+	}
+	for _, ctl := range []string{"memory", "cpu", "pids", "cpuset"} {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", ctl, "cube", uid)); err == nil {
+			t.Errorf("cgroup %s/cube/%s is left", ctl, uid)
+		}
+	}
+	if _, err := os.Stat(filepath.Join("/run/cube/netns", uid)); err == nil {
+		t.Errorf("network namespace %s is left", uid)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, _ := os.ReadFile(p)
+		if strings.Contains(string(b), uid) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			t.Errorf("process %d of instance %s is left: %q", pid, uid, strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestSurvivesKill9 kills `cube up` while two instances run: they keep
+// running, and after a restart both are Running again and no third exists.
+func TestSurvivesKill9(t *testing.T) {
+	c := startCluster(t)
+	ref := pushBusybox(t)
+	c.mustCube("image", "pull", ref, "--insecure")
+	for _, n := range []string{"one", "two"} {
+		c.mustCube("run", "--name", n, ref, "--", "sh", "-c", "echo up; while true; do sleep 1; done")
+		c.mustCube("wait", n, "--for", "running", "--timeout", "60s")
+	}
+	ips := map[string]string{}
+	for _, n := range []string{"one", "two"} {
+		in, err := c.client.GetInstance(context.Background(), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ips[n] = in.Status.IP
+	}
+	before := shimPids(t, c.dataDir)
+	if len(before) != 2 {
+		t.Fatalf("found %d shims; want 2", len(before))
+	}
+	c.kill9()
+	time.Sleep(time.Second)
+	for _, pid := range before {
+		if !alive(pid) {
+			t.Fatalf("shim %d died with cube up", pid)
+		}
+	}
+	c.start()
+	for _, n := range []string{"one", "two"} {
+		c.mustCube("wait", n, "--for", "running", "--timeout", "60s")
+	}
+	list, err := c.client.ListInstances(context.Background(), clientListAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 2 {
+		t.Fatalf("after restart there are %d instances; want 2", len(list.Items))
+	}
+	for _, in := range list.Items {
+		if in.Status.Phase != v1.PhaseRunning || in.Status.IP != ips[in.Metadata.Name] {
+			t.Errorf("%s: phase %s ip %s; want Running with ip %s", in.Metadata.Name, in.Status.Phase, in.Status.IP, ips[in.Metadata.Name])
+		}
+		for _, cs := range in.Status.Containers {
+			if cs.RestartCount != 0 {
+				t.Errorf("%s restarted %d times; the kill must not touch it", in.Metadata.Name, cs.RestartCount)
+			}
+		}
+	}
+	after := shimPids(t, c.dataDir)
+	if fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("shims before %v, after %v; want the same processes adopted", before, after)
+	}
+	if out := c.mustCube("exec", "one", "--", "echo", "still-here"); strings.TrimSpace(out) != "still-here" {
+		t.Errorf("exec after restart = %q", out)
+	}
+}

@@ -1,0 +1,254 @@
+// Package e2e runs Cube end to end on this machine: a real `cube up`
+// (embedded etcd, API server, placement, node agent), real shims, runc,
+// CNI plugins and a real OCI registry on loopback, driven through the
+// `cube` CLI and the Go client. It needs root.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cube-platform/cube/client"
+)
+
+// cubeBin is the cube binary built once for the whole suite.
+var cubeBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		fmt.Println("e2e: skipping: needs root (cgroups, mounts, network namespaces); run `sudo make test`")
+		return 0
+	}
+	dir, err := os.MkdirTemp("", "cube-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	cubeBin = filepath.Join(dir, "cube")
+	build := exec.Command("go", "build", "-o", cubeBin, "../cmd/cube")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Println("e2e: building cube failed:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// cluster is one `cube up` under test.
+type cluster struct {
+	t       *testing.T
+	dataDir string
+	config  string
+	listen  string
+	subnet  string
+	bridge  string
+	logPath string
+	cmd     *exec.Cmd
+	client  *client.Client
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// startCluster runs `cube up` in a fresh data dir (short: unix socket
+// paths live under it) with its own bridge and subnet.
+func startCluster(t *testing.T) *cluster {
+	t.Helper()
+	dataDir, err := os.MkdirTemp("/tmp", "cube-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := randHex(2)
+	c := &cluster{
+		t: t, dataDir: dataDir, config: filepath.Join(dataDir, "client.yaml"),
+		listen:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		subnet:  fmt.Sprintf("10.%d.%d.0/24", 200+int(id[0])%50, int(id[1])*7%250),
+		bridge:  "cubee" + id,
+		logPath: filepath.Join(dataDir, "up.log"),
+	}
+	t.Cleanup(c.destroy)
+	c.start()
+	return c
+}
+
+func (c *cluster) start() {
+	c.t.Helper()
+	logf, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer logf.Close()
+	c.cmd = exec.Command(cubeBin, "up", "--data-dir", c.dataDir, "--listen", c.listen, "--config", c.config,
+		"--subnet", c.subnet, "--bridge", c.bridge, "--node-name", "e2e", "--log-level", "debug")
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if _, err := os.Stat(c.config); err == nil {
+			if resp, err := http.Get("http://" + c.listen + "/healthz"); err == nil {
+				resp.Body.Close()
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("cube up did not come up in 90s; log:\n%s", c.log())
+		}
+		if c.cmd.ProcessState != nil {
+			c.t.Fatalf("cube up exited; log:\n%s", c.log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cfg, err := client.LoadConfig(c.config)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, err := cfg.Resolve("")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.client = client.New(ctx.Server, ctx.Token)
+	// The node registers right after the API server answers.
+	c.eventually(30*time.Second, "node e2e is Ready", func() error {
+		nodes, err := c.client.ListNodes(context.Background())
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes.Items {
+			if n.Metadata.Name == "e2e" && n.Status.Ready {
+				return nil
+			}
+		}
+		return errors.New("not yet")
+	})
+}
+
+func (c *cluster) log() string {
+	b, _ := os.ReadFile(c.logPath)
+	if len(b) > 20000 {
+		b = b[len(b)-20000:]
+	}
+	return string(b)
+}
+
+// kill9 kills `cube up` (and only it: shims run in their own sessions).
+func (c *cluster) kill9() {
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	_, _ = c.cmd.Process.Wait()
+}
+
+func (c *cluster) stop() {
+	if c.cmd == nil || c.cmd.Process == nil {
+		return
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _, _ = c.cmd.Process.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		c.kill9()
+	}
+}
+
+// destroy removes every instance through Cube (so their shims, mounts,
+// cgroups and namespaces go the normal way), then stops cube up and
+// removes the bridge.
+func (c *cluster) destroy() {
+	if c.client != nil && c.cmd.ProcessState == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		list, err := c.client.ListInstances(ctx, client.ListOptions{})
+		if err == nil {
+			for _, in := range list.Items {
+				_ = c.client.DeleteInstance(ctx, in.Metadata.Name, true)
+			}
+			for _, in := range list.Items {
+				_, _ = c.client.WaitInstance(ctx, in.Metadata.Name, []string{"deleted"}, time.Minute)
+			}
+		}
+		cancel()
+	}
+	c.stop()
+	_ = exec.Command("ip", "link", "del", c.bridge).Run()
+	if c.t.Failed() {
+		c.t.Logf("cube up log:\n%s", c.log())
+	}
+	_ = os.RemoveAll(c.dataDir)
+}
+
+// cube runs the CLI against this cluster and returns stdout, stderr and
+// the exit code.
+func (c *cluster) cube(stdin string, args ...string) (string, string, int) {
+	c.t.Helper()
+	cmd := exec.Command(cubeBin, args...)
+	cmd.Env = append(os.Environ(), "CUBE_CONFIG="+c.config)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatalf("cube %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// mustCube runs the CLI and fails the test on a non-zero exit.
+func (c *cluster) mustCube(args ...string) string {
+	c.t.Helper()
+	out, errOut, code := c.cube("", args...)
+	if code != 0 {
+		c.t.Fatalf("cube %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+func (c *cluster) eventually(timeout time.Duration, what string, fn func() error) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = fn(); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.t.Fatalf("%s: still not true after %s: %v", what, timeout, err)
+}

@@ -1,0 +1,102 @@
+// Package image imports and pulls OCI images into a content-addressed store
+// on local disk and unpacks each image once into a shared, read-only root
+// filesystem. It knows nothing of tenants, the API or etcd: callers keep
+// their own name→digest records and address images here by digest.
+//
+// Archives, registries and layers are untrusted input: blobs are verified
+// against their digests before they are stored, and layers are unpacked
+// without ever following a symlink (see unpack.go for the rules).
+//
+// The package must not depend on the control plane (store, apiserver,
+// scheduler, controller), the node agent, sandbox backends or networking;
+// of Cube it imports only errdefs. Its test helpers live in imagetest,
+// which does not import this package.
+//
+// NewLocalStore is the implementation (store.go documents the on-disk
+// layout); NormalizeRef gives references their normal form.
+package image
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/cube-platform/cube/errdefs"
+)
+
+// Errors callers test with errors.Is. Each one also matches its class in
+// package errdefs (errors.Is(err, errdefs.ErrNotFound) holds for an
+// ErrNotFound), so the API edge maps them to a status without knowing this
+// package.
+var (
+	// ErrNotFound: no such image (by ref or digest) in the store or registry.
+	ErrNotFound error = &classError{"image not found", errdefs.ErrNotFound}
+	// ErrInvalidReference: the reference (or digest) does not parse.
+	ErrInvalidReference error = &classError{"invalid image reference", errdefs.ErrInvalid}
+	// ErrUnsafeLayer: a layer tries to escape the rootfs, create devices or
+	// exceed the unpack size limits.
+	ErrUnsafeLayer error = &classError{"unsafe image layer", errdefs.ErrInvalid}
+	// ErrInvalidArchive: the tar is neither an OCI layout nor a docker-archive,
+	// or it is unsafe, corrupt or too large.
+	ErrInvalidArchive error = &classError{"invalid image archive", errdefs.ErrInvalid}
+)
+
+// classError is a sentinel with its own message that unwraps to an errdefs
+// class.
+type classError struct {
+	msg   string
+	class error
+}
+
+func (e *classError) Error() string { return e.msg }
+func (e *classError) Unwrap() error { return e.class }
+
+// Image is one stored image.
+type Image struct {
+	// Ref is the normalized reference (see NormalizeRef), e.g.
+	// "docker.io/library/busybox:latest" or "127.0.0.1:5000/app:v1". An
+	// image imported without a usable name has its Digest as Ref. When one
+	// digest is stored under several names, the last one stored wins.
+	Ref string `json:"ref"`
+	// Digest is the manifest digest ("sha256:..."): the image's identity.
+	Digest string `json:"digest"`
+	// Size is the sum of compressed layer sizes in bytes.
+	Size int64 `json:"size"`
+	// Created is the image config's creation time (zero when absent).
+	Created time.Time `json:"created,omitzero"`
+	Config  Config    `json:"config"`
+}
+
+// Config is the part of the OCI image config a runtime needs.
+type Config struct {
+	Entrypoint   []string `json:"entrypoint,omitempty"`
+	Cmd          []string `json:"cmd,omitempty"`
+	Env          []string `json:"env,omitempty"`
+	WorkingDir   string   `json:"workingDir,omitempty"`
+	User         string   `json:"user,omitempty"`
+	ExposedPorts []string `json:"exposedPorts,omitempty"` // "80/tcp"
+}
+
+// PullOptions tune a registry pull.
+type PullOptions struct {
+	// Insecure allows plain HTTP (and unverified TLS) to the registry.
+	Insecure bool
+	// Progress, when set, receives human-readable progress lines.
+	Progress io.Writer
+}
+
+// Store is the node-local image store.
+type Store interface {
+	// Import reads an OCI image-layout tar or a `docker save` tar and stores
+	// every image in it; it returns what it stored.
+	Import(ctx context.Context, r io.Reader) ([]Image, error)
+	// Pull fetches ref (linux/amd64) from its registry.
+	Pull(ctx context.Context, ref string, opts PullOptions) (Image, error)
+	// Get returns a stored image by digest.
+	Get(ctx context.Context, digest string) (Image, error)
+	// List returns every stored image.
+	List(ctx context.Context) ([]Image, error)
+	// RootFS unpacks the image once (safely) and returns the path of its
+	// shared read-only root filesystem. Concurrent calls unpack once.
+	RootFS(ctx context.Context, digest string) (string, error)
+}

@@ -1,0 +1,131 @@
+package network
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// instanceState is what survives a restart of the node agent: enough to
+// answer Setup again and to run CNI DEL with the same arguments as ADD.
+// It is written before the namespace is pinned (so its ports reserve the
+// host ports while ADD runs) and removed last by Teardown, so a state file
+// exists whenever anything of the instance may be left on the host.
+type instanceState struct {
+	ID    string        `json:"id"`
+	NetNS string        `json:"netns"`
+	Ports []PortMapping `json:"ports,omitempty"`
+	// IP is set, and Ready true, once CNI ADD has succeeded. A state that
+	// is not Ready was left by a Setup that failed or crashed midway.
+	IP    string `json:"ip,omitempty"`
+	Ready bool   `json:"ready"`
+}
+
+func (s instanceState) attachment() Attachment {
+	return Attachment{NetNS: s.NetNS, IP: s.IP}
+}
+
+// stateStore keeps one JSON file per instance in dir.
+type stateStore struct {
+	dir string
+}
+
+const stateExt = ".json"
+
+func (s stateStore) path(id string) string {
+	return filepath.Join(s.dir, id+stateExt)
+}
+
+// get returns the state of id; ok is false if there is none.
+func (s stateStore) get(id string) (st instanceState, ok bool, err error) {
+	b, err := os.ReadFile(s.path(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return instanceState{}, false, nil
+	}
+	if err != nil {
+		return instanceState{}, false, fmt.Errorf("read network state of %s: %w", id, err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return instanceState{}, false, fmt.Errorf("network state file %s is corrupt (remove it after cleaning up by hand): %w", s.path(id), err)
+	}
+	return st, true, nil
+}
+
+// put replaces the state of st.ID atomically (write, fsync, rename), so a
+// crash leaves either the old or the new file.
+func (s stateStore) put(st instanceState) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode network state of %s: %w", st.ID, err)
+	}
+	f, err := os.CreateTemp(s.dir, "."+st.ID+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write network state of %s: %w", st.ID, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.path(st.ID))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write network state of %s: %w", st.ID, err)
+	}
+	return nil
+}
+
+// remove deletes the state of id; a missing file is not an error.
+func (s stateStore) remove(id string) error {
+	if err := os.Remove(s.path(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove network state of %s: %w", id, err)
+	}
+	return nil
+}
+
+// ids lists the instances with a state file, sorted.
+func (s stateStore) ids() ([]string, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list network state in %s: %w", s.dir, err)
+	}
+	var ids []string
+	for _, e := range entries {
+		name := e.Name()
+		if e.Type().IsRegular() && strings.HasSuffix(name, stateExt) && !strings.HasPrefix(name, ".") {
+			ids = append(ids, strings.TrimSuffix(name, stateExt))
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// all reads every state file. Files that vanish meanwhile (a concurrent
+// Teardown) are skipped.
+func (s stateStore) all() ([]instanceState, error) {
+	ids, err := s.ids()
+	if err != nil {
+		return nil, err
+	}
+	states := make([]instanceState, 0, len(ids))
+	for _, id := range ids {
+		st, ok, err := s.get(id)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			states = append(states, st)
+		}
+	}
+	return states, nil
+}

@@ -1,0 +1,249 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/errdefs"
+	"github.com/cube-platform/cube/image"
+	"github.com/cube-platform/cube/network"
+	"github.com/cube-platform/cube/sandbox"
+	"github.com/cube-platform/cube/shim"
+)
+
+var errNotFound = errdefs.ErrNotFound
+
+// create prepares images and network and launches the instance's shim.
+func (w *worker) create(ctx context.Context, in *v1.Instance) (*shim.Client, error) {
+	if err := os.MkdirAll(w.dir, 0o700); err != nil {
+		return nil, err
+	}
+	meta, _ := json.Marshal(instanceMeta{Tenant: in.Metadata.Tenant, Name: in.Metadata.Name, UID: in.Metadata.UID})
+	if err := os.WriteFile(filepath.Join(w.dir, "meta.json"), meta, 0o600); err != nil {
+		return nil, err
+	}
+	spec := sandbox.Spec{
+		ID:           w.uid,
+		Hostname:     in.Metadata.Name,
+		StateDir:     filepath.Join(w.dir, "sandbox"),
+		CgroupParent: "/cube/" + w.uid,
+	}
+	var ports []network.PortMapping
+	for _, c := range in.Spec.Containers {
+		cs, err := w.containerSpec(ctx, c)
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", c.Name, err)
+		}
+		spec.Containers = append(spec.Containers, cs)
+		for _, p := range c.Ports {
+			if p.HostPort != 0 {
+				ports = append(ports, network.PortMapping{HostPort: p.HostPort, ContainerPort: p.ContainerPort, Protocol: strings.ToLower(p.Protocol)})
+			}
+		}
+	}
+	nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	att, err := w.a.cfg.Network.Setup(nctx, w.uid, ports)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	attJSON, _ := json.Marshal(att)
+	if err := os.WriteFile(filepath.Join(w.dir, "attachment.json"), attJSON, 0o600); err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	w.ip = att.IP
+	w.mu.Unlock()
+	spec.NetNS = att.NetNS
+	cfg := shim.Config{
+		Sandbox:       spec,
+		RestartPolicy: string(in.Spec.RestartPolicy),
+		LogDir:        filepath.Join(w.dir, "logs"),
+		Socket:        filepath.Join(w.dir, "shim.sock"),
+	}
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, err := shim.Launch(lctx, w.a.cfg.ShimCommand, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("launch shim: %w", err)
+	}
+	return c, nil
+}
+
+// containerSpec resolves a container against its image: rootfs, argv
+// (Docker's rule: command replaces the entrypoint, args replace the cmd),
+// environment and user.
+func (w *worker) containerSpec(ctx context.Context, c v1.Container) (sandbox.ContainerSpec, error) {
+	img, err := w.a.cfg.Images.Get(ctx, c.ImageDigest)
+	if err != nil {
+		return sandbox.ContainerSpec{}, fmt.Errorf("image %s (%s): %w", c.Image, c.ImageDigest, err)
+	}
+	rootfs, err := w.a.cfg.Images.RootFS(ctx, c.ImageDigest)
+	if err != nil {
+		return sandbox.ContainerSpec{}, fmt.Errorf("unpack image %s: %w", c.Image, err)
+	}
+	argv := ResolveArgs(img.Config, c.Command, c.Args)
+	if len(argv) == 0 {
+		return sandbox.ContainerSpec{}, fmt.Errorf("no command: image %s has no entrypoint or cmd; give one after the image name", c.Image)
+	}
+	env := append([]string{}, img.Config.Env...)
+	for _, e := range c.Env {
+		env = setEnv(env, e.Name, e.Value)
+	}
+	if !hasEnv(env, "PATH") {
+		env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	cwd := c.WorkingDir
+	if cwd == "" {
+		cwd = img.Config.WorkingDir
+	}
+	user, err := resolveUser(rootfs, img.Config.User)
+	if err != nil {
+		return sandbox.ContainerSpec{}, err
+	}
+	cpu, _ := v1.ParseCPU(c.Resources.CPU)
+	mem, _ := v1.ParseMemory(c.Resources.Memory)
+	return sandbox.ContainerSpec{Name: c.Name, RootFS: rootfs, Args: argv, Env: env, WorkingDir: cwd, User: user, MilliCPU: cpu, MemoryBytes: mem}, nil
+}
+
+// ResolveArgs applies Docker's rule: a command replaces the image's
+// entrypoint and drops its cmd; args replace the cmd.
+func ResolveArgs(cfg image.Config, command, args []string) []string {
+	entry, cmd := cfg.Entrypoint, cfg.Cmd
+	if len(command) > 0 {
+		entry, cmd = command, nil
+	}
+	if len(args) > 0 {
+		cmd = args
+	}
+	return append(append([]string{}, entry...), cmd...)
+}
+
+func setEnv(env []string, k, v string) []string {
+	for i, e := range env {
+		if strings.HasPrefix(e, k+"=") {
+			env[i] = k + "=" + v
+			return env
+		}
+	}
+	return append(env, k+"="+v)
+}
+
+func hasEnv(env []string, k string) bool {
+	for _, e := range env {
+		if strings.HasPrefix(e, k+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// resolveUser turns an image's USER ("nobody", "1000:1000") into numbers,
+// reading the image's own /etc/passwd, never the host's.
+func resolveUser(rootfs, user string) (string, error) {
+	if user == "" {
+		return "", nil
+	}
+	name, group, _ := strings.Cut(user, ":")
+	if _, err := strconv.Atoi(name); err == nil && (group == "" || isNum(group)) {
+		return user, nil
+	}
+	f, err := os.Open(filepath.Join(rootfs, "etc", "passwd"))
+	if err != nil {
+		return "", fmt.Errorf("image user %q: no /etc/passwd in the image to resolve it", user)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), ":")
+		if len(fields) >= 4 && (fields[0] == name || fields[2] == name) {
+			if group == "" {
+				return fields[2] + ":" + fields[3], nil
+			}
+			if isNum(group) {
+				return fields[2] + ":" + group, nil
+			}
+			return "", fmt.Errorf("image user %q: named groups are not supported; use a numeric gid", user)
+		}
+	}
+	return "", fmt.Errorf("image user %q not found in the image's /etc/passwd", user)
+}
+
+func isNum(s string) bool {
+	_, err := strconv.Atoi(s)
+	return err == nil
+}
+
+// teardown removes every trace of an instance on this host: the shim and
+// its sandbox (processes, mounts, cgroups), the network attachment, and
+// the instance's directory with its logs. It is idempotent.
+func (a *Agent) teardown(ctx context.Context, uid string) error {
+	dir := filepath.Join(a.instancesDir(), uid)
+	c := shim.Dial(filepath.Join(dir, "shim.sock"))
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	alive := c.Ping(pctx) == nil
+	cancel()
+	if alive {
+		sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		err := c.Shutdown(sctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("shut down shim: %w", err)
+		}
+	}
+	nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := a.cfg.Network.Teardown(nctx, uid); err != nil {
+		return fmt.Errorf("network teardown: %w", err)
+	}
+	if err := os.RemoveAll(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// statusFromShim maps the shim's report onto the instance status, keeping
+// the timestamps of earlier phases.
+func statusFromShim(prev v1.InstanceStatus, st shim.State, ip string, now time.Time) v1.InstanceStatus {
+	out := prev
+	out.IP = ip
+	out.Phase = v1.Phase(st.Phase)
+	out.Reason, out.Message = st.Reason, st.Message
+	if out.Phase == v1.PhaseRunning && out.RunningAt == nil {
+		out.RunningAt = &now
+	}
+	if out.Phase.Terminal() && out.FinishedAt == nil {
+		out.FinishedAt = &now
+	}
+	out.Containers = nil
+	for _, c := range st.Containers {
+		cs := v1.ContainerStatus{Name: c.Name, ExitCode: c.ExitCode, Signal: c.Signal, OOMKilled: c.OOMKilled, RestartCount: c.RestartCount, Reason: c.Reason}
+		switch c.Phase {
+		case sandbox.PhaseRunning:
+			cs.State = v1.ContainerRunning
+		case sandbox.PhaseExited:
+			cs.State = v1.ContainerTerminated
+		default:
+			cs.State = v1.ContainerWaiting
+		}
+		if !c.StartedAt.IsZero() {
+			t := c.StartedAt.UTC()
+			cs.StartedAt = &t
+		}
+		if !c.FinishedAt.IsZero() && cs.State == v1.ContainerTerminated {
+			t := c.FinishedAt.UTC()
+			cs.FinishedAt = &t
+		}
+		out.Containers = append(out.Containers, cs)
+	}
+	return out
+}

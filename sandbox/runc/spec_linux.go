@@ -1,0 +1,233 @@
+package runc
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/cube-platform/cube/sandbox"
+)
+
+// defaultPath is the PATH a container gets when its spec sets none (docker's).
+const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// cpuPeriod is the CFS period every container gets; the quota scales with it.
+const cpuPeriod = 100000
+
+// defaultCaps is docker's default capability set.
+var defaultCaps = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+}
+
+// maskedPaths and readonlyPaths are runc's (and docker's) defaults.
+var (
+	maskedPaths = []string{
+		"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+		"/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+		"/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+		"/sys/devices/virtual/powercap",
+	}
+	readonlyPaths = []string{
+		"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+	}
+)
+
+// sharedFiles are the per-sandbox files and namespaces every container uses.
+type sharedFiles struct {
+	ipcNS, utsNS, netNS string // pinned namespace files
+	hosts, hostname     string // /etc/hosts and /etc/hostname sources
+	resolvConf          string // /etc/resolv.conf source
+	shm                 string // tmpfs shared as every container's /dev/shm
+}
+
+// ociSpec builds the config.json of one container. memsw tells whether the
+// kernel accounts swap (memory.memsw.*), so that swap can be capped at the
+// memory limit.
+func ociSpec(sb sandbox.Spec, c sandbox.ContainerSpec, f sharedFiles, memsw bool) (*specs.Spec, error) {
+	uid, gid, err := parseUser(c.User, c.RootFS)
+	if err != nil {
+		return nil, err
+	}
+	caps := append([]string(nil), defaultCaps...)
+	cwd := c.WorkingDir
+	if cwd == "" {
+		cwd = "/"
+	}
+	s := &specs.Spec{
+		Version: specs.Version,
+		Root:    &specs.Root{Path: "rootfs"},
+		Process: &specs.Process{
+			User: specs.User{UID: uid, GID: gid},
+			Args: c.Args,
+			Env:  containerEnv(sb, c.Env),
+			Cwd:  cwd,
+			Capabilities: &specs.LinuxCapabilities{
+				Bounding: caps, Effective: caps, Permitted: caps,
+			},
+			Rlimits: []specs.POSIXRlimit{nofile()},
+		},
+		Mounts: standardMounts(f),
+		Linux: &specs.Linux{
+			CgroupsPath: cgroupsPath(sb, c.Name),
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace},
+				{Type: specs.MountNamespace},
+				{Type: specs.NetworkNamespace, Path: f.netNS},
+				{Type: specs.IPCNamespace, Path: f.ipcNS},
+				{Type: specs.UTSNamespace, Path: f.utsNS},
+			},
+			Resources:     resources(c, memsw),
+			MaskedPaths:   maskedPaths,
+			ReadonlyPaths: readonlyPaths,
+		},
+	}
+	return s, nil
+}
+
+// execProcess is the process.json of `runc exec`: the container's user, cwd,
+// capabilities and environment, overridden by the exec's own environment.
+func execProcess(base *specs.Process, spec sandbox.ExecSpec) *specs.Process {
+	p := *base
+	p.Args = spec.Args
+	p.Terminal = spec.TTY
+	env := append([]string(nil), base.Env...)
+	if spec.TTY {
+		env = mergeEnv(env, []string{"TERM=xterm"})
+	}
+	p.Env = mergeEnv(env, spec.Env)
+	return &p
+}
+
+// nofile is docker's and systemd's convention, 1024 soft and 524288 hard,
+// capped by this process's own hard limit: raising it needs
+// CAP_SYS_RESOURCE, which a shim may not have.
+func nofile() specs.POSIXRlimit {
+	l := specs.POSIXRlimit{Type: "RLIMIT_NOFILE", Soft: 1024, Hard: 524288}
+	var own unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &own) == nil && own.Max < l.Hard {
+		l.Hard = own.Max
+		l.Soft = min(l.Soft, l.Hard)
+	}
+	return l
+}
+
+func standardMounts(f sharedFiles) []specs.Mount {
+	return []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+		{Destination: "/dev/shm", Type: "bind", Source: f.shm, Options: []string{"rbind", "nosuid", "noexec", "nodev"}},
+		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
+		{Destination: "/etc/hosts", Type: "bind", Source: f.hosts, Options: []string{"rbind", "rprivate"}},
+		{Destination: "/etc/hostname", Type: "bind", Source: f.hostname, Options: []string{"rbind", "rprivate"}},
+		{Destination: "/etc/resolv.conf", Type: "bind", Source: f.resolvConf, Options: []string{"rbind", "rprivate"}},
+	}
+}
+
+func resources(c sandbox.ContainerSpec, memsw bool) *specs.LinuxResources {
+	r := &specs.LinuxResources{
+		// Deny every device; runc adds the standard allow-list (null, zero,
+		// full, random, urandom, tty, ptmx, pts) itself.
+		Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+	}
+	if c.MilliCPU > 0 {
+		quota := c.MilliCPU * cpuPeriod / 1000
+		period := uint64(cpuPeriod)
+		shares := uint64(max(2, c.MilliCPU*1024/1000))
+		r.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period, Shares: &shares}
+	}
+	if c.MemoryBytes > 0 {
+		limit := c.MemoryBytes
+		r.Memory = &specs.LinuxMemory{Limit: &limit}
+		if memsw {
+			// memory+swap == memory: the container cannot swap, so the
+			// limit is what triggers the OOM killer.
+			swap := limit
+			r.Memory.Swap = &swap
+		}
+	}
+	return r
+}
+
+// cgroupsPath is where the container's cgroup lives in every hierarchy.
+func cgroupsPath(sb sandbox.Spec, name string) string {
+	return strings.TrimSuffix(sb.CgroupParent, "/") + "/" + name
+}
+
+func containerEnv(sb sandbox.Spec, env []string) []string {
+	base := []string{defaultPath}
+	if sb.Hostname != "" {
+		base = append(base, "HOSTNAME="+sb.Hostname)
+	}
+	return mergeEnv(base, env)
+}
+
+// mergeEnv returns base with every KEY=VALUE of over applied (later wins).
+func mergeEnv(base, over []string) []string {
+	out := append([]string(nil), base...)
+	index := make(map[string]int, len(out))
+	for i, kv := range out {
+		k, _, _ := strings.Cut(kv, "=")
+		index[k] = i
+	}
+	for _, kv := range over {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := index[k]; ok {
+			out[i] = kv
+			continue
+		}
+		index[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}
+
+// parseUser turns "uid[:gid]" into ids. Without a gid, the uid's primary
+// group from the image's /etc/passwd is used (0 when it has no entry).
+func parseUser(user, rootfs string) (uint32, uint32, error) {
+	if user == "" {
+		return 0, 0, nil
+	}
+	us, gs, hasGID := strings.Cut(user, ":")
+	uid, err := strconv.ParseUint(us, 10, 32)
+	if err != nil {
+		return 0, 0, fmt.Errorf("user %q: want numeric uid[:gid]: %w", user, err)
+	}
+	if hasGID {
+		gid, err := strconv.ParseUint(gs, 10, 32)
+		if err != nil {
+			return 0, 0, fmt.Errorf("user %q: want numeric uid[:gid]: %w", user, err)
+		}
+		return uint32(uid), uint32(gid), nil
+	}
+	return uint32(uid), primaryGID(rootfs, uint32(uid)), nil
+}
+
+func primaryGID(rootfs string, uid uint32) uint32 {
+	f, err := os.Open(filepath.Join(rootfs, "etc", "passwd"))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), ":")
+		if len(fields) < 4 || fields[2] != strconv.FormatUint(uint64(uid), 10) {
+			continue
+		}
+		if gid, err := strconv.ParseUint(fields[3], 10, 32); err == nil {
+			return uint32(gid)
+		}
+	}
+	return 0
+}

@@ -1,0 +1,173 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cube-platform/cube/sandbox/runc"
+)
+
+// Main is the body of `cube shim --config PATH`. It serves until an
+// explicit /shutdown, SIGTERM or SIGINT (for operators), or cancellation of
+// ctx: each of these stops the containers, destroys the sandbox and
+// removes the shim's files before Main returns. Nothing else ends it: it
+// ignores SIGHUP and SIGPIPE, and the death of the process that launched it
+// means nothing to it.
+//
+// Start-up order: read config, become child subreaper, lock the pid file,
+// listen, build the sandbox, serve, then create the sandbox and start the
+// containers in the background.
+func Main(ctx context.Context, configPath string) error {
+	cfg, err := LoadConfig(configPath)
+	if err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.WithDefaults()
+	level := slog.LevelInfo
+	if cfg.Debug {
+		level = slog.LevelDebug
+	}
+	base := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := base.With("component", "shim", "sandbox", cfg.Sandbox.ID)
+
+	// Container processes are reparented to us when runc exits; only as a
+	// subreaper can we reap them and read their exit status.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("shim: become child subreaper: %w", err)
+	}
+	// Ignore SIGHUP and SIGPIPE by catching and dropping them, not with
+	// signal.Ignore: SIG_IGN would be inherited through exec by runc and,
+	// unless runc resets it, by the containers.
+	ignored := make(chan os.Signal, 4)
+	signal.Notify(ignored, unix.SIGHUP, unix.SIGPIPE)
+	defer func() {
+		signal.Stop(ignored) // no more sends after Stop returns
+		close(ignored)
+	}()
+	go func() {
+		for range ignored {
+		}
+	}()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
+	defer signal.Stop(sigs)
+
+	files := FilesFor(cfg.Socket)
+	unlock, err := lockPidFile(files.Pid)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	ln, err := listen(cfg.Socket)
+	if err != nil {
+		os.Remove(files.Pid)
+		return err
+	}
+	failEarly := func(err error) error {
+		ln.Close() // unlinks the socket
+		os.Remove(files.Pid)
+		return err
+	}
+	sb, err := runc.New(cfg.Sandbox, runc.Options{Runtime: cfg.Runtime, Logger: base})
+	if err != nil {
+		return failEarly(err)
+	}
+	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	s, err := newSupervisor(life, cfg, sb, log)
+	if err != nil {
+		return failEarly(err)
+	}
+	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	go s.boot()
+	log.Info("shim serving", "socket", cfg.Socket, "pid", os.Getpid())
+
+	for done := false; !done; {
+		select {
+		case <-s.exited:
+			done = true
+		case sig := <-sigs:
+			log.Info("signal: shutting down", "signal", sig.String())
+			done = shutdownOrLog(s, log)
+		case <-ctx.Done():
+			log.Info("context done: shutting down")
+			done = shutdownOrLog(s, log)
+			ctx = context.Background() // try once; then wait for /shutdown or a signal
+		case err := <-served:
+			return fmt.Errorf("shim: serve %s: %w", cfg.Socket, err)
+		}
+	}
+	// Let in-flight responses (the /shutdown one above all) finish.
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	srv.Shutdown(sctx)
+	return nil
+}
+
+func shutdownOrLog(s *supervisor, log *slog.Logger) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StopGrace+time.Minute)
+	defer cancel()
+	if err := s.shutdown(ctx, s.cfg.StopGrace); err != nil {
+		log.Error("shutdown failed; still serving so it can be retried", "err", err)
+		return false
+	}
+	return true
+}
+
+// lockPidFile takes an exclusive lock on the pid file for the life of the
+// shim, so two shims can never serve one socket, and writes our pid in it.
+func lockPidFile(path string) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("shim: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("shim: pid file: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("shim: another shim holds %s: %w", path, err)
+	}
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("shim: pid file: %w", err)
+	}
+	if _, err := f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("shim: pid file: %w", err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// listen binds the socket, replacing a stale one (we hold the pid lock, so
+// no live shim serves it).
+func listen(path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("shim: remove stale socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("shim: listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("shim: %w", err)
+	}
+	return ln, nil
+}

@@ -1,0 +1,289 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cube-platform/cube/internal/logfile"
+	"github.com/cube-platform/cube/sandbox"
+)
+
+// Restart back-off: the first restart waits minBackoff, each next one twice
+// as long up to maxBackoff; a run of at least resetBackoff starts over.
+const (
+	minBackoff   = 100 * time.Millisecond
+	maxBackoff   = 10 * time.Second
+	resetBackoff = 10 * time.Second
+)
+
+// supervisor owns one sandbox and its containers for the life of the shim.
+type supervisor struct {
+	cfg Config
+	sb  sandbox.Sandbox
+	log *slog.Logger
+	ctx context.Context // the shim's life: cancelled when it exits
+
+	containers []*supervised
+	stopCh     chan struct{} // closed by stop: no more starts
+	booted     chan struct{} // closed when every first start was attempted (or skipped)
+	running    sync.WaitGroup
+
+	mu        sync.Mutex
+	version   uint64        // protected by mu
+	changed   chan struct{} // closed and replaced on every change; protected by mu
+	createErr string        // protected by mu
+	stopped   bool          // protected by mu
+
+	// shutdownMu serializes shutdowns; a failed one may be retried.
+	shutdownMu sync.Mutex
+	exited     chan struct{} // closed once a shutdown succeeded
+}
+
+// supervised is one container under supervision.
+type supervised struct {
+	name string
+	logs *logfile.Writer
+	// startMu is held across a Start, so that stop, which takes it once
+	// after setting stopped, never misses a container being started.
+	startMu sync.Mutex
+	status  ContainerStatus // protected by supervisor.mu
+}
+
+func newSupervisor(ctx context.Context, cfg Config, sb sandbox.Sandbox, log *slog.Logger) (*supervisor, error) {
+	s := &supervisor{
+		cfg: cfg, sb: sb, log: log, ctx: ctx,
+		stopCh: make(chan struct{}), booted: make(chan struct{}),
+		version: 1, changed: make(chan struct{}), exited: make(chan struct{}),
+	}
+	for _, c := range cfg.Sandbox.Containers {
+		w, err := logfile.NewWriter(filepath.Join(cfg.LogDir, c.Name+".log"), logfile.Options{MaxBytes: cfg.LogMaxBytes, MaxFiles: cfg.LogMaxFiles})
+		if err != nil {
+			s.closeLogs()
+			return nil, err
+		}
+		s.containers = append(s.containers, &supervised{name: c.Name, logs: w, status: ContainerStatus{
+			ContainerState: sandbox.ContainerState{Name: c.Name, Phase: sandbox.PhaseCreated},
+			Reason:         ReasonContainerCreating,
+		}})
+	}
+	return s, nil
+}
+
+// update runs fn under mu and publishes a new state version.
+func (s *supervisor) update(fn func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fn()
+	s.version++
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// snapshot returns the current state and a channel closed at its next change.
+func (s *supervisor) snapshot() (State, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cs := make([]ContainerStatus, len(s.containers))
+	for i, c := range s.containers {
+		cs[i] = c.status
+	}
+	phase, reason, msg := derivePhase(s.createErr, s.stopped, cs)
+	return State{Version: s.version, Phase: phase, Reason: reason, Message: msg, Containers: cs}, s.changed
+}
+
+func (s *supervisor) isStopped() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopped
+}
+
+// boot creates the sandbox and starts the containers in order, each under
+// its own supervising goroutine.
+func (s *supervisor) boot() {
+	defer close(s.booted)
+	if err := s.sb.Create(s.ctx); err != nil {
+		s.log.Error("create sandbox", "err", err)
+		s.update(func() { s.createErr = err.Error() })
+		return
+	}
+	for _, c := range s.containers {
+		if s.isStopped() {
+			return
+		}
+		first := make(chan struct{})
+		s.running.Add(1)
+		go s.supervise(c, first)
+		<-first
+	}
+}
+
+// supervise runs one container until the restart policy or stop says no more.
+func (s *supervisor) supervise(c *supervised, first chan struct{}) {
+	defer s.running.Done()
+	backoff := minBackoff
+	for {
+		st, startErr, ok := s.runOnce(c, func() {
+			if first != nil {
+				close(first)
+				first = nil
+			}
+		})
+		if !ok {
+			return
+		}
+		if st.FinishedAt.Sub(st.StartedAt) >= resetBackoff {
+			backoff = minBackoff
+		}
+		reason := terminationReason(st, startErr != "")
+		restart := !s.isStopped() && shouldRestart(s.cfg.RestartPolicy, st.ExitCode)
+		s.log.Info("container exited", "container", c.name, "exit_code", st.ExitCode, "reason", reason, "restart", restart)
+		s.update(func() {
+			c.status.ContainerState = st
+			c.status.Reason, c.status.Message, c.status.WillRestart = reason, startErr, restart
+			if restart {
+				c.status.Reason = ReasonCrashLoopBackOff
+				c.status.Message = fmt.Sprintf("back-off %s restarting container %s (last exit code %d, %s)", backoff, c.name, st.ExitCode, reason)
+			}
+		})
+		if !restart {
+			return
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-s.stopCh:
+			t.Stop()
+			s.update(func() {
+				c.status.Reason, c.status.Message, c.status.WillRestart = reason, startErr, false
+			})
+			return
+		}
+		backoff = min(2*backoff, maxBackoff)
+		s.update(func() { c.status.RestartCount++ })
+	}
+}
+
+// runOnce starts the container and waits for it to end. It reports ok=false
+// when stop came first. started is called once the start was attempted.
+func (s *supervisor) runOnce(c *supervised, started func()) (st sandbox.ContainerState, startErr string, ok bool) {
+	stdout, stderr := c.logs.Stream(logfile.Stdout), c.logs.Stream(logfile.Stderr)
+	defer stdout.Close()
+	defer stderr.Close()
+	c.startMu.Lock()
+	if s.isStopped() {
+		c.startMu.Unlock()
+		started()
+		return st, "", false
+	}
+	err := s.sb.Start(s.ctx, c.name, sandbox.Stdio{Stdout: stdout, Stderr: stderr})
+	if err == nil {
+		states, _ := s.sb.State(s.ctx)
+		s.update(func() {
+			// Running until Wait says otherwise, even if it already exited:
+			// the exit is published only with its restart decision, so a
+			// watcher never sees a final phase that is not.
+			c.status.ContainerState = sandbox.ContainerState{Name: c.name, Phase: sandbox.PhaseRunning, StartedAt: time.Now()}
+			for _, cs := range states {
+				if cs.Name == c.name {
+					c.status.Pid, c.status.StartedAt = cs.Pid, cs.StartedAt
+				}
+			}
+			c.status.Reason, c.status.Message, c.status.WillRestart = "", "", false
+		})
+	}
+	c.startMu.Unlock()
+	started()
+	if err != nil {
+		s.log.Warn("start container", "container", c.name, "err", err)
+		startErr = err.Error()
+	}
+	st, werr := s.sb.Wait(s.ctx, c.name)
+	if werr != nil {
+		// Start failed before the backend recorded a run.
+		if startErr == "" {
+			startErr = werr.Error()
+		}
+		now := time.Now()
+		st = sandbox.ContainerState{Name: c.name, Phase: sandbox.PhaseExited, ExitCode: 128, StartedAt: now, FinishedAt: now}
+	}
+	return st, startErr, true
+}
+
+// stop stops every container with grace and disables restarts for good.
+func (s *supervisor) stop(ctx context.Context, grace time.Duration) error {
+	s.update(func() {
+		if !s.stopped {
+			s.stopped = true
+			close(s.stopCh)
+		}
+	})
+	var wg sync.WaitGroup
+	errs := make([]error, len(s.containers))
+	for i, c := range s.containers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.startMu.Lock() // a Start in flight finishes first; none begins after
+			c.startMu.Unlock()
+			errs[i] = s.sb.Stop(ctx, c.name, grace)
+		}()
+	}
+	wg.Wait()
+	select {
+	case <-s.booted:
+	case <-ctx.Done():
+		return fmt.Errorf("stop: sandbox still being created: %w", ctx.Err())
+	}
+	done := make(chan struct{})
+	go func() {
+		s.running.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("stop: containers still exiting: %w", ctx.Err())
+	}
+	return errors.Join(errs...)
+}
+
+// shutdown stops everything, destroys the sandbox and removes the shim's
+// socket, pid and config files (not the container logs). After it
+// succeeded, exited is closed and the shim process ends.
+func (s *supervisor) shutdown(ctx context.Context, grace time.Duration) error {
+	s.shutdownMu.Lock()
+	defer s.shutdownMu.Unlock()
+	select {
+	case <-s.exited:
+		return nil
+	default:
+	}
+	if err := s.stop(ctx, grace); err != nil {
+		s.log.Warn("stop before shutdown", "err", err)
+	}
+	if err := s.sb.Destroy(ctx); err != nil {
+		return fmt.Errorf("shutdown: %w (retry the shutdown)", err)
+	}
+	s.closeLogs()
+	files := FilesFor(s.cfg.Socket)
+	for _, p := range []string{s.cfg.Socket, files.Pid, files.Config} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.log.Warn("remove shim file", "path", p, "err", err)
+		}
+	}
+	close(s.exited)
+	s.log.Info("shut down")
+	return nil
+}
+
+func (s *supervisor) closeLogs() {
+	for _, c := range s.containers {
+		c.logs.Close()
+	}
+}
