@@ -114,7 +114,7 @@ return to the Running status. The image must be imported or pulled already
 	}
 	cmd.Flags().IntVar(&n, "n", 50, "number of instances")
 	cmd.Flags().StringVar(&img, "image", "", "image to run (already imported or pulled)")
-	cmd.Flags().StringVar(&cpu, "cpu", "0.1", "cpu of each instance")
-	cmd.Flags().StringVar(&memory, "memory", "64Mi", "memory of each instance")
+	cmd.Flags().StringVar(&cpu, "cpu", "10m", "cpu of each instance (small, so N fit on one node)")
+	cmd.Flags().StringVar(&memory, "memory", "16Mi", "memory of each instance")
 	return cmd
 }

@@ -187,6 +187,9 @@ func hostPorts(in *v1.Instance) []string {
 // FirstFit places on the first ready node with room, and explains a
 // failure node by node: "0/3 nodes: 2 insufficient memory, 1 not ready".
 func FirstFit(nodes []*NodeState, in *v1.Instance) (string, string) {
+	if len(nodes) == 0 {
+		return "", "0/0 nodes are registered: start a node agent (cube up)"
+	}
 	cpu, mem := in.Requests()
 	ports := hostPorts(in)
 	why := map[string]int{}

@@ -19,7 +19,7 @@ import (
 
 // pushBusybox builds the busybox test image and serves it from a real
 // registry on loopback; it returns the reference to pull.
-func pushBusybox(t *testing.T) string {
+func pushBusybox(t testing.TB) string {
 	t.Helper()
 	reg := imagetest.StartRegistry(t)
 	ref := reg + "/busybox:v1"

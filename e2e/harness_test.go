@@ -42,7 +42,11 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	cubeBin = filepath.Join(dir, "cube")
-	build := exec.Command("go", "build", "-o", cubeBin, "../cmd/cube")
+	args := []string{"build", "-o", cubeBin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/cube")...)
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Println("e2e: building cube failed:", err)
@@ -53,7 +57,7 @@ func run(m *testing.M) int {
 
 // cluster is one `cube up` under test.
 type cluster struct {
-	t       *testing.T
+	t       testing.TB
 	dataDir string
 	config  string
 	listen  string
@@ -64,7 +68,7 @@ type cluster struct {
 	client  *client.Client
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -82,7 +86,7 @@ func randHex(n int) string {
 
 // startCluster runs `cube up` in a fresh data dir (short: unix socket
 // paths live under it) with its own bridge and subnet.
-func startCluster(t *testing.T) *cluster {
+func startCluster(t testing.TB) *cluster {
 	t.Helper()
 	dataDir, err := os.MkdirTemp("/tmp", "cube-")
 	if err != nil {

@@ -24,6 +24,7 @@ var errNotFound = errdefs.ErrNotFound
 
 // create prepares images and network and launches the instance's shim.
 func (w *worker) create(ctx context.Context, in *v1.Instance) (*shim.Client, error) {
+	start := time.Now()
 	if err := os.MkdirAll(w.dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -50,6 +51,7 @@ func (w *worker) create(ctx context.Context, in *v1.Instance) (*shim.Client, err
 			}
 		}
 	}
+	t0 := time.Now()
 	nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	att, err := w.a.cfg.Network.Setup(nctx, w.uid, ports)
 	cancel()
@@ -70,12 +72,14 @@ func (w *worker) create(ctx context.Context, in *v1.Instance) (*shim.Client, err
 		LogDir:        filepath.Join(w.dir, "logs"),
 		Socket:        filepath.Join(w.dir, "shim.sock"),
 	}
+	t1 := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	c, err := shim.Launch(lctx, w.a.cfg.ShimCommand, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("launch shim: %w", err)
 	}
+	w.a.log.Debug("instance prepared", "uid", w.uid, "images", t0.Sub(start), "network", t1.Sub(t0), "shim", time.Since(t1))
 	return c, nil
 }
 

@@ -81,6 +81,7 @@ func startRegistry(t testing.TB, dir string, attempt int) (string, error) {
 	var out lockedBuffer
 	cmd := exec.Command(RegistryBinary, "serve", cfg)
 	cmd.Stdout, cmd.Stderr = &out, &out
+	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return "", err
 	}
