@@ -67,8 +67,7 @@ func (s *Server) createInstance(w http.ResponseWriter, r *http.Request) {
 	in.Metadata.CreationTimestamp = now
 	in.Metadata.DeletionTimestamp = nil
 	in.Status = v1.InstanceStatus{Phase: v1.PhasePending}
-	insts := s.store.Instances()
-	if err := insts.Create(r.Context(), insts.Key(tenant, in.Metadata.Name), &in); err != nil {
+	if err := s.admit(r.Context(), &in); err != nil {
 		if errors.Is(err, errdefs.ErrAlreadyExists) {
 			err = fmt.Errorf("%w: instance %q already exists; pick another --name or remove it with `cube rm %s`", errdefs.ErrAlreadyExists, in.Metadata.Name, in.Metadata.Name)
 		}

@@ -22,12 +22,12 @@ func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if err := v1.ValidateName("name", req.Name); err != nil {
+	if err := req.Validate(); err != nil {
 		writeError(w, err)
 		return
 	}
 	now := s.cfg.Now().UTC()
-	if err := s.store.EnsureTenant(r.Context(), req.Name, now); err != nil {
+	if err := s.putTenant(r.Context(), req); err != nil {
 		writeError(w, err)
 		return
 	}

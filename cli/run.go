@@ -17,7 +17,7 @@ import (
 )
 
 type runFlags struct {
-	name, cpu, memory, restart, workdir, entrypoint string
+	name, cpu, memory, restart, workdir, entrypoint, priority string
 	env, envFiles, ports, labels                    []string
 	detach, attach, interactive, tty, rm            bool
 }
@@ -80,6 +80,7 @@ skipped, and one pair of matching quotes around a value is stripped.`,
 	fl.StringArrayVar(&f.labels, "label", nil, "set a label key=value (repeatable)")
 	fl.StringVar(&f.restart, "restart", "always", "restart policy: always|on-failure|never (Docker's no = never)")
 	fl.StringVarP(&f.workdir, "workdir", "w", "", "working directory inside the container")
+	fl.StringVar(&f.priority, "priority", "", "priority band: system|production|batch|best-effort (default production)")
 	fl.StringVar(&f.entrypoint, "entrypoint", "", "override the image's entrypoint")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "accepted for Docker habits; run always returns once created")
 	fl.BoolVarP(&f.attach, "attach", "a", false, "stream the output and exit with the instance's exit code")
@@ -215,7 +216,7 @@ func (f *runFlags) instance(args []string) (*v1.Instance, error) {
 	in := &v1.Instance{
 		APIVersion: v1.Version, Kind: "Instance",
 		Metadata: v1.ObjectMeta{Name: name, Labels: labels},
-		Spec:     v1.InstanceSpec{Containers: []v1.Container{c}, RestartPolicy: restart},
+		Spec:     v1.InstanceSpec{Containers: []v1.Container{c}, RestartPolicy: restart, Priority: f.priority},
 	}
 	return in, nil
 }

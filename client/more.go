@@ -90,7 +90,7 @@ func (c *Client) FinalizeDelete(ctx context.Context, tenant, name string) error 
 }
 
 // CreateTenant creates a tenant and returns a token for it (admin only).
-func (c *Client) CreateTenant(ctx context.Context, name string) (*v1.TenantToken, error) {
+func (c *Client) CreateTenant(ctx context.Context, req v1.TenantRequest) (*v1.TenantToken, error) {
 	var out v1.TenantToken
-	return &out, c.call(ctx, http.MethodPost, "/v1/tenants", nil, v1.TenantRequest{Name: name}, &out)
+	return &out, c.call(ctx, http.MethodPost, "/v1/tenants", nil, req, &out)
 }

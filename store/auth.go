@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/errdefs"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -36,8 +37,62 @@ type Token struct {
 
 // Tenant is the owner of objects.
 type Tenant struct {
-	Name    string    `json:"name"`
-	Created time.Time `json:"created"`
+	Name string `json:"name"`
+	// Weight scales the tenant's fair share; 0 counts as 1.
+	Weight float64 `json:"weight,omitempty"`
+	// Quotas per priority band; a band without an entry is unlimited.
+	Quotas  map[string]v1.Quota `json:"quotas,omitempty"`
+	Created time.Time           `json:"created"`
+}
+
+// TenantKey is where a tenant is stored.
+func TenantKey(name string) string { return "/cube/tenants/" + name }
+
+// PutTenant creates or replaces a tenant, keeping its creation time.
+func (s *Store) PutTenant(ctx context.Context, t Tenant) error {
+	if cur, err := s.GetTenant(ctx, t.Name); err == nil {
+		t.Created = cur.Created
+	}
+	b, _ := json.Marshal(t)
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	if _, err := s.cli.Put(ctx, TenantKey(t.Name), string(b)); err != nil {
+		return fmt.Errorf("%w: store tenant: %v", errdefs.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// GetTenant reads a tenant.
+func (s *Store) GetTenant(ctx context.Context, name string) (Tenant, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, TenantKey(name))
+	if err != nil {
+		return Tenant{}, fmt.Errorf("%w: read tenant: %v", errdefs.ErrUnavailable, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Tenant{}, fmt.Errorf("tenant %q: %w", name, errdefs.ErrNotFound)
+	}
+	var t Tenant
+	return t, json.Unmarshal(resp.Kvs[0].Value, &t)
+}
+
+// ListTenants reads every tenant.
+func (s *Store) ListTenants(ctx context.Context) ([]Tenant, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, "/cube/tenants/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("%w: list tenants: %v", errdefs.ErrUnavailable, err)
+	}
+	out := make([]Tenant, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var t Tenant
+		if err := json.Unmarshal(kv.Value, &t); err == nil {
+			out = append(out, t)
+		}
+	}
+	return out, nil
 }
 
 func tokenKey(plain string) string {
@@ -48,7 +103,7 @@ func tokenKey(plain string) string {
 // EnsureTenant creates the tenant if it does not exist.
 func (s *Store) EnsureTenant(ctx context.Context, name string, now time.Time) error {
 	b, _ := json.Marshal(Tenant{Name: name, Created: now})
-	key := "/cube/tenants/" + name
+	key := TenantKey(name)
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
@@ -163,4 +218,24 @@ func (s *Store) GetNodeSecret(ctx context.Context, node string) (string, error) 
 		return "", fmt.Errorf("node %s has no secret: %w", node, errdefs.ErrNotFound)
 	}
 	return string(resp.Kvs[0].Value), nil
+}
+
+// MarkAlive marks many nodes alive under one lease of ttl (for benches and
+// tests that stand up a synthetic fleet without a node agent per node).
+func (s *Store) MarkAlive(ctx context.Context, nodes []string, ttl time.Duration, now time.Time) error {
+	lease, err := s.cli.Grant(ctx, int64(ttl/time.Second))
+	if err != nil {
+		return fmt.Errorf("%w: grant lease: %v", errdefs.ErrUnavailable, err)
+	}
+	stamp := now.UTC().Format(time.RFC3339Nano)
+	for i := 0; i < len(nodes); i += 100 {
+		var ops []clientv3.Op
+		for _, n := range nodes[i:min(i+100, len(nodes))] {
+			ops = append(ops, clientv3.OpPut(aliveKey+n, stamp, clientv3.WithLease(lease.ID)))
+		}
+		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("%w: mark nodes alive: %v", errdefs.ErrUnavailable, err)
+		}
+	}
+	return nil
 }

@@ -45,7 +45,9 @@ func StartEmbedded(ctx context.Context, dir string, log *slog.Logger) (*Embedded
 	cfg.Name = "cube"
 	cfg.Dir = filepath.Join(dir, "data")
 	cfg.Logger = "zap"
-	cfg.LogLevel = "error"
+	// etcd logs every listener it closes at shutdown as an error; its real
+	// failures reach us through Err() and the client's errors instead.
+	cfg.LogLevel = "fatal"
 	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports.Client)}
 	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports.Peer)}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}

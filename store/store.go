@@ -89,21 +89,7 @@ func (c Collection[T, P]) Get(ctx context.Context, key string) (P, error) {
 
 // List reads every object under prefix and the revision of the read.
 func (c Collection[T, P]) List(ctx context.Context, prefix string) ([]P, int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	resp, err := c.cli.Get(ctx, prefix, clientv3.WithPrefix())
-	if err != nil {
-		return nil, 0, fmt.Errorf("%w: etcd list: %v", errdefs.ErrUnavailable, err)
-	}
-	out := make([]P, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		o, err := decode[T, P](kv.Value, kv.ModRevision)
-		if err != nil {
-			return nil, 0, err
-		}
-		out = append(out, o)
-	}
-	return out, resp.Header.Revision, nil
+	return c.ListAt(ctx, prefix, 0)
 }
 
 // Create writes obj at key if nothing is there (ErrAlreadyExists otherwise)
@@ -266,4 +252,64 @@ func (c Collection[T, P]) Watch(ctx context.Context, prefix string, rev int64) <
 
 func isConflict(err error) bool {
 	return err != nil && errors.Is(err, errdefs.ErrConflict)
+}
+
+// ListAt reads every object under prefix as of revision rev (0: now).
+func (c Collection[T, P]) ListAt(ctx context.Context, prefix string, rev int64) ([]P, int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	opts := []clientv3.OpOption{clientv3.WithPrefix()}
+	if rev > 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	resp, err := c.cli.Get(ctx, prefix, opts...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: etcd list: %v", errdefs.ErrUnavailable, err)
+	}
+	out := make([]P, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		o, err := decode[T, P](kv.Value, kv.ModRevision)
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, o)
+	}
+	return out, resp.Header.Revision, nil
+}
+
+// Encode is the stored form of an object (without its resourceVersion),
+// for callers that build their own transactions.
+func Encode(obj v1.Object) (string, error) { return encode(obj) }
+
+// NodeBindingKey is bumped by every binding to the node: appliers compare
+// it so that two of them can never overcommit a node.
+func NodeBindingKey(node string) string { return "/cube/nodebinding/" + node }
+
+// CreateGuarded writes obj at key if nothing is there and nothing under
+// guardPrefix changed after revision rev; admission uses it so that two
+// requests racing for the last of a quota cannot both win. It returns
+// ErrAlreadyExists, or ErrConflict when the guard failed (read and retry).
+func (c Collection[T, P]) CreateGuarded(ctx context.Context, key string, obj P, guardPrefix string, rev int64) error {
+	val, err := encode(obj)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	resp, err := c.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
+			clientv3.Compare(clientv3.ModRevision(guardPrefix), "<", rev+1).WithPrefix()).
+		Then(clientv3.OpPut(key, val)).
+		Else(clientv3.OpGet(key, clientv3.WithCountOnly())).Commit()
+	if err != nil {
+		return fmt.Errorf("%w: etcd create: %v", errdefs.ErrUnavailable, err)
+	}
+	if !resp.Succeeded {
+		if resp.Responses[0].GetResponseRange().Count > 0 {
+			return errdefs.ErrAlreadyExists
+		}
+		return errdefs.ErrConflict
+	}
+	obj.Meta().ResourceVersion = strconv.FormatInt(resp.Header.Revision, 10)
+	return nil
 }

@@ -11,7 +11,7 @@ import (
 // what the server encodes.
 func OpenAPI() map[string]any {
 	g := &schemaGen{defs: map[string]any{}}
-	for _, t := range []any{Instance{}, Node{}, Image{}, PullRequest{}, ErrorBody{}, ExecRequest{}, TenantRequest{}, TenantToken{}} {
+	for _, t := range []any{Instance{}, Node{}, Image{}, PullRequest{}, ErrorBody{}, ExecRequest{}, TenantRequest{}, TenantToken{}, Quota{}} {
 		g.ref(reflect.TypeOf(t))
 	}
 	g.defs["InstanceList"] = listSchema("Instance")

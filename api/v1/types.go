@@ -51,6 +51,44 @@ type InstanceSpec struct {
 	Containers []Container `json:"containers"`
 	// RestartPolicy defaults to Always.
 	RestartPolicy RestartPolicy `json:"restartPolicy,omitempty"`
+	// Priority is the band: system, production (default), batch or
+	// best-effort. Higher bands are placed first and may preempt lower ones.
+	Priority string `json:"priority,omitempty"`
+	// NodeSelector must match node labels exactly.
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// Tolerations let the instance land on nodes with matching taints.
+	Tolerations []Toleration `json:"tolerations,omitempty"`
+	// Service groups replicas: they are spread over nodes and zones.
+	Service string `json:"service,omitempty"`
+	// MaxPerNode bounds the replicas of Service on one node (0: no bound).
+	MaxPerNode int `json:"maxPerNode,omitempty"`
+}
+
+// Priority bands, highest first.
+const (
+	PrioritySystem     = "system"
+	PriorityProduction = "production"
+	PriorityBatch      = "batch"
+	PriorityBestEffort = "best-effort"
+)
+
+// Toleration lets an instance land on a node with a matching taint
+// (Kubernetes semantics).
+type Toleration struct {
+	Key string `json:"key,omitempty"`
+	// Operator is Equal (default) or Exists.
+	Operator string `json:"operator,omitempty"`
+	Value    string `json:"value,omitempty"`
+	// Effect to tolerate; empty tolerates every effect.
+	Effect string `json:"effect,omitempty"`
+}
+
+// Taint repels instances that do not tolerate it.
+type Taint struct {
+	Key   string `json:"key"`
+	Value string `json:"value,omitempty"`
+	// Effect is NoSchedule.
+	Effect string `json:"effect"`
 }
 
 // Container is one process tree of an instance.
@@ -130,6 +168,17 @@ type InstanceStatus struct {
 	CreatingAt  *time.Time `json:"creatingAt,omitempty"`
 	RunningAt   *time.Time `json:"runningAt,omitempty"`
 	FinishedAt  *time.Time `json:"finishedAt,omitempty"`
+	// Preemption, when set, asks the node to stop the instance gracefully
+	// so a higher band can take its place.
+	Preemption *Preemption `json:"preemption,omitempty"`
+}
+
+// Preemption records why and when an instance was preempted.
+type Preemption struct {
+	// By is "tenant/name" of the instance that takes the room.
+	By      string    `json:"by"`
+	Message string    `json:"message"`
+	At      time.Time `json:"at"`
 }
 
 // ContainerState is the state of one container.
@@ -167,6 +216,10 @@ type Node struct {
 type NodeSpec struct {
 	// Unschedulable keeps new instances off the node.
 	Unschedulable bool `json:"unschedulable,omitempty"`
+	// Taints repel instances that do not tolerate them.
+	Taints []Taint `json:"taints,omitempty"`
+	// MaxInstances bounds the instances on the node (0: no bound).
+	MaxInstances int `json:"maxInstances,omitempty"`
 }
 
 // NodeStatus is reported by the node agent and completed by the server.
@@ -267,6 +320,18 @@ const StreamProtocol = "cube-stream"
 // TenantRequest creates a tenant (admin only).
 type TenantRequest struct {
 	Name string `json:"name"`
+	// Weight scales the tenant's fair share (default 1).
+	Weight float64 `json:"weight,omitempty"`
+	// Quotas per priority band; a band without an entry is unlimited.
+	Quotas map[string]Quota `json:"quotas,omitempty"`
+}
+
+// Quota limits what a tenant may hold in one band at once (admitted, not
+// finished instances). Empty or zero fields are unlimited.
+type Quota struct {
+	CPU       string `json:"cpu,omitempty"`
+	Memory    string `json:"memory,omitempty"`
+	Instances int64  `json:"instances,omitempty"`
 }
 
 // TenantToken is the answer to a tenant creation: the token is shown once.

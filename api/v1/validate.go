@@ -41,6 +41,9 @@ func (in *Instance) SetDefaults() {
 	if in.Spec.RestartPolicy == "" {
 		in.Spec.RestartPolicy = RestartAlways
 	}
+	if in.Spec.Priority == "" {
+		in.Spec.Priority = PriorityProduction
+	}
 	for i := range in.Spec.Containers {
 		c := &in.Spec.Containers[i]
 		if c.Name == "" && len(in.Spec.Containers) == 1 {
@@ -79,6 +82,26 @@ func (in *Instance) Validate() error {
 	case RestartAlways, RestartOnFailure, RestartNever:
 	default:
 		return &FieldError{"spec.restartPolicy", fmt.Sprintf("%q is not one of Always, OnFailure, Never", in.Spec.RestartPolicy)}
+	}
+	switch in.Spec.Priority {
+	case PrioritySystem, PriorityProduction, PriorityBatch, PriorityBestEffort:
+	default:
+		return &FieldError{"spec.priority", fmt.Sprintf("%q is not one of system, production, batch, best-effort", in.Spec.Priority)}
+	}
+	for i, tol := range in.Spec.Tolerations {
+		f := fmt.Sprintf("spec.tolerations[%d]", i)
+		if tol.Operator != "" && tol.Operator != "Equal" && tol.Operator != "Exists" {
+			return &FieldError{f + ".operator", fmt.Sprintf("%q is not Equal or Exists", tol.Operator)}
+		}
+		if tol.Key == "" && tol.Operator != "Exists" {
+			return &FieldError{f + ".key", "a toleration without a key must use operator Exists"}
+		}
+	}
+	if in.Spec.MaxPerNode < 0 {
+		return &FieldError{"spec.maxPerNode", "must not be negative"}
+	}
+	if in.Spec.MaxPerNode > 0 && in.Spec.Service == "" {
+		return &FieldError{"spec.maxPerNode", "needs spec.service to name the replicas it bounds"}
 	}
 	if len(in.Spec.Containers) == 0 {
 		return &FieldError{"spec.containers", "at least one container is required"}
@@ -157,4 +180,36 @@ func (in *Instance) Requests() (milliCPU, memory int64) {
 		memory += mem
 	}
 	return milliCPU, memory
+}
+
+// Validate checks a tenant request.
+func (t *TenantRequest) Validate() error {
+	if err := ValidateName("name", t.Name); err != nil {
+		return err
+	}
+	if t.Weight < 0 {
+		return &FieldError{"weight", "must not be negative"}
+	}
+	for band, q := range t.Quotas {
+		f := "quotas." + band
+		switch band {
+		case PrioritySystem, PriorityProduction, PriorityBatch, PriorityBestEffort:
+		default:
+			return &FieldError{f, fmt.Sprintf("%q is not one of system, production, batch, best-effort", band)}
+		}
+		if q.CPU != "" {
+			if _, err := ParseCPU(q.CPU); err != nil {
+				return &FieldError{f + ".cpu", err.Error()}
+			}
+		}
+		if q.Memory != "" {
+			if _, err := ParseMemory(q.Memory); err != nil {
+				return &FieldError{f + ".memory", err.Error()}
+			}
+		}
+		if q.Instances < 0 {
+			return &FieldError{f + ".instances", "must not be negative"}
+		}
+	}
+	return nil
 }

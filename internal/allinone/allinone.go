@@ -1,6 +1,6 @@
 // Package allinone assembles the whole platform in one process for
 // `cube up`: embedded etcd (or an external cluster), the API server,
-// placement, and a node agent for this machine. Boot is a named list of
+// the scheduler (leader-elected), and a node agent for this machine. Boot is a named list of
 // steps; shutdown runs them backwards. Shims are not stopped: instances
 // outlive `cube up` and are adopted by the next one.
 package allinone
@@ -22,6 +22,7 @@ import (
 	"github.com/cube-platform/cube/image"
 	"github.com/cube-platform/cube/network"
 	"github.com/cube-platform/cube/node"
+	"github.com/cube-platform/cube/scheduler"
 	"github.com/cube-platform/cube/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -128,11 +129,16 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 			p.URL = "http://" + api.Addr()
 			return nil
 		}},
-		{"placement", func() error {
+		{"scheduler", func() error {
+			sched, err := scheduler.New(scheduler.DefaultConfig())
+			if err != nil {
+				return err
+			}
 			pctx, cancel := context.WithCancel(context.Background())
-			pl := &controller.Placement{Store: st, Log: cfg.Log, Now: time.Now, Place: controller.FirstFit}
+			host, _ := os.Hostname()
+			sc := &controller.Scheduling{Store: st, Scheduler: sched, Log: cfg.Log, Now: time.Now, Identity: fmt.Sprintf("%s-%d", host, os.Getpid())}
 			done := make(chan struct{})
-			go func() { defer close(done); _ = pl.Run(pctx) }()
+			go func() { defer close(done); _ = sc.Run(pctx) }()
 			p.closers = append(p.closers, func() { cancel(); <-done })
 			return nil
 		}},

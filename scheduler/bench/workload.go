@@ -188,3 +188,14 @@ func pick[T any](rng *rand.Rand, items []T, weight func(T) int) T {
 	}
 	return items[len(items)-1]
 }
+
+// Workload returns the synthetic fleet, tenants and requests (in arrival
+// order) of cfg, so other harnesses (the through-store bench) run exactly
+// what Run runs.
+func Workload(cfg Config) (nodes []scheduler.Node, tenants []scheduler.Tenant, requests []scheduler.Request, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, nil, err
+	}
+	w := generate(cfg)
+	return w.nodes, w.tenants, w.requests, nil
+}

@@ -1,0 +1,194 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/scheduler"
+	"github.com/cube-platform/cube/store"
+)
+
+func newStore(t *testing.T) *store.Store {
+	t.Helper()
+	e, err := store.StartEmbedded(context.Background(), t.TempDir(), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return store.New(e.Client)
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// fleet registers n ready nodes of 4 cores / 8Gi and `pending` instances
+// of 1 core / 1Gi split over two tenants.
+func fleet(t *testing.T, st *store.Store, nodes, pending int) {
+	t.Helper()
+	ctx := context.Background()
+	for i := 0; i < nodes; i++ {
+		name := fmt.Sprintf("n%d", i)
+		n := &v1.Node{Metadata: v1.ObjectMeta{Name: name}, Status: v1.NodeStatus{Capacity: v1.Resources{CPU: "4", Memory: "8Gi"}}}
+		if err := st.Nodes().Create(ctx, st.Nodes().Key(name), n); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Heartbeat(ctx, name, 30*time.Second, 0, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < pending; i++ {
+		tenant := []string{"a", "b"}[i%2]
+		in := &v1.Instance{Metadata: v1.ObjectMeta{Name: fmt.Sprintf("i%d", i), Tenant: tenant, UID: fmt.Sprintf("u%d", i),
+			CreationTimestamp: time.Unix(int64(i), 0)},
+			Spec: v1.InstanceSpec{Containers: []v1.Container{{Name: "main", Image: "x", Resources: v1.Resources{CPU: "1", Memory: "1Gi"}}}}}
+		in.SetDefaults()
+		in.Status.Phase = v1.PhasePending
+		if err := st.Instances().Create(ctx, st.Instances().Key(tenant, in.Metadata.Name), in); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// checkNoOvercommit fails if any node holds more than its capacity, and
+// returns how many instances are bound.
+func checkNoOvercommit(t *testing.T, st *store.Store) int {
+	t.Helper()
+	s, err := ReadState(context.Background(), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := s.Snapshot()
+	bound := 0
+	for _, n := range snap.Nodes {
+		if !n.Allocated.LessEq(n.Capacity) {
+			t.Errorf("node %s overcommitted: allocated %+v > capacity %+v", n.Name, n.Allocated, n.Capacity)
+		}
+		bound += n.Instances
+	}
+	return bound
+}
+
+func newScheduling(t *testing.T, st *store.Store, id string) *Scheduling {
+	sched, err := scheduler.New(scheduler.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Scheduling{Store: st, Scheduler: sched, Log: quiet(), Now: time.Now, Identity: id}
+}
+
+// TestStalePlanIsRechecked lets two replicas decide on the same snapshot;
+// the second to apply must find every node changed, re-check, and bind
+// nothing that no longer fits.
+func TestStalePlanIsRechecked(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	fleet(t, st, 3, 20) // room for 12
+	sa, sb := newScheduling(t, st, "a"), newScheduling(t, st, "b")
+	stateA, _ := ReadState(ctx, st)
+	stateB, _ := ReadState(ctx, st)
+	qa, byA := stateA.Pending()
+	qb, byB := stateB.Pending()
+	planA := sa.Scheduler.Schedule(stateA.Snapshot(), qa, time.Now())
+	planB := sb.Scheduler.Schedule(stateB.Snapshot(), qb, time.Now())
+	if len(planA.Bindings) != 12 || len(planB.Bindings) != 12 {
+		t.Fatalf("plans bind %d and %d; want 12 each (the fleet's room)", len(planA.Bindings), len(planB.Bindings))
+	}
+	statsA, err := (&Applier{Store: st, Log: quiet()}).Apply(ctx, stateA, planA, byA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	statsB, err := (&Applier{Store: st, Log: quiet()}).Apply(ctx, stateB, planB, byB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if statsA.Bound != 12 || statsB.Bound != 0 || statsB.Rechecked == 0 {
+		t.Errorf("A bound %d, B bound %d after %d rechecks; want 12, 0, >0", statsA.Bound, statsB.Bound, statsB.Rechecked)
+	}
+	if got := checkNoOvercommit(t, st); got != 12 {
+		t.Errorf("%d instances bound; want 12", got)
+	}
+}
+
+// TestTwoAppliersRacing runs two replicas' passes concurrently, over and
+// over, while instances arrive; no node may ever be overcommitted and the
+// fleet ends full.
+func TestTwoAppliersRacing(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	fleet(t, st, 5, 40) // room for 20
+	var wg sync.WaitGroup
+	for _, id := range []string{"a", "b"} {
+		s := newScheduling(t, st, id)
+		ap := &Applier{Store: st, Log: quiet(), BatchSize: 3}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 15; i++ {
+				if err := s.Pass(ctx, ap); err != nil {
+					t.Errorf("replica %s pass: %v", id, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := checkNoOvercommit(t, st); got != 20 {
+		t.Errorf("%d instances bound; want the fleet full at 20", got)
+	}
+}
+
+// TestUnschedulableReason keeps an instance that fits nowhere Pending with
+// the scheduler's reason in its status.
+func TestUnschedulableReason(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	fleet(t, st, 1, 0)
+	in := &v1.Instance{Metadata: v1.ObjectMeta{Name: "big", Tenant: "a", UID: "u"},
+		Spec: v1.InstanceSpec{Containers: []v1.Container{{Name: "main", Image: "x", Resources: v1.Resources{CPU: "64", Memory: "1Gi"}}}}}
+	in.SetDefaults()
+	in.Status.Phase = v1.PhasePending
+	key := st.Instances().Key("a", "big")
+	if err := st.Instances().Create(ctx, key, in); err != nil {
+		t.Fatal(err)
+	}
+	s := newScheduling(t, st, "a")
+	if err := s.Pass(ctx, &Applier{Store: st, Log: quiet()}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := st.Instances().Get(ctx, key)
+	if got.Status.Phase != v1.PhasePending || got.Status.Reason != "Unschedulable" || !strings.HasPrefix(got.Status.Message, "0/1 nodes: 1 insufficient cpu") {
+		t.Errorf("status = %s %s %q; want Pending Unschedulable \"0/1 nodes: 1 insufficient cpu…\"", got.Status.Phase, got.Status.Reason, got.Status.Message)
+	}
+}
+
+// TestLeaderElection runs two replicas: exactly one leads and binds.
+func TestLeaderElection(t *testing.T) {
+	st := newStore(t)
+	fleet(t, st, 2, 6)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, id := range []string{"a", "b"} {
+		s := newScheduling(t, st, id)
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.Run(ctx) }()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) && checkNoOvercommit(t, st) < 6 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := checkNoOvercommit(t, st); got != 6 {
+		t.Errorf("%d bound; want 6", got)
+	}
+	resp, err := st.Client().Get(context.Background(), ElectionKey, clientWithPrefix())
+	if err != nil || len(resp.Kvs) != 2 {
+		t.Errorf("election has %d candidates, %v; want 2 (one leader, one waiting)", len(resp.Kvs), err)
+	}
+	cancel()
+	wg.Wait()
+}
