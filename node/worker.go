@@ -88,6 +88,12 @@ func (w *worker) reconcile(ctx context.Context, in *v1.Instance) (done bool, err
 		log.Info("instance removed")
 		return true, nil
 	}
+	if in.Status.Preemption != nil {
+		if in.Status.Phase.Terminal() && in.Status.Reason == "Preempted" {
+			return false, nil
+		}
+		return false, w.preempt(ctx, in)
+	}
 	w.mu.Lock()
 	hasShim := w.shim != nil
 	w.mu.Unlock()
@@ -205,6 +211,7 @@ func (w *worker) follow(ctx context.Context, c *shim.Client) {
 		ip := w.ip
 		w.mu.Unlock()
 		status := statusFromShim(in.Status, st, ip, w.a.cfg.Now().UTC())
+		markPreempted(&status)
 		if reflect.DeepEqual(status, last) {
 			continue
 		}
