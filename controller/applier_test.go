@@ -192,3 +192,39 @@ func TestLeaderElection(t *testing.T) {
 	cancel()
 	wg.Wait()
 }
+
+// TestHostPortConflict keeps the second instance publishing the same host
+// port on a one-node fleet Pending with a reason.
+func TestHostPortConflict(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	fleet(t, st, 1, 0)
+	for _, name := range []string{"a1", "a2"} {
+		in := &v1.Instance{Metadata: v1.ObjectMeta{Name: name, Tenant: "a", UID: name, CreationTimestamp: time.Now()},
+			Spec: v1.InstanceSpec{Containers: []v1.Container{{Name: "main", Image: "x", Resources: v1.Resources{CPU: "100m", Memory: "16Mi"},
+				Ports: []v1.ContainerPort{{ContainerPort: 80, HostPort: 8080}}}}}}
+		in.SetDefaults()
+		in.Status.Phase = v1.PhasePending
+		if err := st.Instances().Create(ctx, st.Instances().Key("a", name), in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := newScheduling(t, st, "a").Pass(ctx, &Applier{Store: st, Log: quiet()}); err != nil {
+		t.Fatal(err)
+	}
+	var boundN, pendingN int
+	for _, name := range []string{"a1", "a2"} {
+		in, _ := st.Instances().Get(ctx, st.Instances().Key("a", name))
+		switch {
+		case in.Status.Node != "":
+			boundN++
+		case strings.Contains(in.Status.Message, "host port 8080/TCP is already published on node n0"):
+			pendingN++
+		default:
+			t.Errorf("%s: %s %q; want bound or pending on the port", name, in.Status.Phase, in.Status.Message)
+		}
+	}
+	if boundN != 1 || pendingN != 1 {
+		t.Errorf("bound %d, pending on the port %d; want 1 and 1", boundN, pendingN)
+	}
+}

@@ -127,6 +127,7 @@ func (s *Scheduling) Pass(ctx context.Context, applier *Applier) error {
 		return nil
 	}
 	plan := s.Scheduler.Schedule(st.Snapshot(), queue, s.Now())
+	dropPortConflicts(st, &plan, byID)
 	stats, err := applier.Apply(ctx, st, plan, byID)
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
