@@ -11,7 +11,7 @@ RUN_PKGS  := runc containernetworking-plugins iptables iproute2
 TEST_PKGS := docker-registry busybox-static
 GOFLAGS_TEST ?= -count=1 -timeout 45m
 
-.PHONY: all build deps deps-test up test vet install clean
+.PHONY: all build deps deps-test up test vet install clean busybox.tar
 
 all: build
 
@@ -49,5 +49,12 @@ vet:
 test: deps-test vet
 	$(GO) test -race $(GOFLAGS_TEST) ./...
 
+# busybox.tar: a tiny OCI image of Debian's static busybox, named
+# docker.io/library/busybox:latest, for the README tour on a machine with
+# no registry access.
+busybox.tar:
+	@dpkg -s busybox-static >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static)
+	$(GO) run ./hack/mkbusybox -o $@
+
 clean:
-	rm -rf bin
+	rm -rf bin busybox.tar

@@ -59,8 +59,8 @@ func NewRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "cube",
 		Short: "Cube runs containers as serverless instances",
-		Long: `Cube runs container images as instances: each instance gets its own sandbox,
-its own IP, per-second metering, and is healed when something under it dies.
+		Long: `Cube runs container images as instances: each instance gets its own sandbox
+(namespaces, cgroups, a writable layer over a shared image) and its own IP.
 
 Start everything on this machine with ` + "`cube up`" + `, then:
   cube image import busybox.tar

@@ -1,0 +1,82 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+)
+
+// TestTour follows the README: an image made by hack/mkbusybox is imported
+// and run by its short name; attached runs exit with the container's code;
+// a two-container instance shares one network namespace; apply is
+// idempotent; an instance over its memory is OOM-killed and says so.
+func TestTour(t *testing.T) {
+	c := startCluster(t)
+	tarPath := filepath.Join(t.TempDir(), "busybox.tar")
+	mk := exec.Command("go", "run", "../hack/mkbusybox", "-o", tarPath)
+	if out, err := mk.CombinedOutput(); err != nil {
+		t.Fatalf("mkbusybox: %v\n%s", err, out)
+	}
+	if out := c.mustCube("image", "import", tarPath); !strings.Contains(out, "docker.io/library/busybox:latest") {
+		t.Fatalf("import printed %q; want the image name", out)
+	}
+
+	out, _, code := c.cube("", "run", "--attach", "--restart", "never", "--name", "hello", "busybox", "--", "sh", "-c", "echo hello-from-cube; exit 3")
+	if code != 3 || !strings.Contains(out, "hello-from-cube") {
+		t.Errorf("run --attach: exit %d, out %q; want exit 3 and the output", code, out)
+	}
+
+	// Two containers, one network namespace: the sidecar reads the web
+	// container over 127.0.0.1 (no pause container in between).
+	manifest := strings.ReplaceAll(mustRead(t, "../docs/examples/two-containers.yaml"), "hostPort: 8081", fmt.Sprintf("hostPort: %d", freePort(t)))
+	path := filepath.Join(t.TempDir(), "pair.yaml")
+	if err := os.WriteFile(path, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := c.mustCube("apply", "-f", path); !strings.Contains(out, "instance/pair created") {
+		t.Errorf("apply printed %q", out)
+	}
+	if out := c.mustCube("apply", "-f", path); !strings.Contains(out, "instance/pair unchanged") {
+		t.Errorf("second apply printed %q; want unchanged", out)
+	}
+	c.mustCube("wait", "pair", "--for", "running", "--timeout", "60s")
+	c.eventually(30*time.Second, "sidecar reaches web over localhost", func() error {
+		out, _, _ := c.cube("", "logs", "pair", "--container", "sidecar")
+		if !strings.Contains(out, "from-web") {
+			return fmt.Errorf("sidecar logs %q", out)
+		}
+		return nil
+	})
+	web := strings.TrimSpace(c.mustCube("exec", "-c", "web", "pair", "--", "hostname"))
+	side := strings.TrimSpace(c.mustCube("exec", "-c", "sidecar", "pair", "--", "hostname"))
+	if web != "pair" || side != "pair" {
+		t.Errorf("hostnames %q and %q; want both pair (one UTS namespace)", web, side)
+	}
+
+	// Memory limits are enforced and reported.
+	c.mustCube("run", "--name", "hog", "--restart", "never", "--memory", "16Mi", "busybox", "--", "sh", "-c", "x=$(dd if=/dev/zero bs=1M count=256 | tr '\\0' x); echo survived")
+	c.mustCube("wait", "hog", "--for", "exited", "--timeout", "60s")
+	in, err := c.client.GetInstance(context.Background(), "hog")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Status.Phase != v1.PhaseFailed || len(in.Status.Containers) != 1 || !in.Status.Containers[0].OOMKilled || in.Status.Reason != "OOMKilled" {
+		t.Errorf("hog status %s %s %+v; want Failed OOMKilled", in.Status.Phase, in.Status.Reason, in.Status.Containers)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
