@@ -152,6 +152,15 @@ func newExecCmd(g *globals) *cobra.Command {
 			}
 			code, err := c.Exec(cmd.Context(), name, req, stdin, g.stdout, g.stderr, resize)
 			if err != nil {
+				// Docker's codes for a command that could not run.
+				switch msg := err.Error(); {
+				case strings.Contains(msg, "executable file not found"), strings.Contains(msg, "no such file or directory"):
+					fmt.Fprintln(g.stderr, "cube: "+msg)
+					return &ExitError{Code: ExitNotFound}
+				case strings.Contains(msg, "permission denied"):
+					fmt.Fprintln(g.stderr, "cube: "+msg)
+					return &ExitError{Code: ExitCannotInvoke}
+				}
 				return err
 			}
 			if code != 0 {

@@ -57,8 +57,21 @@ func TestRunEndToEnd(t *testing.T) {
 	if _, _, code := c.cube("", "exec", "web", "--", "sh", "-c", "exit 7"); code != 7 {
 		t.Errorf("exec exit 7: cube exited %d; want 7", code)
 	}
-	if out, _, code := c.cube("", "exec", "-i", "web", "--", "cat"); code != 0 || out != "" {
-		t.Errorf("exec -i cat with empty stdin = %q, %d", out, code)
+	if out, _, code := c.cube("hello-stdin", "exec", "-i", "web", "--", "cat"); code != 0 || out != "hello-stdin" {
+		t.Errorf("exec -i cat = %q, %d; want the stdin echoed", out, code)
+	}
+	// A terminal: the command sees a pty (the CLI needs a real terminal for
+	// -t, so this goes through the client the CLI uses).
+	var tty strings.Builder
+	code, err := c.client.Exec(context.Background(), "web", v1.ExecRequest{Command: []string{"sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty"}, TTY: true}, nil, &tty, &tty, nil)
+	if err != nil || code != 0 || strings.TrimSpace(tty.String()) != "is-a-tty" {
+		t.Errorf("exec with a tty: %q, %d, %v; want is-a-tty", tty.String(), code, err)
+	}
+	if _, errOut, code := c.cube("", "exec", "web", "--", "no-such-command"); code != 127 || !strings.Contains(errOut, "not found") {
+		t.Errorf("exec of a missing command: exit %d, %q; want 127 and a message", code, errOut)
+	}
+	if ip := c.mustCube("get", "web", "-o", "jsonpath={.status.ip}"); !strings.HasPrefix(strings.TrimSpace(ip), "10.") {
+		t.Errorf("get -o jsonpath={.status.ip} = %q; want the instance IP", ip)
 	}
 
 	var body string
