@@ -82,6 +82,7 @@ next cube up on the same --data-dir adopts them. Needs root.`,
 	fl.StringVar(&cfg.Capacity.Memory, "capacity-memory", "", "memory offered to instances (default: all)")
 	fl.StringVar(&cfg.Subnet, "subnet", "", "instance network subnet (default 10.88.0.0/16 style, see docs)")
 	fl.StringVar(&cfg.Bridge, "bridge", "", "instance network bridge name (default cube0)")
+	fl.StringVar(&cfg.Placement, "placement", "binpack", "scoring: binpack (fill nodes first) or spread (least allocated first)")
 	fl.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
 	return cmd
 }

@@ -46,6 +46,9 @@ type Config struct {
 	Subnet string
 	// Bridge name of the instance network.
 	Bridge string
+	// Placement is the scoring policy: "binpack" (default: fill nodes, so
+	// idle ones can be turned off) or "spread" (least allocated first).
+	Placement string
 	// ClientConfig is the path of the CLI config to write.
 	ClientConfig string
 	// ShimCommand runs a shim (default: this executable + "shim --config").
@@ -68,6 +71,9 @@ type Platform struct {
 func (c *Config) validate() error {
 	if c.DataDir == "" || c.Listen == "" || c.Log == nil {
 		return errors.New("allinone: DataDir, Listen and Log are required")
+	}
+	if c.Placement != "" && c.Placement != "binpack" && c.Placement != "spread" {
+		return fmt.Errorf("placement %q: want binpack or spread", c.Placement)
 	}
 	if len(c.ShimCommand) == 0 {
 		exe, err := os.Executable()
@@ -130,7 +136,11 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 			return nil
 		}},
 		{"scheduler", func() error {
-			sched, err := scheduler.New(scheduler.DefaultConfig())
+			scfg := scheduler.DefaultConfig()
+			if cfg.Placement == "spread" {
+				scfg = scheduler.DefaultSpreadConfig()
+			}
+			sched, err := scheduler.New(scfg)
 			if err != nil {
 				return err
 			}
