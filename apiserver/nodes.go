@@ -50,6 +50,7 @@ func (s *Server) registerNode(w http.ResponseWriter, r *http.Request) {
 	key := nodes.Key(name)
 	out, err := nodes.Mutate(r.Context(), key, func(n *v1.Node) error {
 		n.Status.Capacity, n.Status.Address, n.Status.Backend = body.Status.Capacity, body.Status.Address, body.Status.Backend
+		n.Status.Images = body.Status.Images
 		return nil
 	})
 	if errors.Is(err, errdefs.ErrNotFound) {

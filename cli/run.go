@@ -18,8 +18,8 @@ import (
 
 type runFlags struct {
 	name, cpu, memory, restart, workdir, entrypoint, priority string
-	env, envFiles, ports, labels                    []string
-	detach, attach, interactive, tty, rm            bool
+	env, envFiles, ports, labels                              []string
+	detach, attach, interactive, tty, rm                      bool
 }
 
 func newRunCmd(g *globals) *cobra.Command {

@@ -88,7 +88,8 @@ func (s *State) Snapshot() *scheduler.Snapshot {
 		_, ready := s.Alive[n.Metadata.Name]
 		sn := scheduler.Node{Name: n.Metadata.Name, Labels: n.Metadata.Labels,
 			Capacity: scheduler.Resources{MilliCPU: cpu, MemoryBytes: mem}, MaxInstances: n.Spec.MaxInstances,
-			Ready: ready, Unschedulable: n.Spec.Unschedulable, Revision: s.NodeRevisions[n.Metadata.Name]}
+			Ready: ready, Unschedulable: n.Spec.Unschedulable, Revision: s.NodeRevisions[n.Metadata.Name],
+			CachedImages: n.Status.Images}
 		for _, t := range n.Spec.Taints {
 			sn.Taints = append(sn.Taints, scheduler.Taint{Key: t.Key, Value: t.Value, Effect: scheduler.TaintEffect(t.Effect)})
 		}

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -110,14 +111,15 @@ func memTotal() (int64, error) {
 
 // Agent is a running node agent.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	secret string
-	ln     net.Listener
-	srv    *http.Server
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	errc   chan error
+	cfg     Config
+	log     *slog.Logger
+	secret  string
+	address string
+	ln      net.Listener
+	srv     *http.Server
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errc    chan error
 
 	mu      sync.Mutex
 	workers map[string]*worker // by instance UID; protected by mu
@@ -152,9 +154,8 @@ func (a *Agent) Start(ctx context.Context) error {
 
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	node := &v1.Node{Metadata: v1.ObjectMeta{Name: a.cfg.Name},
-		Status: v1.NodeStatus{Capacity: a.cfg.Capacity, Address: ln.Addr().String(), Backend: "runc"}}
-	if _, err := a.cfg.Client.RegisterNode(rctx, node, a.secret); err != nil {
+	a.address = ln.Addr().String()
+	if _, err := a.register(rctx); err != nil {
 		ln.Close()
 		return fmt.Errorf("register node %s: %w", a.cfg.Name, err)
 	}
@@ -192,6 +193,7 @@ func (a *Agent) Close() error {
 func (a *Agent) instancesDir() string { return filepath.Join(a.cfg.StateDir, "instances") }
 
 func (a *Agent) heartbeatLoop(ctx context.Context) {
+	registered := a.localImages(ctx)
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
@@ -203,7 +205,37 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 			if err := a.cfg.Client.Heartbeat(hctx, a.cfg.Name); err != nil && ctx.Err() == nil {
 				a.log.Warn("heartbeat failed", "err", err)
 			}
+			// Re-register when the local images changed, for image locality.
+			if images := a.localImages(hctx); strings.Join(images, ",") != strings.Join(registered, ",") {
+				if got, err := a.register(hctx); err == nil {
+					registered = got
+				}
+			}
 			cancel()
 		}
 	}
+}
+
+// register creates or refreshes this node's record and returns the image
+// digests it reported.
+func (a *Agent) register(ctx context.Context) ([]string, error) {
+	images := a.localImages(ctx)
+	node := &v1.Node{Metadata: v1.ObjectMeta{Name: a.cfg.Name},
+		Status: v1.NodeStatus{Capacity: a.cfg.Capacity, Address: a.address, Backend: "runc", Images: images}}
+	_, err := a.cfg.Client.RegisterNode(ctx, node, a.secret)
+	return images, err
+}
+
+// localImages lists the digests in the node's image store, sorted.
+func (a *Agent) localImages(ctx context.Context) []string {
+	imgs, err := a.cfg.Images.List(ctx)
+	if err != nil {
+		return nil
+	}
+	out := make([]string, 0, len(imgs))
+	for _, im := range imgs {
+		out = append(out, im.Digest)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -26,9 +26,9 @@ type worker struct {
 	kick chan struct{}
 
 	mu      sync.Mutex
-	latest  *v1.Instance  // protected by mu
-	shim    *shim.Client  // protected by mu
-	ip      string        // protected by mu
+	latest  *v1.Instance       // protected by mu
+	shim    *shim.Client       // protected by mu
+	ip      string             // protected by mu
 	monitor context.CancelFunc // protected by mu
 }
 

@@ -235,6 +235,9 @@ type NodeStatus struct {
 	Address string `json:"address,omitempty"`
 	// Backend is the sandbox backend ("runc").
 	Backend string `json:"backend,omitempty"`
+	// Images are the digests the node holds locally; the scheduler prefers
+	// nodes that already have an instance's image.
+	Images []string `json:"images,omitempty"`
 	// Ready is true while the node's heartbeat lease is alive.
 	Ready         bool       `json:"ready"`
 	LastHeartbeat *time.Time `json:"lastHeartbeat,omitempty"`
