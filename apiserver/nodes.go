@@ -51,11 +51,14 @@ func (s *Server) registerNode(w http.ResponseWriter, r *http.Request) {
 	out, err := nodes.Mutate(r.Context(), key, func(n *v1.Node) error {
 		n.Status.Capacity, n.Status.Address, n.Status.Backend = body.Status.Capacity, body.Status.Address, body.Status.Backend
 		n.Status.Images = body.Status.Images
+		// The node agent owns its labels and taints (set by its flags).
+		n.Metadata.Labels, n.Spec.Taints = body.Metadata.Labels, body.Spec.Taints
 		return nil
 	})
 	if errors.Is(err, errdefs.ErrNotFound) {
 		body.APIVersion, body.Kind = v1.Version, "Node"
 		body.Metadata = v1.ObjectMeta{Name: name, UID: newUID(), CreationTimestamp: s.cfg.Now().UTC(), Labels: body.Metadata.Labels}
+		body.Spec = v1.NodeSpec{Taints: body.Spec.Taints}
 		body.Status.Allocated, body.Status.Instances, body.Status.Ready = v1.Resources{}, 0, false
 		err = nodes.Create(r.Context(), key, &body)
 		out = &body

@@ -17,6 +17,7 @@ import (
 func newUpCmd(g *globals) *cobra.Command {
 	var cfg allinone.Config
 	var etcd, logLevel string
+	var labels, taints []string
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run the whole platform on this machine",
@@ -51,6 +52,22 @@ next cube up on the same --data-dir adopts them. Needs root.`,
 					return fmt.Errorf("--capacity-memory: %w", err)
 				}
 			}
+			cfg.NodeLabels = map[string]string{}
+			for _, l := range labels {
+				k, v, ok := strings.Cut(l, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("--node-label %q: want key=value", l)
+				}
+				cfg.NodeLabels[k] = v
+			}
+			for _, t := range taints {
+				kv, effect, ok := strings.Cut(t, ":")
+				k, v, _ := strings.Cut(kv, "=")
+				if !ok || k == "" || effect != "NoSchedule" {
+					return fmt.Errorf("--node-taint %q: want key[=value]:NoSchedule", t)
+				}
+				cfg.NodeTaints = append(cfg.NodeTaints, v1.Taint{Key: k, Value: v, Effect: effect})
+			}
 			cfg.ClientConfig = g.configPath
 			if cfg.ClientConfig == "" {
 				cfg.ClientConfig = client.DefaultConfigPath()
@@ -82,6 +99,8 @@ next cube up on the same --data-dir adopts them. Needs root.`,
 	fl.StringVar(&cfg.Capacity.Memory, "capacity-memory", "", "memory offered to instances (default: all)")
 	fl.StringVar(&cfg.Subnet, "subnet", "", "instance network subnet (default 10.88.0.0/16 style, see docs)")
 	fl.StringVar(&cfg.Bridge, "bridge", "", "instance network bridge name (default cube0)")
+	fl.StringArrayVar(&labels, "node-label", nil, "label this node key=value, e.g. zone=a (repeatable)")
+	fl.StringArrayVar(&taints, "node-taint", nil, "taint this node key[=value]:NoSchedule (repeatable)")
 	fl.StringVar(&cfg.Placement, "placement", "binpack", "scoring: binpack (fill nodes first) or spread (least allocated first)")
 	fl.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
 	return cmd

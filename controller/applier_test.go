@@ -228,3 +228,55 @@ func TestHostPortConflict(t *testing.T) {
 		t.Errorf("bound %d, pending on the port %d; want 1 and 1", boundN, pendingN)
 	}
 }
+
+// TestTaintsAndSelectorsThroughTheStore checks the conversion of node
+// taints, labels and instance tolerations and selectors into the
+// scheduler's terms.
+func TestTaintsAndSelectorsThroughTheStore(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	n := &v1.Node{Metadata: v1.ObjectMeta{Name: "gpu1", Labels: map[string]string{"zone": "a"}},
+		Spec:   v1.NodeSpec{Taints: []v1.Taint{{Key: "gpu", Value: "true", Effect: "NoSchedule"}}},
+		Status: v1.NodeStatus{Capacity: v1.Resources{CPU: "4", Memory: "8Gi"}}}
+	if err := st.Nodes().Create(ctx, st.Nodes().Key("gpu1"), n); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Heartbeat(ctx, "gpu1", 30*time.Second, 0, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name string, mutate func(*v1.Instance)) {
+		in := &v1.Instance{Metadata: v1.ObjectMeta{Name: name, Tenant: "a", UID: name, CreationTimestamp: time.Now()},
+			Spec: v1.InstanceSpec{Containers: []v1.Container{{Name: "main", Image: "x", Resources: v1.Resources{CPU: "100m", Memory: "16Mi"}}}}}
+		in.SetDefaults()
+		mutate(in)
+		in.Status.Phase = v1.PhasePending
+		if err := st.Instances().Create(ctx, st.Instances().Key("a", name), in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("plain", func(*v1.Instance) {})
+	mk("tolerant", func(in *v1.Instance) {
+		in.Spec.Tolerations = []v1.Toleration{{Key: "gpu", Value: "true", Effect: "NoSchedule"}}
+		in.Spec.NodeSelector = map[string]string{"zone": "a"}
+	})
+	mk("wrong-zone", func(in *v1.Instance) {
+		in.Spec.Tolerations = []v1.Toleration{{Key: "gpu", Operator: "Exists"}}
+		in.Spec.NodeSelector = map[string]string{"zone": "b"}
+	})
+	if err := newScheduling(t, st, "a").Pass(ctx, &Applier{Store: st, Log: quiet()}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"plain": "taint", "tolerant": "", "wrong-zone": "selector"}
+	for name, reason := range want {
+		in, _ := st.Instances().Get(ctx, st.Instances().Key("a", name))
+		if reason == "" {
+			if in.Status.Node != "gpu1" {
+				t.Errorf("%s: node %q (%s); want gpu1", name, in.Status.Node, in.Status.Message)
+			}
+			continue
+		}
+		if in.Status.Node != "" || !strings.Contains(in.Status.Message, reason) {
+			t.Errorf("%s: node %q, message %q; want pending with a %s reason", name, in.Status.Node, in.Status.Message, reason)
+		}
+	}
+}

@@ -50,6 +50,10 @@ type Config struct {
 	Listen string
 	// Capacity offered to the scheduler (default: all cores and memory).
 	Capacity v1.Resources
+	// Labels of the node (e.g. zone=a) for node selectors and spreading.
+	Labels map[string]string
+	// Taints repel instances that do not tolerate them.
+	Taints []v1.Taint
 	// HeartbeatInterval between lease renewals (default 3s).
 	HeartbeatInterval time.Duration
 	Log               *slog.Logger
@@ -220,7 +224,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 // digests it reported.
 func (a *Agent) register(ctx context.Context) ([]string, error) {
 	images := a.localImages(ctx)
-	node := &v1.Node{Metadata: v1.ObjectMeta{Name: a.cfg.Name},
+	node := &v1.Node{Metadata: v1.ObjectMeta{Name: a.cfg.Name, Labels: a.cfg.Labels}, Spec: v1.NodeSpec{Taints: a.cfg.Taints},
 		Status: v1.NodeStatus{Capacity: a.cfg.Capacity, Address: a.address, Backend: "runc", Images: images}}
 	_, err := a.cfg.Client.RegisterNode(ctx, node, a.secret)
 	return images, err

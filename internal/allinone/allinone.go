@@ -42,6 +42,9 @@ type Config struct {
 	NodeListen string
 	// Capacity offered by this node (default: everything).
 	Capacity v1.Resources
+	// NodeLabels and NodeTaints of this node.
+	NodeLabels map[string]string
+	NodeTaints []v1.Taint
 	// Subnet of the instance network (default: network.DefaultConfig).
 	Subnet string
 	// Bridge name of the instance network.
@@ -169,6 +172,7 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 				Name: p.cfg.NodeName, StateDir: filepath.Join(cfg.DataDir, "node"),
 				Client: client.New(p.URL, nodeToken), Images: images, Network: nm,
 				ShimCommand: cfg.ShimCommand, Listen: cfg.NodeListen, Capacity: cfg.Capacity, Log: cfg.Log,
+				Labels: cfg.NodeLabels, Taints: cfg.NodeTaints,
 			})
 			if err != nil {
 				return err
