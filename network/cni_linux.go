@@ -2,13 +2,12 @@ package network
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 
@@ -31,15 +30,25 @@ type cniManager struct {
 	cfg    Config
 	log    *slog.Logger
 	cni    *libcni.CNIConfig
-	list   *libcni.NetworkConfigList
 	states stateStore
 
-	// ids serializes Setup and Teardown of one instance.
+	// ids serializes Pin, Attach, Setup and Teardown of one instance.
 	ids keyedMutex
 
 	// reserveMu makes checking the requested host ports against every
 	// state file and writing the state file that claims them one step.
 	reserveMu sync.Mutex
+
+	// lists holds the plugin chains by name (see chainBridge); read-only.
+	lists map[string]*libcni.NetworkConfigList
+	// subnet is cfg.Subnet, parsed.
+	subnet netip.Prefix
+
+	unattachedMu sync.Mutex
+	// unattached holds the ids this manager pinned and has run no CNI ADD
+	// on since (in memory only: after a restart, a pinned but not Ready
+	// attachment may hold a partial ADD); protected by unattachedMu.
+	unattached map[string]bool
 }
 
 var _ Manager = (*cniManager)(nil)
@@ -61,9 +70,13 @@ func NewCNI(cfg Config, log *slog.Logger) (Manager, error) {
 				p, strings.Join(cfg.PluginDirs, ", "))
 		}
 	}
-	// The bridge (ipMasq) and portmap plugins run iptables themselves.
-	if _, err := exec.LookPath("iptables"); err != nil {
-		return nil, fmt.Errorf("iptables not found in PATH (the cni plugins need it): install iptables: %w", err)
+	// The portmap plugin (and the bridge plugin, for attachments made
+	// before the manager masqueraded itself) run iptables; the manager runs
+	// iptables-restore.
+	for _, bin := range []string{"iptables", "iptables-restore"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, fmt.Errorf("%s not found in PATH (cni networking needs it): install iptables: %w", bin, err)
+		}
 	}
 	subnet, err := parseSubnet(cfg.Subnet)
 	if err != nil {
@@ -84,16 +97,20 @@ func NewCNI(cfg Config, log *slog.Logger) (Manager, error) {
 	if err := makeSharedMount(cfg.NetNSDir); err != nil {
 		return nil, err
 	}
-	list, err := confList(cfg, ipamDir)
-	if err != nil {
-		return nil, err
+	lists := map[string]*libcni.NetworkConfigList{}
+	for _, chain := range []string{chainLegacy, chainBridge, chainBridgePortMap} {
+		if lists[chain], err = confList(cfg, ipamDir, chain); err != nil {
+			return nil, err
+		}
 	}
 	return &cniManager{
-		cfg:    cfg,
-		log:    log,
-		cni:    libcni.NewCNIConfigWithCacheDir(cfg.PluginDirs, cacheDir, pluginExec(log)),
-		list:   list,
-		states: stateStore{dir: stateDir},
+		cfg:        cfg,
+		log:        log,
+		cni:        libcni.NewCNIConfigWithCacheDir(cfg.PluginDirs, cacheDir, pluginExec(log)),
+		lists:      lists,
+		subnet:     subnet,
+		states:     stateStore{dir: stateDir},
+		unattached: map[string]bool{},
 	}, nil
 }
 
@@ -113,76 +130,6 @@ type stderrLog struct{ log *slog.Logger }
 func (w stderrLog) Write(p []byte) (int, error) {
 	w.log.Debug("cni plugin stderr", "output", strings.TrimSpace(string(p)))
 	return len(p), nil
-}
-
-// Setup implements Manager.
-func (m *cniManager) Setup(ctx context.Context, id string, ports []PortMapping) (_ Attachment, err error) {
-	if err := validateID(id); err != nil {
-		return Attachment{}, err
-	}
-	ports, err = normalizePorts(ports)
-	if err != nil {
-		return Attachment{}, fmt.Errorf("instance %s: %w", id, err)
-	}
-	unlock, err := m.ids.lock(ctx, id)
-	if err != nil {
-		return Attachment{}, fmt.Errorf("instance %s: wait for network operation under way: %w", id, err)
-	}
-	defer unlock()
-
-	st, found, err := m.states.get(id)
-	if err != nil {
-		return Attachment{}, err
-	}
-	if found {
-		if st.Ready && isPinnedNetNS(st.NetNS) {
-			if !slices.Equal(st.Ports, ports) {
-				m.log.Warn("instance already attached with other port mappings; keeping them",
-					"id", id, "have", st.Ports, "want", ports)
-			}
-			return st.attachment(), nil
-		}
-		// A Setup failed or crashed midway, or the pin vanished (reboot).
-		m.log.Info("cleaning up incomplete network attachment", "id", id, "ready", st.Ready)
-		if err := m.teardown(ctx, st); err != nil {
-			return Attachment{}, fmt.Errorf("instance %s: clean up incomplete attachment: %w", id, err)
-		}
-	}
-
-	st = instanceState{ID: id, NetNS: filepath.Join(m.cfg.NetNSDir, id), Ports: ports}
-	if _, err := os.Lstat(st.NetNS); err == nil {
-		m.log.Warn("removing netns pin without network state", "id", id, "path", st.NetNS)
-		if err := unmountAndRemove(st.NetNS); err != nil {
-			return Attachment{}, fmt.Errorf("instance %s: %w", id, err)
-		}
-	}
-	if err := m.reserve(st); err != nil {
-		return Attachment{}, fmt.Errorf("instance %s: %w", id, err)
-	}
-	defer func() {
-		if err == nil {
-			return
-		}
-		// The caller's ctx may be what failed; the rollback still runs.
-		if rerr := m.teardown(context.WithoutCancel(ctx), st); rerr != nil {
-			m.log.Error("rollback of failed network setup", "id", id, "err", rerr)
-			err = errors.Join(err, fmt.Errorf("roll back (retry with Teardown): %w", rerr))
-		}
-	}()
-
-	if err := pinNetNS(st.NetNS); err != nil {
-		return Attachment{}, fmt.Errorf("instance %s: %w", id, err)
-	}
-	ip, err := m.add(ctx, st)
-	if err != nil {
-		return Attachment{}, fmt.Errorf("instance %s: %w", id, err)
-	}
-	st.IP, st.Ready = ip, true
-	if err := m.states.put(st); err != nil {
-		return Attachment{}, err
-	}
-	m.log.Info("instance attached", "id", id, "ip", ip, "netns", st.NetNS, "ports", ports)
-	return st.attachment(), nil
 }
 
 // Teardown implements Manager.
@@ -248,11 +195,16 @@ func (m *cniManager) runtimeConf(st instanceState) *libcni.RuntimeConf {
 	return rt
 }
 
-// add runs CNI ADD and returns the instance's IPv4 address.
+// add runs CNI ADD, masquerades the instance if st says so, and returns
+// the instance's IPv4 address.
 func (m *cniManager) add(ctx context.Context, st instanceState) (string, error) {
+	list, err := m.listFor(st)
+	if err != nil {
+		return "", err
+	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.PluginTimeout)
 	defer cancel()
-	res, err := m.cni.AddNetworkList(ctx, m.list, m.runtimeConf(st))
+	res, err := m.cni.AddNetworkList(ctx, list, m.runtimeConf(st))
 	if err != nil {
 		return "", fmt.Errorf("cni add: %w", err)
 	}
@@ -260,38 +212,70 @@ func (m *cniManager) add(ctx context.Context, st instanceState) (string, error) 
 	if err != nil {
 		return "", fmt.Errorf("cni add: convert result: %w", err)
 	}
+	var ip netip.Addr
 	for _, ipc := range r.IPs {
-		if ip := ipc.Address.IP.To4(); ip != nil {
-			return ip.String(), nil
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok {
+			ip = a
+			break
 		}
 	}
-	return "", fmt.Errorf("cni add: result has no IPv4 address: %v", r.IPs)
+	if !ip.IsValid() {
+		return "", fmt.Errorf("cni add: result has no IPv4 address: %v", r.IPs)
+	}
+	if st.Masq {
+		if err := addMasq(ctx, m.cfg.NetworkName, st.ID, ip, m.subnet); err != nil {
+			return "", err
+		}
+	}
+	return ip.String(), nil
 }
 
-// teardown undoes whatever part of Setup happened: CNI DEL (which frees the
-// IP and removes the veth and iptables rules), then the pin, then the
-// state. It stops at the first failure and keeps the state file, so the
-// next Teardown retries with the same arguments.
-func (m *cniManager) teardown(ctx context.Context, st instanceState) error {
+// listFor is the plugin chain st was (or is to be) attached with.
+func (m *cniManager) listFor(st instanceState) (*libcni.NetworkConfigList, error) {
+	list, ok := m.lists[st.Chain]
+	if !ok {
+		return nil, fmt.Errorf("network state of %s names cni plugin chain %q, which this version does not know", st.ID, st.Chain)
+	}
+	return list, nil
+}
+
+// del runs CNI DEL with the arguments of st's ADD and removes the
+// masquerade rules of st. Without a mounted namespace the plugins still
+// free the IP and the port rules, and the masquerade rules are removed
+// even if the bridge plugin made them.
+func (m *cniManager) del(ctx context.Context, st instanceState) error {
+	list, err := m.listFor(st)
+	if err != nil {
+		return err
+	}
 	rt := m.runtimeConf(st)
-	// Run DEL before unpinning: the bridge plugin finds the masquerade
-	// rules to remove through the veth inside the namespace. Without a
-	// mounted namespace (reboot, or a Setup that died before pinning) the
-	// plugins still free the IP and the port rules, and we remove the
-	// masquerade rules ourselves.
 	pinned := isPinnedNetNS(st.NetNS)
 	if !pinned {
 		rt.NetNS = ""
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.PluginTimeout)
 	defer cancel()
-	if err := m.cni.DelNetworkList(ctx, m.list, rt); err != nil {
+	if err := m.cni.DelNetworkList(ctx, list, rt); err != nil {
 		return fmt.Errorf("cni del: %w", err)
 	}
-	if !pinned && m.cfg.IPMasq {
-		if err := removeOrphanMasq(ctx, m.cfg.NetworkName, st.ID); err != nil {
-			return fmt.Errorf("remove masquerade rules of a lost netns: %w", err)
+	if st.Masq || st.Chain == chainLegacy && !pinned && m.cfg.IPMasq {
+		if err := removeMasq(ctx, m.cfg.NetworkName, st.ID); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// teardown undoes whatever part of Pin and Attach happened: CNI DEL (which
+// frees the IP and removes the veth and iptables rules), then the pin,
+// then the state. It stops at the first failure and keeps the state file,
+// so the next Teardown retries with the same arguments.
+func (m *cniManager) teardown(ctx context.Context, st instanceState) error {
+	m.setUnattached(st.ID, false)
+	// Run DEL before unpinning: the bridge plugin finds the veth to remove
+	// (and, in chainLegacy, the masquerade rules) inside the namespace.
+	if err := m.del(ctx, st); err != nil {
+		return err
 	}
 	if err := unmountAndRemove(st.NetNS); err != nil {
 		return err

@@ -446,3 +446,179 @@ func TestCNISetupRepairsLostNetNS(t *testing.T) {
 	}
 	assertNoTrace(t, cfg, id, again)
 }
+
+// TestCNIPinThenAttach drives the two steps separately: a pinned namespace
+// has only lo until Attach; both steps are idempotent; a new manager (after
+// a node agent restart) attaches what an old one pinned; Teardown cleans up
+// after either step.
+func TestCNIPinThenAttach(t *testing.T) {
+	requireCNI(t)
+	cfg := testConfig(t)
+	ctx := context.Background()
+	m, err := NewCNI(cfg, testLogger(t))
+	if err != nil {
+		t.Fatalf("NewCNI() error = %v", err)
+	}
+	interfaces := func(netns string) []string {
+		t.Helper()
+		var names []string
+		err := inNetNS(netns, func() error {
+			ifs, err := net.Interfaces()
+			for _, i := range ifs {
+				names = append(names, i.Name)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatalf("list interfaces in %s: %v", netns, err)
+		}
+		slices.Sort(names)
+		return names
+	}
+
+	if _, err := m.Attach(ctx, "never-pinned"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Attach(never pinned) error = %v; want errdefs.ErrNotFound", err)
+	}
+
+	id := "pin-" + randHex(t, 4)
+	netns, err := m.Pin(ctx, id, nil)
+	if err != nil {
+		t.Fatalf("Pin(%s) error = %v", id, err)
+	}
+	if !isPinnedNetNS(netns) || filepath.Dir(netns) != cfg.NetNSDir {
+		t.Fatalf("Pin(%s) = %q; want a pinned namespace in %s", id, netns, cfg.NetNSDir)
+	}
+	if got := interfaces(netns); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("interfaces of a pinned, unattached namespace = %v; want [lo]", got)
+	}
+	if again, err := m.Pin(ctx, id, nil); err != nil || again != netns {
+		t.Errorf("second Pin(%s) = %q, %v; want %q, nil", id, again, err, netns)
+	}
+	att, err := m.Attach(ctx, id)
+	if err != nil {
+		t.Fatalf("Attach(%s) error = %v", id, err)
+	}
+	if att.NetNS != netns || !netip.MustParsePrefix(cfg.Subnet).Contains(netip.MustParseAddr(att.IP)) {
+		t.Errorf("Attach(%s) = %+v; want netns %s and an IP in %s", id, att, netns, cfg.Subnet)
+	}
+	if got := interfaces(netns); !slices.Equal(got, []string{ifName, "lo"}) {
+		t.Errorf("interfaces after Attach = %v; want [%s lo]", got, ifName)
+	}
+	if again, err := m.Attach(ctx, id); err != nil || again != att {
+		t.Errorf("second Attach(%s) = %+v, %v; want %+v, nil", id, again, err, att)
+	}
+	serveGreeting(t, netns, 8080, "attached")
+	if got, err := readGreeting(net.JoinHostPort(att.IP, "8080")); err != nil || got != "attached" {
+		t.Errorf("readGreeting(%s:8080) from host = %q, %v; want %q", att.IP, got, err, "attached")
+	}
+	if err := m.Teardown(ctx, id); err != nil {
+		t.Fatalf("Teardown(%s) error = %v", id, err)
+	}
+	assertNoTrace(t, cfg, id, att)
+
+	// Pinned only, then torn down.
+	only := "pin-only-" + randHex(t, 4)
+	onlyNS, err := m.Pin(ctx, only, []PortMapping{{HostPort: freeHostPort(t), ContainerPort: 80}})
+	if err != nil {
+		t.Fatalf("Pin(%s) error = %v", only, err)
+	}
+	if err := m.Teardown(ctx, only); err != nil {
+		t.Fatalf("Teardown(%s) after Pin alone error = %v", only, err)
+	}
+	assertNoTrace(t, cfg, only, Attachment{NetNS: onlyNS})
+
+	// Pinned by one manager, attached by the next one.
+	moved := "pin-moved-" + randHex(t, 4)
+	port := freeHostPort(t)
+	movedNS, err := m.Pin(ctx, moved, []PortMapping{{HostPort: port, ContainerPort: 8080}})
+	if err != nil {
+		t.Fatalf("Pin(%s) error = %v", moved, err)
+	}
+	next, err := NewCNI(cfg, testLogger(t))
+	if err != nil {
+		t.Fatalf("second NewCNI() error = %v", err)
+	}
+	movedAtt, err := next.Attach(ctx, moved)
+	if err != nil || movedAtt.NetNS != movedNS {
+		t.Fatalf("Attach(%s) on a new manager = %+v, %v; want netns %s", moved, movedAtt, err, movedNS)
+	}
+	serveGreeting(t, movedNS, 8080, "moved")
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if got, err := readGreeting(addr); err != nil || got != "moved" {
+		t.Errorf("readGreeting(%s) through the published port = %q, %v; want %q", addr, got, err, "moved")
+	}
+	if err := next.Teardown(ctx, moved); err != nil {
+		t.Fatalf("Teardown(%s) error = %v", moved, err)
+	}
+	assertNoTrace(t, cfg, moved, movedAtt)
+}
+
+// TestCNIChainFollowsPorts checks that an instance without published ports
+// is attached without portmap, that the manager's masquerade rules come
+// and go with the attachment, and that an attachment made the old way
+// (bridge's own ipMasq, then portmap) is still torn down without a trace.
+func TestCNIChainFollowsPorts(t *testing.T) {
+	requireCNI(t)
+	cfg := testConfig(t)
+	ctx := context.Background()
+	mgr, err := NewCNI(cfg, testLogger(t))
+	if err != nil {
+		t.Fatalf("NewCNI() error = %v", err)
+	}
+	m := mgr.(*cniManager)
+	bare, err := m.Setup(ctx, "bare-"+randHex(t, 4), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	published, err := m.Setup(ctx, "pub-"+randHex(t, 4), []PortMapping{{HostPort: freeHostPort(t), ContainerPort: 80}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The old way, as a state file written before Chain existed says.
+	legacyID := "legacy-" + randHex(t, 4)
+	legacySt := instanceState{ID: legacyID, NetNS: filepath.Join(cfg.NetNSDir, legacyID), Ports: []PortMapping{{HostPort: freeHostPort(t), ContainerPort: 80, Protocol: "tcp"}}}
+	if err := m.reserve(legacySt); err != nil {
+		t.Fatal(err)
+	}
+	if err := pinNetNS(legacySt.NetNS); err != nil {
+		t.Fatal(err)
+	}
+	if legacySt.IP, err = m.add(ctx, legacySt); err != nil {
+		t.Fatalf("ADD with the legacy chain: %v", err)
+	}
+	legacySt.Ready = true
+	if err := m.states.put(legacySt); err != nil {
+		t.Fatal(err)
+	}
+	legacy := legacySt.attachment()
+
+	for _, tc := range []struct {
+		att     Attachment
+		chain   string
+		plugins int
+	}{{bare, chainBridge, 1}, {published, chainBridgePortMap, 2}, {legacy, chainLegacy, 2}} {
+		id := filepath.Base(tc.att.NetNS)
+		st, found, err := m.states.get(id)
+		if err != nil || !found || st.Chain != tc.chain || st.Masq != (tc.chain != chainLegacy) {
+			t.Errorf("state of %s = %+v, %v, %v; want chain %q, masq %v", id, st, found, err, tc.chain, tc.chain != chainLegacy)
+		}
+		if l, err := m.listFor(st); err != nil || len(l.Plugins) != tc.plugins {
+			t.Errorf("chain of %s = %v, %v; want %d plugins", id, l, err, tc.plugins)
+		}
+		chain, _ := masqNames(cfg.NetworkName, id)
+		rules := iptablesSave(t)
+		for _, want := range []string{"-A POSTROUTING -s " + tc.att.IP + "/32", "-A " + chain + " -d " + cfg.Subnet, "-A " + chain + " ! -d 224.0.0.0/4"} {
+			if !strings.Contains(rules, want) {
+				t.Errorf("masquerade rules of %s lack %q:\n%s", id, want, grepLines(rules, chain))
+			}
+		}
+		if err := m.Teardown(ctx, id); err != nil {
+			t.Fatalf("Teardown(%s) error = %v", id, err)
+		}
+		assertNoTrace(t, cfg, id, tc.att)
+	}
+	if _, err := m.listFor(instanceState{ID: "future", Chain: "bridge,something"}); err == nil {
+		t.Error("listFor(unknown chain) succeeded; want an error")
+	}
+}

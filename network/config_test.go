@@ -65,7 +65,7 @@ func TestConfigValidateReportsAll(t *testing.T) {
 func TestConfList(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.IPMasq = false
-	l, err := confList(cfg, "/state/ipam")
+	l, err := confList(cfg, "/state/ipam", chainLegacy)
 	if err != nil {
 		t.Fatalf("confList() error = %v", err)
 	}
@@ -82,5 +82,22 @@ func TestConfList(t *testing.T) {
 		if !strings.Contains(string(l.Bytes), want) {
 			t.Errorf("conflist %s; want it to contain %s", l.Bytes, want)
 		}
+	}
+
+	for _, tc := range []struct {
+		chain   string
+		plugins int
+	}{{chainBridge, 1}, {chainBridgePortMap, 2}} {
+		cfg.IPMasq = true
+		l, err := confList(cfg, "/state/ipam", tc.chain)
+		if err != nil {
+			t.Fatalf("confList(%q) error = %v", tc.chain, err)
+		}
+		if len(l.Plugins) != tc.plugins || l.Plugins[0].Network.Type != "bridge" || !strings.Contains(string(l.Bytes), `"ipMasq":false`) {
+			t.Errorf("confList(%q) = %s; want %d plugins, bridge first, without ipMasq", tc.chain, l.Bytes, tc.plugins)
+		}
+	}
+	if _, err := confList(cfg, "/state/ipam", "bridge,other"); err == nil {
+		t.Error("confList(unknown chain) succeeded; want an error")
 	}
 }

@@ -1,7 +1,8 @@
 // Package network gives each instance its own network namespace and IP on a
 // host bridge through CNI (libcni driving the standard plugins: bridge,
 // host-local, portmap). It knows nothing of the API or the store; the node
-// agent calls it before starting an instance's shim and after removing it.
+// agent calls it around an instance's shim: Pin before launching it, Attach
+// before any container starts, Teardown after removing it.
 package network
 
 import "context"
@@ -14,7 +15,7 @@ type PortMapping struct {
 	HostIP        string `json:"hostIP,omitempty"`
 }
 
-// Attachment is the result of Setup.
+// Attachment is the result of Attach (and Setup).
 type Attachment struct {
 	// NetNS is the path of the pinned network namespace, e.g.
 	// /run/cube/netns/<id>; it stays until Teardown.
@@ -23,16 +24,31 @@ type Attachment struct {
 	IP string `json:"ip"`
 }
 
-// Manager attaches and detaches instance sandboxes.
+// Manager attaches and detaches instance sandboxes. Attaching is two
+// steps, so a sandbox can be built against its namespace while CNI runs:
+// Pin, then Attach. No container may start in the namespace before Attach
+// returned.
 type Manager interface {
-	// Setup pins a new network namespace for id, runs CNI ADD with the port
-	// mappings, and returns it. Calling Setup again for an attached id
-	// returns the existing attachment.
+	// Pin reserves the host ports of the mappings for id and pins a new
+	// network namespace for it, with only lo up, and returns its path,
+	// e.g. /run/cube/netns/<id>. Calling Pin again for a pinned id returns
+	// the same path (and keeps the first port mappings). A failed Pin leaves
+	// nothing behind.
+	Pin(ctx context.Context, id string, ports []PortMapping) (netns string, err error)
+	// Attach runs CNI ADD on id's pinned namespace (veth on the bridge, IP,
+	// port mappings) and returns the attachment. Calling Attach again for
+	// an attached id returns the existing attachment. A failed Attach
+	// undoes its partial ADD and leaves the pin for a retry or Teardown.
+	// It fails with errdefs.ErrNotFound without a Pin first.
+	Attach(ctx context.Context, id string) (Attachment, error)
+	// Setup is Pin and Attach in one call. A failed Setup leaves nothing
+	// behind.
 	Setup(ctx context.Context, id string, ports []PortMapping) (Attachment, error)
-	// Teardown runs CNI DEL, removes the namespace and frees the IP. It is
-	// idempotent: an unknown id is not an error.
+	// Teardown runs CNI DEL, removes the namespace and frees the IP and
+	// the host ports. It is idempotent: an unknown id is not an error.
 	Teardown(ctx context.Context, id string) error
-	// List returns the ids with a pinned namespace (for garbage collection
-	// after a crash).
+	// List returns the ids with a pinned namespace or a state left by a
+	// Pin or Attach that failed midway (for garbage collection after a
+	// crash).
 	List(ctx context.Context) ([]string, error)
 }

@@ -12,18 +12,28 @@ import (
 )
 
 // instanceState is what survives a restart of the node agent: enough to
-// answer Setup again and to run CNI DEL with the same arguments as ADD.
+// answer Pin and Attach again and to run CNI DEL with the same arguments as
+// ADD.
 // It is written before the namespace is pinned (so its ports reserve the
-// host ports while ADD runs) and removed last by Teardown, so a state file
+// host ports until Teardown) and removed last by Teardown, so a state file
 // exists whenever anything of the instance may be left on the host.
 type instanceState struct {
 	ID    string        `json:"id"`
 	NetNS string        `json:"netns"`
 	Ports []PortMapping `json:"ports,omitempty"`
 	// IP is set, and Ready true, once CNI ADD has succeeded. A state that
-	// is not Ready was left by a Setup that failed or crashed midway.
+	// is not Ready is pinned and not attached yet, or was left by a Pin or
+	// Attach that failed or crashed midway.
 	IP    string `json:"ip,omitempty"`
 	Ready bool   `json:"ready"`
+	// Chain is the plugin chain ADD runs and DEL must run again:
+	// chainBridge or chainBridgePortMap, or chainLegacy ("") in state
+	// files older than the field.
+	Chain string `json:"chain,omitempty"`
+	// Masq tells that the manager masquerades the instance's traffic
+	// itself (see addMasq) and must remove the rules. In chainLegacy the
+	// bridge plugin did, if the network masqueraded.
+	Masq bool `json:"masq,omitempty"`
 }
 
 func (s instanceState) attachment() Attachment {

@@ -22,7 +22,8 @@ import (
 
 var errNotFound = errdefs.ErrNotFound
 
-// create prepares images and network and launches the instance's shim.
+// create prepares images and network and launches the instance's shim,
+// which starts the containers once create has seen the network attached.
 func (w *worker) create(ctx context.Context, in *v1.Instance) (*shim.Client, error) {
 	start := time.Now()
 	if err := os.MkdirAll(w.dir, 0o700); err != nil {
@@ -51,36 +52,106 @@ func (w *worker) create(ctx context.Context, in *v1.Instance) (*shim.Client, err
 			}
 		}
 	}
+	// The network is attached while the shim starts and builds the
+	// sandbox against the pinned namespace: the shim starts no container
+	// before Start below, which runs only once Attach succeeded.
 	t0 := time.Now()
-	nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	att, err := w.a.cfg.Network.Setup(nctx, w.uid, ports)
-	cancel()
+	nctx, ncancel := context.WithTimeout(ctx, 30*time.Second)
+	defer ncancel()
+	netns, err := w.a.cfg.Network.Pin(nctx, w.uid, ports)
 	if err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
-	attJSON, _ := json.Marshal(att)
-	if err := os.WriteFile(filepath.Join(w.dir, "attachment.json"), attJSON, 0o600); err != nil {
-		return nil, err
+	type attached struct {
+		att  network.Attachment
+		err  error
+		took time.Duration
 	}
-	w.mu.Lock()
-	w.ip = att.IP
-	w.mu.Unlock()
-	spec.NetNS = att.NetNS
+	attc := make(chan attached, 1)
+	go func() {
+		att, err := w.a.cfg.Network.Attach(nctx, w.uid)
+		attc <- attached{att, err, time.Since(t0)}
+	}()
+	spec.NetNS = netns
 	cfg := shim.Config{
 		Sandbox:       spec,
 		RestartPolicy: string(in.Spec.RestartPolicy),
 		LogDir:        filepath.Join(w.dir, "logs"),
 		Socket:        filepath.Join(w.dir, "shim.sock"),
+		AwaitStart:    true,
 	}
-	t1 := time.Now()
-	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
+	lctx, lcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer lcancel()
 	c, err := shim.Launch(lctx, w.a.cfg.ShimCommand, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("launch shim: %w", err)
+	launched := time.Since(t0)
+	nw := <-attc
+	if err == nil && nw.err == nil {
+		if err = w.attached(nw.att); err == nil {
+			sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+			err = c.Start(sctx)
+			scancel()
+			if err != nil {
+				err = fmt.Errorf("start shim: %w", err)
+			}
+		}
+	} else if nw.err != nil {
+		err = fmt.Errorf("network: %w", nw.err)
+	} else {
+		c, err = nil, fmt.Errorf("launch shim: %w", err)
 	}
-	w.a.log.Debug("instance prepared", "uid", w.uid, "images", t0.Sub(start), "network", t1.Sub(t0), "shim", time.Since(t1))
+	if err != nil {
+		w.undoCreate(ctx, c)
+		return nil, err
+	}
+	w.a.log.Debug("instance prepared", "uid", w.uid, "images", t0.Sub(start), "network", nw.took, "shim", launched, "total", time.Since(start))
 	return c, nil
+}
+
+// attached records the instance's network attachment: on disk for a later
+// agent (see readIP), and as the IP to report.
+func (w *worker) attached(att network.Attachment) error {
+	attJSON, _ := json.Marshal(att)
+	if err := os.WriteFile(filepath.Join(w.dir, "attachment.json"), attJSON, 0o600); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.ip = att.IP
+	w.mu.Unlock()
+	return nil
+}
+
+// resume finishes a create that a previous agent left between launching
+// the shim and starting it: attach the network (a no-op when attached)
+// and let the shim start its containers (a no-op when it did).
+func (w *worker) resume(ctx context.Context, c *shim.Client) error {
+	nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	att, err := w.a.cfg.Network.Attach(nctx, w.uid)
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if err := w.attached(att); err != nil {
+		return err
+	}
+	return c.Start(nctx)
+}
+
+// undoCreate removes what a failed create made, as a failed network setup
+// always did: the shim (c, if it was launched: its containers never
+// started) and the network attachment. A shim left behind would be adopted
+// by the next reconcile.
+func (w *worker) undoCreate(ctx context.Context, c *shim.Client) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 60*time.Second)
+	defer cancel()
+	if c != nil {
+		if err := c.Shutdown(ctx); err != nil {
+			w.a.log.Warn("shut down the shim of a failed create", "uid", w.uid, "err", err)
+			return // its sandbox may still use the namespace
+		}
+	}
+	if err := w.a.cfg.Network.Teardown(ctx, w.uid); err != nil {
+		w.a.log.Warn("tear down the network of a failed create", "uid", w.uid, "err", err)
+	}
 }
 
 // containerSpec resolves a container against its image: rootfs, argv

@@ -107,6 +107,13 @@ func (w *worker) reconcile(ctx context.Context, in *v1.Instance) (done bool, err
 	cancel()
 	if perr == nil {
 		w.readIP()
+		if in.Status.Phase == v1.PhaseCreating {
+			// The agent that launched it may have stopped before the
+			// network was attached and the shim told to start.
+			if err := w.resume(ctx, c); err != nil {
+				return false, fmt.Errorf("resume the creation of an adopted shim: %w", err)
+			}
+		}
 		log.Info("adopted running shim")
 		w.startMonitor(ctx, c)
 		return false, nil

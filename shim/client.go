@@ -61,6 +61,13 @@ func (c *Client) State(ctx context.Context, after uint64) (State, error) {
 	return st, err
 }
 
+// Start lets a shim launched with Config.AwaitStart start its containers:
+// the caller has made their network ready. It returns at once (State
+// reports the starts) and does nothing on a shim that may start already.
+func (c *Client) Start(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/start", nil, nil)
+}
+
 // Stop stops every container (SIGTERM, SIGKILL after grace) and disables
 // restarts for good. It returns once all have exited.
 func (c *Client) Stop(ctx context.Context, grace time.Duration) error {

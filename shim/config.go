@@ -48,6 +48,11 @@ type Config struct {
 	StopGrace time.Duration `json:"stopGrace,omitempty"`
 	// Debug turns on debug logs in the shim's own log.
 	Debug bool `json:"debug,omitempty"`
+	// AwaitStart makes the shim create the sandbox but start no container
+	// until Client.Start. The node agent launches the shim while it still
+	// attaches the instance's network, and calls Start once the network
+	// is ready: no container may run before that.
+	AwaitStart bool `json:"awaitStart,omitempty"`
 }
 
 // WithDefaults returns c with every unset field at its default.

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -16,7 +17,9 @@ import (
 // Launch starts a shim for cfg and returns a client once it answers. argv
 // is the shim command without the config path, which Launch appends, e.g.
 // ["/usr/bin/cube", "shim", "--config"]. If a shim already answers on
-// cfg.Socket, Launch returns a client to it and starts nothing.
+// cfg.Socket, Launch returns a client to it and starts nothing. The shim
+// says when it serves through a pipe (see signalReady), so Launch does not
+// poll the socket.
 //
 // The shim runs in its own session (no controlling terminal, its own
 // process group), with stdin /dev/null and stdout/stderr appended to the
@@ -51,26 +54,43 @@ func Launch(ctx context.Context, argv []string, cfg Config) (*Client, error) {
 	}
 	defer logf.Close()
 	logStart, _ := logf.Seek(0, 2)
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("shim launch: %w", err)
+	}
+	defer readyR.Close()
 	cmd := exec.Command(argv[0], slices.Concat(argv[1:], []string{files.Config})...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	cmd.ExtraFiles = []*os.File{readyW} // fd 3
+	cmd.Env = append(os.Environ(), envReadyFD+"=3")
+	err = cmd.Start()
+	readyW.Close()
+	if err != nil {
 		return nil, fmt.Errorf("shim launch: start %s: %w", argv[0], err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	// The shim writes a byte once it serves; the read also ends when the
+	// shim exits, or when Launch returns and closes readyR.
+	ready := make(chan struct{})
+	go func() {
+		var b [1]byte
+		if n, _ := readyR.Read(b[:]); n == 1 {
+			close(ready)
+		}
+	}()
 
-	tick := time.NewTicker(20 * time.Millisecond)
+	// Polling is only the fallback for a shim command that does not
+	// signal readiness.
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := c.Ping(pctx)
-		cancel()
-		if err == nil {
-			return c, nil
-		}
 		select {
+		case <-ready:
+			ready = nil // from now on, poll
+		case <-tick.C:
 		case werr := <-exited:
 			// Another shim may have won a race for the same socket.
 			if c.Ping(ctx) == nil {
@@ -80,9 +100,33 @@ func Launch(ctx context.Context, argv []string, cfg Config) (*Client, error) {
 		case <-ctx.Done():
 			cmd.Process.Kill()
 			return nil, fmt.Errorf("shim launch: no answer on %s: %w; its log says: %s", cfg.Socket, ctx.Err(), logTail(files.Log, logStart))
-		case <-tick.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := c.Ping(pctx)
+		cancel()
+		if err == nil {
+			return c, nil
 		}
 	}
+}
+
+// envReadyFD names the file descriptor on which Launch waits for the shim
+// to say it serves (see signalReady).
+const envReadyFD = "CUBE_SHIM_READY_FD"
+
+// signalReady writes one byte to the descriptor named by envReadyFD and
+// closes it, so Launch need not poll the socket. Nothing the shim starts
+// later (runc, containers) inherits the descriptor or the variable.
+func signalReady() {
+	v := os.Getenv(envReadyFD)
+	os.Unsetenv(envReadyFD)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return
+	}
+	f := os.NewFile(uintptr(fd), "ready")
+	f.Write([]byte{1})
+	f.Close()
 }
 
 // logTail returns the end of what the shim logged since offset.

@@ -26,8 +26,9 @@ import (
 // means nothing to it.
 //
 // Start-up order: read config, become child subreaper, lock the pid file,
-// listen, build the sandbox, serve, then create the sandbox and start the
-// containers in the background.
+// listen, build the sandbox, serve, tell Launch it serves, then create the
+// sandbox and start the containers (after Client.Start, with
+// Config.AwaitStart) in the background.
 func Main(ctx context.Context, configPath string) error {
 	cfg, err := LoadConfig(configPath)
 	if err != nil {
@@ -95,6 +96,7 @@ func Main(ctx context.Context, configPath string) error {
 	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	signalReady()
 	go s.boot()
 	log.Info("shim serving", "socket", cfg.Socket, "pid", os.Getpid())
 

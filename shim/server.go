@@ -19,6 +19,7 @@ import (
 //
 //	GET  /ping                      200 {"pid":N}
 //	GET  /state?after=V[&wait=25s]  200 State; blocks while State.Version <= V
+//	POST /start                     200 at once; containers held by Config.AwaitStart may start
 //	POST /exec?container=NAME       body ExecRequest, header Upgrade: cube-stream;
 //	                                101, then internal/stream frames both ways
 //	POST /stop?grace=10s            200 once every container has exited
@@ -50,6 +51,10 @@ func (s *supervisor) handler() http.Handler {
 	})
 	mux.HandleFunc("GET /state", s.handleState)
 	mux.HandleFunc("POST /exec", s.handleExec)
+	mux.HandleFunc("POST /start", func(w http.ResponseWriter, r *http.Request) {
+		s.start()
+		writeJSON(w, http.StatusOK, struct{}{})
+	})
 	mux.HandleFunc("POST /stop", func(w http.ResponseWriter, r *http.Request) {
 		grace, err := s.grace(r)
 		if err != nil {

@@ -312,3 +312,47 @@ func TestSIGTERMShutsDown(t *testing.T) {
 		}
 	}
 }
+
+// TestAwaitStart: a shim launched with AwaitStart creates the sandbox but
+// runs nothing until Start; Start is idempotent, and a Shutdown before it
+// leaves no trace.
+func TestAwaitStart(t *testing.T) {
+	cfg := testConfig(t, RestartNever, shell("c", "echo started"))
+	cfg.AwaitStart = true
+	c := launch(t, cfg)
+	time.Sleep(500 * time.Millisecond) // ample time to create the sandbox and, were it not held, run
+	st, err := c.State(testCtx(t), 0)
+	if err != nil || st.Phase != PhaseCreating || st.Containers[0].Reason != ReasonContainerCreating {
+		t.Fatalf("state before Start = %+v, %v; want Creating, container ContainerCreating", st, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(cfg.LogDir, "c.log")); len(b) != 0 {
+		t.Fatalf("log before Start = %q; want empty", b)
+	}
+	for range 2 {
+		if err := c.Start(testCtx(t)); err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+	}
+	st = waitState(t, c, "Succeeded", func(s State) bool { return s.Phase == PhaseSucceeded || s.Phase == PhaseFailed })
+	if st.Phase != PhaseSucceeded || readLog(t, cfg, "c") != "started\n" {
+		t.Errorf("after Start: %+v, log %q; want Succeeded, %q", st, readLog(t, cfg, "c"), "started\n")
+	}
+
+	held := testConfig(t, RestartNever, sandbox.ContainerSpec{Name: "c", Args: []string{"sleep", "1000"}})
+	held.AwaitStart = true
+	hc := launch(t, held)
+	time.Sleep(500 * time.Millisecond) // the sandbox is created, its init waits
+	if err := hc.Shutdown(testCtx(t)); err != nil {
+		t.Fatalf("Shutdown before Start: %v", err)
+	}
+	for _, p := range []string{held.Socket, held.Sandbox.StateDir} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s remains after Shutdown", p)
+		}
+	}
+	for _, h := range []string{"cpu", "memory", "pids"} {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", h, held.Sandbox.CgroupParent)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("cgroup %s remains in %s", held.Sandbox.CgroupParent, h)
+		}
+	}
+}

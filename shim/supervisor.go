@@ -30,6 +30,8 @@ type supervisor struct {
 	ctx context.Context // the shim's life: cancelled when it exits
 
 	containers []*supervised
+	startCh    chan struct{} // closed when the containers may start (see Config.AwaitStart)
+	startOnce  sync.Once
 	stopCh     chan struct{} // closed by stop: no more starts
 	booted     chan struct{} // closed when every first start was attempted (or skipped)
 	running    sync.WaitGroup
@@ -58,8 +60,11 @@ type supervised struct {
 func newSupervisor(ctx context.Context, cfg Config, sb sandbox.Sandbox, log *slog.Logger) (*supervisor, error) {
 	s := &supervisor{
 		cfg: cfg, sb: sb, log: log, ctx: ctx,
-		stopCh: make(chan struct{}), booted: make(chan struct{}),
+		startCh: make(chan struct{}), stopCh: make(chan struct{}), booted: make(chan struct{}),
 		version: 1, changed: make(chan struct{}), exited: make(chan struct{}),
+	}
+	if !cfg.AwaitStart {
+		s.start()
 	}
 	for _, c := range cfg.Sandbox.Containers {
 		w, err := logfile.NewWriter(filepath.Join(cfg.LogDir, c.Name+".log"), logfile.Options{MaxBytes: cfg.LogMaxBytes, MaxFiles: cfg.LogMaxFiles})
@@ -103,13 +108,23 @@ func (s *supervisor) isStopped() bool {
 	return s.stopped
 }
 
-// boot creates the sandbox and starts the containers in order, each under
-// its own supervising goroutine.
+// start lets boot start the containers; only the first call counts.
+func (s *supervisor) start() {
+	s.startOnce.Do(func() { close(s.startCh) })
+}
+
+// boot creates the sandbox and, once start was called, starts the
+// containers in order, each under its own supervising goroutine.
 func (s *supervisor) boot() {
 	defer close(s.booted)
 	if err := s.sb.Create(s.ctx); err != nil {
 		s.log.Error("create sandbox", "err", err)
 		s.update(func() { s.createErr = err.Error() })
+		return
+	}
+	select {
+	case <-s.startCh:
+	case <-s.stopCh:
 		return
 	}
 	for _, c := range s.containers {

@@ -38,6 +38,11 @@ type container struct {
 	state   sandbox.ContainerState // protected by runcSandbox.mu
 	defined bool                   // runc holds a container under id; protected by runcSandbox.mu
 	cur     *run                   // the latest run, nil before the first Start; protected by runcSandbox.mu
+	// pre is the run Create made ahead of the first Start (see precreate),
+	// with the pipes its output waits in; nil once Start took it or it was
+	// killed; protected by runcSandbox.mu.
+	pre    *run
+	preOut *pipes
 }
 
 // run is one life of a container's init process.
@@ -65,6 +70,9 @@ func (r *run) exited() bool {
 // writable layer survives restarts). If runc cannot start the command, the
 // container is reported exited with 127 (not found), 126 (not executable) or
 // 128 (other), Start returns the error, and Wait returns that state at once.
+//
+// The first Start of a container usually finds it created by Create
+// already (see precreate) and only runs `runc start`.
 func (s *runcSandbox) Start(ctx context.Context, name string, stdio sandbox.Stdio) error {
 	c, err := s.container(name)
 	if err != nil {
@@ -73,7 +81,7 @@ func (s *runcSandbox) Start(ctx context.Context, name string, stdio sandbox.Stdi
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	s.mu.Lock()
-	created, defined, cur := s.created, c.defined, c.cur
+	created, cur := s.created, c.cur
 	s.mu.Unlock()
 	if !created {
 		return fmt.Errorf("container %s: sandbox %s is not created (call Create first) or was destroyed: %w", name, s.spec.ID, errdefs.ErrConflict)
@@ -81,60 +89,127 @@ func (s *runcSandbox) Start(ctx context.Context, name string, stdio sandbox.Stdi
 	if cur != nil && !cur.exited() {
 		return fmt.Errorf("container %s is already running (pid %d): %w", name, cur.pid, errdefs.ErrConflict)
 	}
-	if defined {
-		if err := s.runc.run(ctx, runcStdio{}, "delete", "--force", c.id); err != nil && !notExist(err) {
-			return fmt.Errorf("container %s: delete previous run: %w", name, err)
+	if r, out := s.takePrecreated(c); r != nil {
+		if stdio.Stdin == nil && !r.exited() {
+			out.attach(stdio, true)
+			s.promote(c, r)
+			return s.startCreated(ctx, c, r)
 		}
-		s.mu.Lock()
-		c.defined = false
-		s.mu.Unlock()
+		// It died, or the caller wants a stdin it was not made with: a
+		// fresh run replaces it.
+		r.kill()
+		<-r.done
+	}
+	if err := s.deleteDefined(ctx, c); err != nil {
+		return fmt.Errorf("container %s: delete previous run: %w", name, err)
 	}
 	out, err := newPipes(stdio, true)
 	if err != nil {
 		return fmt.Errorf("container %s: %w", name, err)
 	}
+	r, err := s.create(ctx, c, out)
+	if err != nil {
+		out.finish()
+		var re *runcError
+		if errors.As(err, &re) {
+			now := time.Now()
+			r := &run{pidfd: -1, done: make(chan struct{})}
+			r.final = sandbox.ContainerState{Name: name, Phase: sandbox.PhaseExited, ExitCode: exitCodeForStartError(runcMessage(err)), StartedAt: now, FinishedAt: now}
+			close(r.done)
+			s.mu.Lock()
+			c.cur, c.state = r, r.final
+			s.mu.Unlock()
+			return fmt.Errorf("container %s: start: %w", name, err)
+		}
+		return fmt.Errorf("container %s: %w", name, err)
+	}
+	s.promote(c, r)
+	return s.startCreated(ctx, c, r)
+}
+
+// deleteDefined deletes the runc container of an earlier run, if runc
+// holds one. Preconditions: c.opMu held.
+func (s *runcSandbox) deleteDefined(ctx context.Context, c *container) error {
+	s.mu.Lock()
+	defined := c.defined
+	s.mu.Unlock()
+	if !defined {
+		return nil
+	}
+	if err := s.runc.run(ctx, runcStdio{}, "delete", "--force", c.id); err != nil && !notExist(err) {
+		return err
+	}
+	s.mu.Lock()
+	c.defined = false
+	s.mu.Unlock()
+	return nil
+}
+
+// create runs `runc create` for c, whose runc container must be deleted,
+// with out's child ends as the init's stdio, and returns the run: its init
+// waits for `runc start` to exec the command, and a goroutine reaps it and
+// then finishes out. A failure of runc itself is a *runcError; on any error
+// the caller still owns out. Preconditions: c.opMu held.
+func (s *runcSandbox) create(ctx context.Context, c *container, out *pipes) (*run, error) {
 	pidFile := filepath.Join(c.dir, "init.pid")
 	os.Remove(pidFile)
-	err = s.runc.run(ctx, out.child(), "create", "--bundle", c.dir, "--pid-file", pidFile, c.id)
+	err := s.runc.run(ctx, out.child(), "create", "--bundle", c.dir, "--pid-file", pidFile, c.id)
 	out.closeChildEnds()
 	s.mu.Lock()
 	c.defined = true // even a failed create may leave a stopped container behind
 	s.mu.Unlock()
 	if err != nil {
-		out.finish()
-		now := time.Now()
-		r := &run{pidfd: -1, done: make(chan struct{})}
-		r.final = sandbox.ContainerState{Name: name, Phase: sandbox.PhaseExited, ExitCode: exitCodeForStartError(runcMessage(err)), StartedAt: now, FinishedAt: now}
-		close(r.done)
-		s.mu.Lock()
-		c.cur, c.state = r, r.final
-		s.mu.Unlock()
-		return fmt.Errorf("container %s: start: %w", name, err)
+		return nil, err
 	}
 	pid, err := readPid(pidFile)
 	if err != nil {
-		out.finish()
-		return fmt.Errorf("container %s: %w", name, err)
+		return nil, err
 	}
 	r := &run{pid: pid, pidfd: pidfdOpen(pid), done: make(chan struct{})}
-	s.mu.Lock()
-	c.cur = r
-	c.state = sandbox.ContainerState{Name: name, Phase: sandbox.PhaseRunning, Pid: pid, StartedAt: time.Now()}
-	s.mu.Unlock()
 	go s.reap(c, r, out)
+	return r, nil
+}
+
+// promote makes r the container's current run, started now (or, if its
+// init already died, ended). Preconditions: c.opMu held.
+func (s *runcSandbox) promote(c *container, r *run) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c.cur = r
+	if r.exited() {
+		c.state = r.final
+		return
+	}
+	c.state = sandbox.ContainerState{Name: c.spec.Name, Phase: sandbox.PhaseRunning, Pid: r.pid, StartedAt: time.Now()}
+}
+
+// startCreated caps the created run's CPU and lets its init exec the
+// command (`runc start`). On failure the run is killed and reaped.
+// Preconditions: c.opMu held.
+func (s *runcSandbox) startCreated(ctx context.Context, c *container, r *run) error {
+	// The init waits for `runc start` to exec the command: cap it now (see
+	// cpuQuota for why this is not in config.json).
+	if quota := cpuQuota(c.spec); quota > 0 {
+		if err := setCPUQuota(c.cgroup, quota, cpuPeriod); err != nil {
+			r.kill()
+			<-r.done
+			return fmt.Errorf("container %s: start: %w", c.spec.Name, err)
+		}
+	}
 	if err := s.runc.run(ctx, runcStdio{}, "start", c.id); err != nil {
 		r.kill()
 		<-r.done
-		return fmt.Errorf("container %s: start: %w", name, err)
+		return fmt.Errorf("container %s: start: %w", c.spec.Name, err)
 	}
-	s.log.Info("container started", "container", name, "pid", pid)
+	s.log.Info("container started", "container", c.spec.Name, "pid", r.pid)
 	return nil
 }
 
 // reap waits for the container's init to exit, records how it ended and
 // whether the OOM killer struck in its cgroup (read before anything deletes
 // the cgroup: runc keeps it until `runc delete`, which only Start and
-// Destroy call, after this).
+// Destroy call, after this). The container's state changes only if r is its
+// current run (not one created ahead and never started).
 func (s *runcSandbox) reap(c *container, r *run, out *pipes) {
 	code, sig := waitPid(r.pid, s.log)
 	finished := time.Now()
@@ -147,10 +222,15 @@ func (s *runcSandbox) reap(c *container, r *run, out *pipes) {
 	}
 	out.finish()
 	s.mu.Lock()
-	st := c.state
+	st := sandbox.ContainerState{Name: c.spec.Name, StartedAt: finished}
+	if c.cur == r {
+		st = c.state
+	}
 	st.Phase, st.Pid, st.ExitCode, st.Signal, st.OOMKilled, st.FinishedAt = sandbox.PhaseExited, 0, code, sig, oom, finished
 	r.final = st
-	c.state = st
+	if c.cur == r {
+		c.state = st
+	}
 	close(r.done)
 	s.mu.Unlock()
 	s.log.Info("container exited", "container", c.spec.Name, "exit_code", code, "signal", sig, "oom_killed", oom)
@@ -250,7 +330,8 @@ func (s *runcSandbox) Wait(ctx context.Context, name string) (sandbox.ContainerS
 }
 
 // Stop sends SIGTERM, then SIGKILL after grace, and waits for the exit. A
-// container that is not running is left alone.
+// container that is not running is left alone, except that one created
+// ahead of its first Start is killed: it will not start now.
 func (s *runcSandbox) Stop(ctx context.Context, name string, grace time.Duration) error {
 	c, err := s.container(name)
 	if err != nil {
@@ -258,6 +339,9 @@ func (s *runcSandbox) Stop(ctx context.Context, name string, grace time.Duration
 	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
+	if err := s.killPrecreated(ctx, c); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	r := c.cur
 	s.mu.Unlock()
@@ -283,6 +367,9 @@ func (s *runcSandbox) Stop(ctx context.Context, name string, grace time.Duration
 func (s *runcSandbox) kill(ctx context.Context, c *container) error {
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
+	if err := s.killPrecreated(ctx, c); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	r := c.cur
 	s.mu.Unlock()

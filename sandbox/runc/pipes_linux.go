@@ -19,6 +19,10 @@ type pipes struct {
 	readers                  []*os.File // our ends of stdout and stderr
 	copies                   sync.WaitGroup
 	finishOnce               sync.Once
+
+	mu        sync.Mutex
+	attached  bool // copying has started; protected by mu
+	finishing bool // finish has begun: no copy may start; protected by mu
 }
 
 // newPipes starts copying: stdio.Stdin into the process, its stdout and
@@ -27,15 +31,25 @@ type pipes struct {
 // never blocks on a full pipe because its log broke; without it the pipe is
 // closed and the process gets EPIPE, as a shell pipeline would.
 func newPipes(stdio sandbox.Stdio, keepDraining bool) (*pipes, error) {
-	p := &pipes{}
-	var err error
+	p, err := openPipes(stdio.Stdin != nil)
+	if err != nil {
+		return nil, err
+	}
+	p.attach(stdio, keepDraining)
+	return p, nil
+}
+
+// openPipes makes the pipes (an input pipe only withStdin) without copying
+// anything yet: what the process writes waits in the pipe until attach.
+func openPipes(withStdin bool) (p *pipes, err error) {
+	p = &pipes{}
 	defer func() {
 		if err != nil {
 			p.closeChildEnds()
 			p.closeOurEnds()
 		}
 	}()
-	for _, dst := range []io.Writer{stdio.Stdout, stdio.Stderr} {
+	for range 2 {
 		var r, w *os.File
 		if r, w, err = os.Pipe(); err != nil {
 			return nil, fmt.Errorf("create output pipe: %w", err)
@@ -46,9 +60,29 @@ func newPipes(stdio sandbox.Stdio, keepDraining bool) (*pipes, error) {
 		} else {
 			p.stderrW = w
 		}
+	}
+	if withStdin {
+		if p.stdinR, p.stdinW, err = os.Pipe(); err != nil {
+			return nil, fmt.Errorf("create input pipe: %w", err)
+		}
+	}
+	return p, nil
+}
+
+// attach starts copying (see newPipes), once. It does nothing after
+// finish began: the process is gone and its pipes are being closed.
+func (p *pipes) attach(stdio sandbox.Stdio, keepDraining bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.attached || p.finishing {
+		return
+	}
+	p.attached = true
+	for i, dst := range []io.Writer{stdio.Stdout, stdio.Stderr} {
 		if dst == nil {
 			dst = io.Discard
 		}
+		r := p.readers[i]
 		p.copies.Add(1)
 		go func() {
 			defer p.copies.Done()
@@ -57,10 +91,7 @@ func newPipes(stdio sandbox.Stdio, keepDraining bool) (*pipes, error) {
 			}
 		}()
 	}
-	if stdio.Stdin != nil {
-		if p.stdinR, p.stdinW, err = os.Pipe(); err != nil {
-			return nil, fmt.Errorf("create input pipe: %w", err)
-		}
+	if p.stdinW != nil && stdio.Stdin != nil {
 		// Not waited for: it may sit in the caller's Read until the caller
 		// closes its reader; a write after the process exits just fails.
 		go func(w *os.File) {
@@ -68,7 +99,6 @@ func newPipes(stdio sandbox.Stdio, keepDraining bool) (*pipes, error) {
 			w.Close()
 		}(p.stdinW)
 	}
-	return p, nil
 }
 
 // child returns the ends runc (and the process) should get.
@@ -100,6 +130,9 @@ func (p *pipes) closeOurEnds() {
 // stops the copies and closes everything.
 func (p *pipes) finish() {
 	p.finishOnce.Do(func() {
+		p.mu.Lock()
+		p.finishing = true
+		p.mu.Unlock()
 		done := make(chan struct{})
 		go func() {
 			p.copies.Wait()

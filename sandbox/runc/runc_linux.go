@@ -157,8 +157,9 @@ func (s *runcSandbox) container(name string) (*container, error) {
 }
 
 // Create pins the shared namespaces, writes the shared /etc files, mounts
-// the shared /dev/shm and every container's overlay, and writes each
-// container's bundle. A failed Create removes what it made.
+// the shared /dev/shm and every container's overlay, writes each
+// container's bundle, and has runc create each container up to the exec
+// of its command (see precreate). A failed Create removes what it made.
 func (s *runcSandbox) Create(ctx context.Context) (err error) {
 	s.lifeMu.Lock()
 	defer s.lifeMu.Unlock()
@@ -212,6 +213,7 @@ func (s *runcSandbox) Create(ctx context.Context) (err error) {
 			return fmt.Errorf("container %s: %w", name, err)
 		}
 	}
+	s.precreateAll(ctx)
 	s.mu.Lock()
 	s.created = true
 	s.mu.Unlock()

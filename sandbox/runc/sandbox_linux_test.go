@@ -396,3 +396,94 @@ func TestSharedShmAndIdempotentCreate(t *testing.T) {
 		t.Errorf("reader: exit %d output %q; want the writer's /dev/shm/x", st.ExitCode, out)
 	}
 }
+
+// cgroupProcs lists the processes in a container's cgroup (pids hierarchy).
+func cgroupProcs(t *testing.T, spec sandbox.Spec, name string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/pids", cgroupsPath(spec, name), "cgroup.procs"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(b))
+}
+
+// TestCreateRunsNothingOfTheImage: Create has runc create the container
+// ahead of Start, but the command runs only after Start, under its CPU limit.
+func TestCreateRunsNothingOfTheImage(t *testing.T) {
+	sb, spec := newTestSandbox(t, sandbox.ContainerSpec{Name: "c", Args: []string{"sh", "-c", "touch /ran; exec sleep 1000"}, MilliCPU: 100})
+	if procs := cgroupProcs(t, spec, "c"); len(procs) != 1 {
+		t.Errorf("processes in the container's cgroup after Create = %v; want runc's waiting init alone", procs)
+	}
+	time.Sleep(200 * time.Millisecond)
+	marker := filepath.Join(spec.StateDir, "containers", "c", "upper", "ran")
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the command ran before Start: stat %s = %v", marker, err)
+	}
+	quota := filepath.Join("/sys/fs/cgroup/cpu", cgroupsPath(spec, "c"), "cpu.cfs_quota_us")
+	if b, _ := os.ReadFile(quota); strings.TrimSpace(string(b)) != "-1" {
+		t.Errorf("cpu quota before Start = %q; want -1 (runc's init is not throttled)", b)
+	}
+	ctx := testCtx(t)
+	if err := sb.Start(ctx, "c", sandbox.Stdio{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(quota); strings.TrimSpace(string(b)) != "10000" {
+		t.Errorf("cpu quota after Start = %q; want 10000", b)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(marker); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the command did not run after Start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestStopBeforeStartKillsTheCreatedInit: a container stopped before its
+// first Start leaves no process behind, and a later Start runs it afresh.
+func TestStopBeforeStartKillsTheCreatedInit(t *testing.T) {
+	sb, spec := newTestSandbox(t, shell("c", "echo fresh"))
+	ctx := testCtx(t)
+	if err := sb.Stop(ctx, "c", time.Second); err != nil {
+		t.Fatalf("Stop before Start: %v", err)
+	}
+	if procs := cgroupProcs(t, spec, "c"); len(procs) != 0 {
+		t.Errorf("processes in the container's cgroup after Stop = %v; want none", procs)
+	}
+	st, out, _ := runToExit(t, sb, "c")
+	if st.ExitCode != 0 || out != "fresh\n" {
+		t.Errorf("Start after Stop: exit %d, output %q; want 0, %q", st.ExitCode, out, "fresh\n")
+	}
+}
+
+// TestDestroyBeforeStart: the inits Create made go with Destroy.
+func TestDestroyBeforeStart(t *testing.T) {
+	sb, spec := newTestSandbox(t, sandbox.ContainerSpec{Name: "a", Args: []string{"sleep", "1000"}}, shell("b", "sleep 1000"))
+	var pids []int
+	for _, name := range []string{"a", "b"} {
+		for _, p := range cgroupProcs(t, spec, name) {
+			pid, _ := strconv.Atoi(p)
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) != 2 {
+		t.Fatalf("created inits = %v; want one per container", pids)
+	}
+	if err := sb.Destroy(testCtx(t)); err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	for _, pid := range pids {
+		if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
+			t.Errorf("created init %d still exists after Destroy (kill 0 = %v)", pid, err)
+		}
+	}
+	if _, err := os.Stat(spec.StateDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state dir remains: %v", err)
+	}
+}

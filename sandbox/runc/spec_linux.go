@@ -141,10 +141,10 @@ func resources(c sandbox.ContainerSpec, memsw bool) *specs.LinuxResources {
 		Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
 	}
 	if c.MilliCPU > 0 {
-		quota := c.MilliCPU * cpuPeriod / 1000
-		period := uint64(cpuPeriod)
+		// Shares only: the CFS quota is applied by Start between `runc
+		// create` and `runc start` (see cpuQuota).
 		shares := uint64(max(2, c.MilliCPU*1024/1000))
-		r.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period, Shares: &shares}
+		r.CPU = &specs.LinuxCPU{Shares: &shares}
 	}
 	if c.MemoryBytes > 0 {
 		limit := c.MemoryBytes
@@ -157,6 +157,24 @@ func resources(c sandbox.ContainerSpec, memsw bool) *specs.LinuxResources {
 		}
 	}
 	return r
+}
+
+// cpuQuota returns the CFS quota of a container (0: none) for cpuPeriod.
+//
+// It is not in config.json, because runc writes a cgroup's resources while
+// its own init (runc:[2:INIT], a Go program) is already in that cgroup and
+// still has mounts, pivot_root and capabilities to do. With a small limit
+// (10m is 1ms of CPU per 100ms) those few ms of runc's work are throttled
+// into hundreds of ms of wall time. Start writes the quota once `runc
+// create` returned, while the init waits to exec the container's command,
+// so the command itself never runs without its limit. The init's last
+// steps after `runc start` (about a ms of CPU) do run under it: at 10m
+// that now and then costs `runc start` one period (100ms).
+func cpuQuota(c sandbox.ContainerSpec) int64 {
+	if c.MilliCPU <= 0 {
+		return 0
+	}
+	return c.MilliCPU * cpuPeriod / 1000
 }
 
 // cgroupsPath is where the container's cgroup lives in every hierarchy.
