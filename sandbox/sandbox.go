@@ -9,6 +9,8 @@ import (
 	"context"
 	"io"
 	"time"
+
+	"github.com/cube-platform/cube/internal/stream"
 )
 
 // Spec describes one instance's sandbox and all its containers.
@@ -88,10 +90,7 @@ type ExecSpec struct {
 }
 
 // WindowSize of a terminal.
-type WindowSize struct {
-	Rows uint16 `json:"rows"`
-	Cols uint16 `json:"cols"`
-}
+type WindowSize = stream.WindowSize
 
 // Sandbox is one instance's isolation unit. Implementations are safe for
 // concurrent use.

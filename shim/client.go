@@ -208,58 +208,9 @@ func (c *Client) Exec(ctx context.Context, container string, req ExecRequest, st
 		return -1, err
 	}
 	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	fw := stream.NewWriter(conn)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		if stdin != nil {
-			io.Copy(fw.KindWriter(stream.Stdin), stdin)
-		}
-		fw.WriteFrame(stream.CloseStdin, nil)
-	}()
-	if resize != nil {
-		go func() {
-			for {
-				select {
-				case ws, ok := <-resize:
-					if !ok {
-						return
-					}
-					b, _ := json.Marshal(ws)
-					fw.WriteFrame(stream.Resize, b)
-				case <-done:
-					return
-				}
-			}
-		}()
+	code, err := stream.RunClient(ctx, conn, stdin, stdout, stderr, resize)
+	if err != nil {
+		return -1, fmt.Errorf("exec in %s: %w", container, err)
 	}
-	for {
-		f, err := stream.ReadFrame(conn)
-		if err != nil {
-			if ctx.Err() != nil {
-				return -1, fmt.Errorf("exec in %s: %w", container, ctx.Err())
-			}
-			return -1, fmt.Errorf("exec in %s: session ended without an exit code: %w", container, err)
-		}
-		switch f.Kind {
-		case stream.Stdout:
-			if stdout != nil {
-				stdout.Write(f.Payload)
-			}
-		case stream.Stderr:
-			if stderr != nil {
-				stderr.Write(f.Payload)
-			}
-		case stream.Exit:
-			code, err := strconv.Atoi(string(f.Payload))
-			if err != nil {
-				return -1, fmt.Errorf("exec in %s: bad exit frame %q", container, f.Payload)
-			}
-			return code, nil
-		case stream.Error:
-			return -1, fmt.Errorf("exec in %s: %s", container, f.Payload)
-		}
-	}
+	return code, nil
 }
