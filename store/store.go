@@ -94,21 +94,31 @@ func (c Collection[T, P]) List(ctx context.Context, prefix string) ([]P, int64, 
 
 // Create writes obj at key if nothing is there (ErrAlreadyExists otherwise)
 // and sets its resourceVersion.
-func (c Collection[T, P]) Create(ctx context.Context, key string, obj P, opts ...clientv3.OpOption) error {
+func (c Collection[T, P]) Create(ctx context.Context, key string, obj P) error {
+	return c.createIf(ctx, key, obj)
+}
+
+// createIf writes obj at key if nothing is there and every guard holds:
+// ErrAlreadyExists when the key exists, ErrConflict when a guard failed.
+func (c Collection[T, P]) createIf(ctx context.Context, key string, obj P, guards ...clientv3.Cmp) error {
 	val, err := encode(obj)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	resp, err := c.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, val, opts...)).Commit()
+	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}, guards...)
+	resp, err := c.cli.Txn(ctx).If(cmps...).
+		Then(clientv3.OpPut(key, val)).
+		Else(clientv3.OpGet(key, clientv3.WithCountOnly())).Commit()
 	if err != nil {
 		return fmt.Errorf("%w: etcd create: %v", errdefs.ErrUnavailable, err)
 	}
 	if !resp.Succeeded {
-		return errdefs.ErrAlreadyExists
+		if resp.Responses[0].GetResponseRange().Count > 0 {
+			return errdefs.ErrAlreadyExists
+		}
+		return errdefs.ErrConflict
 	}
 	obj.Meta().ResourceVersion = strconv.FormatInt(resp.Header.Revision, 10)
 	return nil
@@ -290,26 +300,5 @@ func NodeBindingKey(node string) string { return "/cube/nodebinding/" + node }
 // requests racing for the last of a quota cannot both win. It returns
 // ErrAlreadyExists, or ErrConflict when the guard failed (read and retry).
 func (c Collection[T, P]) CreateGuarded(ctx context.Context, key string, obj P, guardPrefix string, rev int64) error {
-	val, err := encode(obj)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	resp, err := c.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
-			clientv3.Compare(clientv3.ModRevision(guardPrefix), "<", rev+1).WithPrefix()).
-		Then(clientv3.OpPut(key, val)).
-		Else(clientv3.OpGet(key, clientv3.WithCountOnly())).Commit()
-	if err != nil {
-		return fmt.Errorf("%w: etcd create: %v", errdefs.ErrUnavailable, err)
-	}
-	if !resp.Succeeded {
-		if resp.Responses[0].GetResponseRange().Count > 0 {
-			return errdefs.ErrAlreadyExists
-		}
-		return errdefs.ErrConflict
-	}
-	obj.Meta().ResourceVersion = strconv.FormatInt(resp.Header.Revision, 10)
-	return nil
+	return c.createIf(ctx, key, obj, clientv3.Compare(clientv3.ModRevision(guardPrefix), "<", rev+1).WithPrefix())
 }
