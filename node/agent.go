@@ -107,7 +107,8 @@ func memTotal() (int64, error) {
 	for sc.Scan() {
 		if rest, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10, err
+			// Whole MiB: capacity reads as "24105Mi", not "24684096Ki".
+			return (kb << 10) &^ (1<<20 - 1), err
 		}
 	}
 	return 0, errors.New("MemTotal not found in /proc/meminfo")
