@@ -77,7 +77,7 @@ func (w *worker) create(ctx context.Context, in *v1.Instance) (*shim.Client, err
 		Sandbox:       spec,
 		RestartPolicy: string(in.Spec.RestartPolicy),
 		LogDir:        filepath.Join(w.dir, "logs"),
-		Socket:        filepath.Join(w.dir, "shim.sock"),
+		Socket:        shimSocket(w.dir),
 		AwaitStart:    true,
 	}
 	lctx, lcancel := context.WithTimeout(ctx, 30*time.Second)
@@ -258,16 +258,27 @@ func isNum(s string) bool {
 	return err == nil
 }
 
+// shimSocket is where the shim of the instance in dir listens.
+func shimSocket(dir string) string { return filepath.Join(dir, "shim.sock") }
+
+// liveShim returns a client for the shim of the instance in dir if one
+// answers (it may have outlived a previous agent), else nil.
+func liveShim(ctx context.Context, dir string) *shim.Client {
+	c := shim.Dial(shimSocket(dir))
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if c.Ping(pctx) != nil {
+		return nil
+	}
+	return c
+}
+
 // teardown removes every trace of an instance on this host: the shim and
 // its sandbox (processes, mounts, cgroups), the network attachment, and
 // the instance's directory with its logs. It is idempotent.
 func (a *Agent) teardown(ctx context.Context, uid string) error {
 	dir := filepath.Join(a.instancesDir(), uid)
-	c := shim.Dial(filepath.Join(dir, "shim.sock"))
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	alive := c.Ping(pctx) == nil
-	cancel()
-	if alive {
+	if c := liveShim(ctx, dir); c != nil {
 		sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		err := c.Shutdown(sctx)
 		cancel()

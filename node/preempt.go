@@ -3,11 +3,9 @@ package node
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
-	"github.com/cube-platform/cube/shim"
 )
 
 // preemptGrace is how long a preempted instance's containers get between
@@ -23,12 +21,7 @@ func (w *worker) preempt(ctx context.Context, in *v1.Instance) error {
 	w.mu.Unlock()
 	if c == nil {
 		// Not adopted yet (the agent just restarted): a shim may still run.
-		d := shim.Dial(filepath.Join(w.dir, "shim.sock"))
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if d.Ping(pctx) == nil {
-			c = d
-		}
-		cancel()
+		c = liveShim(ctx, w.dir)
 	}
 	if c != nil {
 		sctx, cancel := context.WithTimeout(ctx, preemptGrace+10*time.Second)

@@ -101,11 +101,8 @@ func (w *worker) reconcile(ctx context.Context, in *v1.Instance) (done bool, err
 		return false, nil
 	}
 	// Adopt a shim that outlived a previous agent.
-	c := shim.Dial(filepath.Join(w.dir, "shim.sock"))
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	perr := c.Ping(pctx)
-	cancel()
-	if perr == nil {
+	c := liveShim(ctx, w.dir)
+	if c != nil {
 		w.readIP()
 		if in.Status.Phase == v1.PhaseCreating {
 			// The agent that launched it may have stopped before the
