@@ -78,7 +78,7 @@ skipped, and one pair of matching quotes around a value is stripped.`,
 	fl.StringArrayVar(&f.envFiles, "env-file", nil, "read environment variables from a file (repeatable)")
 	fl.StringArrayVarP(&f.ports, "publish", "p", nil, "publish a port HOST:CONTAINER[/tcp|udp] (repeatable)")
 	fl.StringArrayVar(&f.labels, "label", nil, "set a label key=value (repeatable)")
-	fl.StringVar(&f.restart, "restart", "always", "restart policy: always|on-failure|never (Docker's no = never)")
+	fl.StringVar(&f.restart, "restart", "always", "restart policy: always|on-failure[:N]|never (N bounds the restarts; Docker's no = never)")
 	fl.StringVarP(&f.workdir, "workdir", "w", "", "working directory inside the container")
 	fl.StringVar(&f.priority, "priority", "", "priority band: system|production|batch|best-effort (default production)")
 	fl.StringVar(&f.entrypoint, "entrypoint", "", "override the image's entrypoint")
@@ -90,24 +90,26 @@ skipped, and one pair of matching quotes around a value is stripped.`,
 	return cmd
 }
 
-// ParseRestart maps Docker's spellings onto the API's restart policy.
-func ParseRestart(s string) (v1.RestartPolicy, error) {
+// ParseRestart maps Docker's spellings onto the API's restart policy and
+// its bound on restarts (on-failure:N; 0 means none).
+func ParseRestart(s string) (v1.RestartPolicy, int, error) {
 	base, n, hasN := strings.Cut(strings.ToLower(s), ":")
 	switch base {
 	case "always", "unless-stopped":
-		return v1.RestartAlways, nil
+		return v1.RestartAlways, 0, nil
 	case "on-failure", "onfailure":
-		if hasN {
-			if _, err := strconv.Atoi(n); err != nil {
-				return "", fmt.Errorf("--restart %q: the retry count must be a number", s)
-			}
-			fmt.Fprintln(os.Stderr, "cube: warning: --restart on-failure:N retries without a limit for now")
+		if !hasN {
+			return v1.RestartOnFailure, 0, nil
 		}
-		return v1.RestartOnFailure, nil
+		max, err := strconv.Atoi(n)
+		if err != nil || max < 0 {
+			return "", 0, fmt.Errorf("--restart %q: the retry count must be a number of at least 0", s)
+		}
+		return v1.RestartOnFailure, max, nil
 	case "never", "no":
-		return v1.RestartNever, nil
+		return v1.RestartNever, 0, nil
 	}
-	return "", fmt.Errorf("--restart %q: want always, on-failure[:N] or never", s)
+	return "", 0, fmt.Errorf("--restart %q: want always, on-failure[:N] or never", s)
 }
 
 // ParsePort parses -p HOST:CONTAINER[/proto] (or CONTAINER alone: exposed,
@@ -170,7 +172,7 @@ func (f *runFlags) instance(args []string) (*v1.Instance, error) {
 	if len(command) > 0 && command[0] == "--" {
 		command = command[1:]
 	}
-	restart, err := ParseRestart(f.restart)
+	restart, maxRestarts, err := ParseRestart(f.restart)
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +218,7 @@ func (f *runFlags) instance(args []string) (*v1.Instance, error) {
 	in := &v1.Instance{
 		APIVersion: v1.Version, Kind: "Instance",
 		Metadata: v1.ObjectMeta{Name: name, Labels: labels},
-		Spec:     v1.InstanceSpec{Containers: []v1.Container{c}, RestartPolicy: restart, Priority: f.priority},
+		Spec:     v1.InstanceSpec{Containers: []v1.Container{c}, RestartPolicy: restart, MaxRestarts: maxRestarts, Priority: f.priority},
 	}
 	return in, nil
 }

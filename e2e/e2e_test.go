@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -220,4 +221,95 @@ func TestSurvivesKill9(t *testing.T) {
 	if out := c.mustCube("exec", "one", "--", "echo", "still-here"); strings.TrimSpace(out) != "still-here" {
 		t.Errorf("exec after restart = %q", out)
 	}
+}
+
+// TestShimKill9 kills an instance's shim: the node starts a new shim, which
+// clears the containers the dead one orphaned and runs the instance again,
+// on the same IP, with one copy of its process and the restart counted.
+func TestShimKill9(t *testing.T) {
+	c := startCluster(t)
+	ref := pushBusybox(t)
+	c.mustCube("image", "pull", ref, "--insecure")
+	token := "heal-" + randHex(4)
+	c.mustCube("run", "--name", "heal", ref, "--", "sh", "-c", "echo "+token+"; while true; do sleep 1; done")
+	c.mustCube("wait", "heal", "--for", "running", "--timeout", "60s")
+	before, err := c.client.GetInstance(context.Background(), "heal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shims := shimPids(t, c.dataDir)
+	if len(shims) != 1 {
+		t.Fatalf("found %d shims; want 1", len(shims))
+	}
+	orphans := processesWith(token)
+	if len(orphans) != 1 {
+		t.Fatalf("processes running %q: %v; want 1", token, orphans)
+	}
+	if err := syscall.Kill(shims[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	c.eventually(60*time.Second, "a new shim running the instance", func() error {
+		in, err := c.client.GetInstance(context.Background(), "heal")
+		if err != nil {
+			return err
+		}
+		now := shimPids(t, c.dataDir)
+		if len(now) != 1 || now[0] == shims[0] || !alive(now[0]) {
+			return fmt.Errorf("shims %v", now)
+		}
+		if in.Status.Phase != v1.PhaseRunning || len(in.Status.Containers) != 1 || in.Status.Containers[0].State != v1.ContainerRunning {
+			return fmt.Errorf("status %+v", in.Status)
+		}
+		return nil
+	})
+	after, err := c.client.GetInstance(context.Background(), "heal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Status.IP != before.Status.IP {
+		t.Errorf("ip %s after the shim was replaced; want %s", after.Status.IP, before.Status.IP)
+	}
+	if rc := after.Status.Containers[0].RestartCount; rc < 1 {
+		t.Errorf("restartCount %d; want the lost shim counted as a restart", rc)
+	}
+	if running(orphans[0]) {
+		t.Errorf("the orphaned container process %d still runs", orphans[0])
+	}
+	if procs := processesWith(token); len(procs) != 1 {
+		t.Errorf("processes running %q: %v; want exactly 1", token, procs)
+	}
+	if out := c.mustCube("exec", "heal", "--", "echo", "healed"); strings.TrimSpace(out) != "healed" {
+		t.Errorf("exec after the shim was replaced = %q", out)
+	}
+	if logs := c.mustCube("logs", "heal"); strings.Count(logs, token) < 2 {
+		t.Errorf("logs %q; want the output of both runs", logs)
+	}
+}
+
+// running tells whether pid is a process that is not a zombie: an orphan
+// is reaped by init, which here may take its time.
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(b), ") ")
+	return !strings.HasPrefix(rest, "Z")
+}
+
+// processesWith lists the running pids whose command line contains s.
+func processesWith(s string) []int {
+	var pids []int
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == os.Getpid() || !running(pid) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), s) && !strings.Contains(string(b), "cube\x00") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

@@ -33,6 +33,18 @@ func TestTour(t *testing.T) {
 		t.Errorf("run --attach: exit %d, out %q; want exit 3 and the output", code, out)
 	}
 
+	// on-failure:2 runs a failing command three times, then gives up.
+	c.mustCube("run", "--restart", "on-failure:2", "--name", "flaky", "busybox", "--", "sh", "-c", "echo try; exit 4")
+	c.mustCube("wait", "flaky", "--for", "exited", "--timeout", "60s")
+	if in, err := c.client.GetInstance(context.Background(), "flaky"); err != nil {
+		t.Fatal(err)
+	} else if cs := in.Status.Containers; in.Status.Phase != v1.PhaseFailed || len(cs) != 1 || cs[0].RestartCount != 2 || cs[0].ExitCode != 4 {
+		t.Errorf("flaky: %s %+v; want Failed with exit 4 after 2 restarts", in.Status.Phase, cs)
+	}
+	if out := c.mustCube("logs", "flaky"); strings.Count(out, "try") != 3 {
+		t.Errorf("flaky logs %q; want 3 tries", out)
+	}
+
 	// Two containers, one network namespace: the sidecar reads the web
 	// container over 127.0.0.1 (no pause container in between).
 	manifest := strings.ReplaceAll(mustRead(t, "../docs/examples/two-containers.yaml"), "hostPort: 8081", fmt.Sprintf("hostPort: %d", freePort(t)))

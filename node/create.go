@@ -24,7 +24,9 @@ var errNotFound = errdefs.ErrNotFound
 
 // create prepares images and network and launches the instance's shim,
 // which starts the containers once create has seen the network attached.
-func (w *worker) create(ctx context.Context, in *v1.Instance) (*shim.Client, error) {
+// restarts are the containers' restart counts so far (see
+// shim.Config.RestartCounts).
+func (w *worker) create(ctx context.Context, in *v1.Instance, restarts map[string]int) (*shim.Client, error) {
 	start := time.Now()
 	if err := os.MkdirAll(w.dir, 0o700); err != nil {
 		return nil, err
@@ -76,6 +78,8 @@ func (w *worker) create(ctx context.Context, in *v1.Instance) (*shim.Client, err
 	cfg := shim.Config{
 		Sandbox:       spec,
 		RestartPolicy: string(in.Spec.RestartPolicy),
+		MaxRestarts:   in.Spec.MaxRestarts,
+		RestartCounts: restarts,
 		LogDir:        filepath.Join(w.dir, "logs"),
 		Socket:        shimSocket(w.dir),
 		AwaitStart:    true,

@@ -28,6 +28,13 @@ type Config struct {
 	// RestartPolicy is "Always", "OnFailure" or "Never" and applies to every
 	// container. Default "Always".
 	RestartPolicy string `json:"restartPolicy,omitempty"`
+	// MaxRestarts bounds the restarts of each container, counted from
+	// RestartCounts; 0 means no bound.
+	MaxRestarts int `json:"maxRestarts,omitempty"`
+	// RestartCounts are the restarts each container had before this shim,
+	// by name: a node that replaces a lost shim carries them over, counting
+	// the loss as one more.
+	RestartCounts map[string]int `json:"restartCounts,omitempty"`
 	// LogDir receives one CRI-format log per container, <LogDir>/<name>.log.
 	// The shim never removes it; the node agent does, after Shutdown.
 	LogDir string `json:"logDir"`
@@ -82,6 +89,9 @@ func (c Config) Validate() error {
 	case RestartAlways, RestartOnFailure, RestartNever, "":
 	default:
 		return fmt.Errorf("shim config: restart policy %q: want Always, OnFailure or Never", c.RestartPolicy)
+	}
+	if c.MaxRestarts < 0 {
+		return fmt.Errorf("shim config: max restarts %d is negative", c.MaxRestarts)
 	}
 	if !filepath.IsAbs(c.Socket) || len(c.Socket) > 107 {
 		return fmt.Errorf("shim config: socket %q must be an absolute path of at most 107 bytes", c.Socket)

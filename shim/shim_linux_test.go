@@ -85,6 +85,22 @@ func TestRestartOnFailure(t *testing.T) {
 	}
 }
 
+// TestMaxRestarts bounds OnFailure (Docker's on-failure:N), counting the
+// restarts a previous shim had: 1 carried over + 2 here reach the bound 3.
+func TestMaxRestarts(t *testing.T) {
+	cfg := testConfig(t, RestartOnFailure, shell("c", "echo run; exit 3"))
+	cfg.MaxRestarts, cfg.RestartCounts = 3, map[string]int{"c": 1}
+	c := launch(t, cfg)
+	st := waitState(t, c, "Failed", func(s State) bool { return s.Phase == PhaseFailed })
+	if cs := st.Containers[0]; cs.RestartCount != 3 || cs.ExitCode != 3 || cs.WillRestart {
+		t.Errorf("container %+v; want exit 3 after restart 3 of 3, and no more", cs)
+	}
+	time.Sleep(300 * time.Millisecond) // a restart, had the bound not held
+	if n := strings.Count(readLog(t, cfg, "c"), "run\n"); n != 3 {
+		t.Errorf("log has %d runs; want 3 (the first and 2 restarts)", n)
+	}
+}
+
 func TestFailedPhases(t *testing.T) {
 	tests := []struct {
 		name       string

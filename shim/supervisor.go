@@ -75,6 +75,7 @@ func newSupervisor(ctx context.Context, cfg Config, sb sandbox.Sandbox, log *slo
 		s.containers = append(s.containers, &supervised{name: c.Name, logs: w, status: ContainerStatus{
 			ContainerState: sandbox.ContainerState{Name: c.Name, Phase: sandbox.PhaseCreated},
 			Reason:         ReasonContainerCreating,
+			RestartCount:   cfg.RestartCounts[c.Name],
 		}})
 	}
 	return s, nil
@@ -156,7 +157,7 @@ func (s *supervisor) supervise(c *supervised, first chan struct{}) {
 			backoff = minBackoff
 		}
 		reason := terminationReason(st, startErr != "")
-		restart := !s.isStopped() && shouldRestart(s.cfg.RestartPolicy, st.ExitCode)
+		restart := !s.isStopped() && shouldRestart(s.cfg.RestartPolicy, st.ExitCode) && s.mayRestart(c)
 		s.log.Info("container exited", "container", c.name, "exit_code", st.ExitCode, "reason", reason, "restart", restart)
 		s.update(func() {
 			c.status.ContainerState = st
@@ -182,6 +183,16 @@ func (s *supervisor) supervise(c *supervised, first chan struct{}) {
 		backoff = min(2*backoff, maxBackoff)
 		s.update(func() { c.status.RestartCount++ })
 	}
+}
+
+// mayRestart says whether c is still under its bound on restarts.
+func (s *supervisor) mayRestart(c *supervised) bool {
+	if s.cfg.MaxRestarts == 0 {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return c.status.RestartCount < s.cfg.MaxRestarts
 }
 
 // runOnce starts the container and waits for it to end. It reports ok=false

@@ -51,6 +51,9 @@ type InstanceSpec struct {
 	Containers []Container `json:"containers"`
 	// RestartPolicy defaults to Always.
 	RestartPolicy RestartPolicy `json:"restartPolicy,omitempty"`
+	// MaxRestarts bounds the restarts of each container under OnFailure
+	// (Docker's on-failure:N); 0 means no bound.
+	MaxRestarts int `json:"maxRestarts,omitempty"`
 	// Priority is the band: system, production (default), batch or
 	// best-effort. Higher bands are placed first and may preempt lower ones.
 	Priority string `json:"priority,omitempty"`

@@ -83,6 +83,12 @@ func (in *Instance) Validate() error {
 	default:
 		return &FieldError{"spec.restartPolicy", fmt.Sprintf("%q is not one of Always, OnFailure, Never", in.Spec.RestartPolicy)}
 	}
+	if in.Spec.MaxRestarts < 0 {
+		return &FieldError{"spec.maxRestarts", fmt.Sprintf("%d is negative", in.Spec.MaxRestarts)}
+	}
+	if in.Spec.MaxRestarts > 0 && in.Spec.RestartPolicy != RestartOnFailure {
+		return &FieldError{"spec.maxRestarts", fmt.Sprintf("applies only with restartPolicy OnFailure, not %s", in.Spec.RestartPolicy)}
+	}
 	switch in.Spec.Priority {
 	case PrioritySystem, PriorityProduction, PriorityBatch, PriorityBestEffort:
 	default:

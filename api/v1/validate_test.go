@@ -31,6 +31,10 @@ func TestValidate(t *testing.T) {
 		{"no image", func(in *Instance) { in.Spec.Containers[0].Image = " " }, "spec.containers[0].image"},
 		{"no containers", func(in *Instance) { in.Spec.Containers = nil }, "spec.containers"},
 		{"bad restart", func(in *Instance) { in.Spec.RestartPolicy = "Sometimes" }, "spec.restartPolicy"},
+		{"negative max restarts", func(in *Instance) {
+			in.Spec.RestartPolicy, in.Spec.MaxRestarts = RestartOnFailure, -1
+		}, "spec.maxRestarts"},
+		{"max restarts without OnFailure", func(in *Instance) { in.Spec.MaxRestarts = 3 }, "spec.maxRestarts"},
 		{"bad port", func(in *Instance) { in.Spec.Containers[0].Ports[0].ContainerPort = 70000 }, "spec.containers[0].ports[0].containerPort"},
 		{"bad env", func(in *Instance) { in.Spec.Containers[0].Env = []EnvVar{{Name: "1X"}} }, "spec.containers[0].env[0].name"},
 		{"duplicate container", func(in *Instance) {

@@ -156,7 +156,8 @@ func (s *runcSandbox) container(name string) (*container, error) {
 	return c, nil
 }
 
-// Create pins the shared namespaces, writes the shared /etc files, mounts
+// Create pins the shared namespaces, removes containers a dead shim left
+// behind (see removeLeftovers), writes the shared /etc files, mounts
 // the shared /dev/shm and every container's overlay, writes each
 // container's bundle, and has runc create each container up to the exec
 // of its command (see precreate). A failed Create removes what it made.
@@ -196,6 +197,9 @@ func (s *runcSandbox) Create(ctx context.Context) (err error) {
 		if err := pinNamespaces(s.spec.Hostname, s.pins); err != nil {
 			return err
 		}
+	}
+	if err := s.removeLeftovers(ctx); err != nil {
+		return err
 	}
 	if err := s.writeEtc(); err != nil {
 		return err

@@ -487,3 +487,53 @@ func TestDestroyBeforeStart(t *testing.T) {
 		t.Errorf("state dir remains: %v", err)
 	}
 }
+
+// TestCreateRemovesContainersOfADeadShim builds a second sandbox on the
+// state of a first whose container still runs, as a shim started after a
+// SIGKILLed one does: Create kills and deletes the orphan, the container
+// starts again under its id, and its writable layer is kept.
+func TestCreateRemovesContainersOfADeadShim(t *testing.T) {
+	first, spec := newTestSandbox(t, shell("app", "cat /kept 2>/dev/null; echo kept >/kept; echo up; exec sleep 1000"))
+	ctx := testCtx(t)
+	var out1 syncBuffer
+	if err := first.Start(ctx, "app", sandbox.Stdio{Stdout: &out1}); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	for !strings.Contains(out1.String(), "up") && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	states, _ := first.State(ctx)
+	orphan := states[0].Pid
+	if orphan == 0 {
+		t.Fatalf("state %+v; want a pid", states)
+	}
+
+	second, err := New(spec, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := second.Destroy(context.Background()); err != nil {
+			t.Errorf("Destroy: %v", err)
+		}
+	})
+	if err := second.Create(ctx); err != nil {
+		t.Fatalf("Create over a live orphan: %v", err)
+	}
+	if unix.Kill(orphan, 0) == nil {
+		t.Errorf("orphaned container init %d still runs after Create", orphan)
+	}
+	var out2 syncBuffer
+	if err := second.Start(ctx, "app", sandbox.Stdio{Stdout: &out2}); err != nil {
+		t.Fatalf("Start after Create: %v", err)
+	}
+	for !strings.Contains(out2.String(), "up") && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if out2.String() != "kept\nup\n" {
+		t.Errorf("second run printed %q; want the writable layer kept (%q)", out2.String(), "kept\nup\n")
+	}
+	if procs := cgroupProcs(t, spec, "app"); len(procs) != 1 {
+		t.Errorf("cgroup of app holds %v; want one process", procs)
+	}
+}
