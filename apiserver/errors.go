@@ -36,6 +36,8 @@ func httpError(err error) (int, v1.ErrorDetail) {
 		return http.StatusRequestTimeout, v1.ErrorDetail{Code: "Timeout", Message: err.Error()}
 	case errors.Is(err, errdefs.ErrUnavailable):
 		return http.StatusServiceUnavailable, v1.ErrorDetail{Code: "Unavailable", Message: err.Error()}
+	case errors.Is(err, errdefs.ErrExpired):
+		return http.StatusGone, v1.ErrorDetail{Code: "Expired", Message: err.Error()}
 	}
 	return http.StatusInternalServerError, v1.ErrorDetail{Code: "Internal", Message: err.Error()}
 }

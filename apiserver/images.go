@@ -99,7 +99,24 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	imgs := s.store.Images()
-	items, rev, err := imgs.List(r.Context(), imgs.Prefix(callerFrom(r.Context()).Tenant))
+	prefix := imgs.Prefix(callerFrom(r.Context()).Tenant)
+	p, err := parsePaging(r, prefix)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if p.paged {
+		// Pages come in key order: the escaped reference's order, which
+		// is not always the name order of an unpaged list.
+		page, err := listPage(r, imgs, prefix, p, nil)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v1.List[*v1.Image]{Items: page.Items, ResourceVersion: fmt.Sprint(page.Revision), Continue: continueOf(page)})
+		return
+	}
+	items, rev, err := imgs.List(r.Context(), prefix)
 	if err != nil {
 		writeError(w, err)
 		return

@@ -209,11 +209,32 @@ func (s *Server) listInstances(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	prefix := s.listPrefix(r)
+	p, err := parsePaging(r, prefix)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
 	if r.URL.Query().Get("watch") == "true" {
+		if p.from != "" {
+			writeError(w, fmt.Errorf("%w: continue does not apply to watch=true: watch from the resourceVersion of the list instead", errdefs.ErrInvalid))
+			return
+		}
 		s.watchInstances(w, r, f)
 		return
 	}
-	items, rev, err := s.store.Instances().List(r.Context(), s.listPrefix(r))
+	if p.paged {
+		// Pages come in key order, /cube/instances/<tenant>/<name>: name
+		// order within a tenant.
+		page, err := listPage(r, s.store.Instances(), prefix, p, f.match)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v1.List[*v1.Instance]{Items: page.Items, ResourceVersion: fmt.Sprint(page.Revision), Continue: continueOf(page)})
+		return
+	}
+	items, rev, err := s.store.Instances().List(r.Context(), prefix)
 	if err != nil {
 		writeError(w, err)
 		return

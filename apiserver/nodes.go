@@ -159,12 +159,44 @@ func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	p, err := parsePaging(r, s.store.Nodes().Prefix())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if p.paged {
+		s.listNodesPage(w, r, p)
+		return
+	}
 	nodes, rev, err := s.nodeViews(r)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, v1.List[*v1.Node]{Items: nodes, ResourceVersion: rev})
+}
+
+// listNodesPage answers one page of nodes (in name order: the keys are
+// /cube/nodes/<name>). Allocation is derived from the instances of the
+// same snapshot; readiness from the leases as they are now.
+func (s *Server) listNodesPage(w http.ResponseWriter, r *http.Request, p paging) {
+	page, err := listPage(r, s.store.Nodes(), s.store.Nodes().Prefix(), p, nil)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	insts, err := listPage(r, s.store.Instances(), s.store.Instances().Prefix(), paging{rev: page.Revision}, nil)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	alive, err := s.store.AliveNodes(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	NodeViews(page.Items, insts.Items, alive)
+	writeJSON(w, http.StatusOK, v1.List[*v1.Node]{Items: page.Items, ResourceVersion: fmt.Sprint(page.Revision), Continue: continueOf(page)})
 }
 
 func (s *Server) getNode(w http.ResponseWriter, r *http.Request) {

@@ -3,12 +3,12 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 
 	v1 "github.com/cube-platform/cube/api/v1"
@@ -96,21 +96,34 @@ rm it and apply again.`,
 	return cmd
 }
 
-// sameSpec compares what the user wrote, ignoring what the server adds.
-func sameSpec(cur, want *v1.Instance) bool {
-	a, b := cur.Spec, want.Spec
-	a.Containers = append([]v1.Container{}, a.Containers...)
-	for i := range a.Containers {
-		a.Containers[i].ImageDigest = ""
-	}
-	return reflect.DeepEqual(a, b) && reflect.DeepEqual(cur.Metadata.Labels, nilIfEmpty(want.Metadata.Labels))
+// applyView is what apply compares and diff prints: what the user writes
+// (name, labels, spec), without what the server adds (image digests).
+type applyView struct {
+	Metadata struct {
+		Name   string            `json:"name"`
+		Labels map[string]string `json:"labels,omitempty"`
+	} `json:"metadata"`
+	Spec v1.InstanceSpec `json:"spec"`
 }
 
-func nilIfEmpty(m map[string]string) map[string]string {
-	if len(m) == 0 {
-		return nil
+func applyViewOf(in *v1.Instance) applyView {
+	var v applyView
+	v.Metadata.Name, v.Metadata.Labels = in.Metadata.Name, in.Metadata.Labels
+	v.Spec = in.Spec
+	v.Spec.Containers = append([]v1.Container{}, in.Spec.Containers...)
+	for i := range v.Spec.Containers {
+		v.Spec.Containers[i].ImageDigest = ""
 	}
-	return m
+	return v
+}
+
+// sameSpec compares what the user wrote, ignoring what the server adds.
+// It compares the encoded forms, as the server stores them, so that an
+// empty list in a manifest equals the absent one the server gives back.
+func sameSpec(cur, want *v1.Instance) bool {
+	a, errA := json.Marshal(applyViewOf(cur))
+	b, errB := json.Marshal(applyViewOf(want))
+	return errA == nil && errB == nil && bytes.Equal(a, b)
 }
 
 func readManifests(g *globals, path string) ([]*v1.Instance, error) {

@@ -76,6 +76,7 @@ Start everything on this machine with ` + "`cube up`" + `, then:
 		newExecCmd(g), newApplyCmd(g), newRmCmd(g), newNodesCmd(g), newImageCmd(g),
 		newBenchCmd(g), newTenantCmd(g), newShimCmd(),
 	)
+	root.AddCommand(newDiffCmd(g), newConfigCmd(g))
 	return root
 }
 

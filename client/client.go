@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sort"
 	"strings"
 	"time"
 
@@ -66,6 +67,8 @@ func (e *APIError) Unwrap() error {
 		return errdefs.ErrTimeout
 	case "Unavailable":
 		return errdefs.ErrUnavailable
+	case "Expired":
+		return errdefs.ErrExpired
 	}
 	return nil
 }
@@ -168,6 +171,9 @@ type ListOptions struct {
 	FieldSelector string
 	// Tenant is required for node tokens only.
 	Tenant string
+	// Limit is the page size List* ask the server for (0: DefaultPageSize).
+	// They still return every item: they follow the pages themselves.
+	Limit int
 }
 
 func (o ListOptions) query() url.Values {
@@ -184,10 +190,17 @@ func (o ListOptions) query() url.Values {
 	return q
 }
 
-// ListInstances lists instances.
+// ListInstances lists every instance that matches opts, by name, paging
+// under the hood. Its ResourceVersion is the snapshot all pages came from.
 func (c *Client) ListInstances(ctx context.Context, opts ListOptions) (*v1.List[*v1.Instance], error) {
-	var out v1.List[*v1.Instance]
-	return &out, c.call(ctx, http.MethodGet, "/v1/instances", opts.query(), nil, &out)
+	out, err := listAll[*v1.Instance](ctx, c, "/v1/instances", opts.query(), opts.Limit)
+	if err != nil {
+		return nil, err
+	}
+	// Pages come in key order, tenant by tenant for a node token; an
+	// unpaged list is by name, and so is this.
+	sort.SliceStable(out.Items, func(i, j int) bool { return out.Items[i].Metadata.Name < out.Items[j].Metadata.Name })
+	return out, nil
 }
 
 // WatchInstances streams changes; the channel closes when ctx ends or the

@@ -64,6 +64,10 @@ func (c *Config) Save(path string) error {
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
 	}
+	// WriteFile keeps the mode of a leftover tmp file; tokens need 0600.
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return err
+	}
 	return os.Rename(tmp, path)
 }
 

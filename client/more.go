@@ -5,14 +5,15 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sort"
 
 	v1 "github.com/cube-platform/cube/api/v1"
 )
 
-// ListNodes lists nodes (admin tenant or node tokens).
+// ListNodes lists every node by name (admin tenant or node tokens),
+// paging under the hood.
 func (c *Client) ListNodes(ctx context.Context) (*v1.List[*v1.Node], error) {
-	var out v1.List[*v1.Node]
-	return &out, c.call(ctx, http.MethodGet, "/v1/nodes", nil, nil, &out)
+	return listAll[*v1.Node](ctx, c, "/v1/nodes", url.Values{}, 0)
 }
 
 // ImportImage uploads an OCI-layout or docker-archive tar.
@@ -40,10 +41,16 @@ func (c *Client) PullImage(ctx context.Context, ref string, insecure bool) (*v1.
 	return &out, c.call(ctx, http.MethodPost, "/v1/images/pull", nil, v1.PullRequest{Image: ref, Insecure: insecure}, &out)
 }
 
-// ListImages lists the tenant's images.
+// ListImages lists the tenant's images by name, paging under the hood.
 func (c *Client) ListImages(ctx context.Context) (*v1.List[*v1.Image], error) {
-	var out v1.List[*v1.Image]
-	return &out, c.call(ctx, http.MethodGet, "/v1/images", nil, nil, &out)
+	out, err := listAll[*v1.Image](ctx, c, "/v1/images", url.Values{}, 0)
+	if err != nil {
+		return nil, err
+	}
+	// Pages come in the order of the escaped references; an unpaged list
+	// is by name, and so is this.
+	sort.SliceStable(out.Items, func(i, j int) bool { return out.Items[i].Metadata.Name < out.Items[j].Metadata.Name })
+	return out, nil
 }
 
 // The calls below are for node agents (node tokens).

@@ -52,11 +52,22 @@ func TestTour(t *testing.T) {
 	if err := os.WriteFile(path, []byte(manifest), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// diff exits 1 while apply would change something, 0 once it would not.
+	if out, errOut, code := c.cube("", "diff", "-f", path); code != 1 || !strings.Contains(out, "+  name: pair\n") {
+		t.Errorf("diff before apply: exit %d, stdout %q, stderr %q; want 1 and pair added", code, out, errOut)
+	}
 	if out := c.mustCube("apply", "-f", path); !strings.Contains(out, "instance/pair created") {
 		t.Errorf("apply printed %q", out)
 	}
 	if out := c.mustCube("apply", "-f", path); !strings.Contains(out, "instance/pair unchanged") {
 		t.Errorf("second apply printed %q; want unchanged", out)
+	}
+	if out, errOut, code := c.cube("", "diff", "-f", path); code != 0 || out != "" {
+		t.Errorf("diff after apply: exit %d, stdout %q, stderr %q; want 0 and nothing", code, out, errOut)
+	}
+	bigger := strings.Replace(manifest, "memory: 64Mi", "memory: 128Mi", 1)
+	if out, errOut, code := c.cube(bigger, "diff", "-f", "-"); code != 1 || !strings.Contains(out, "-      memory: 64Mi\n+      memory: 128Mi\n") || !strings.Contains(errOut, "immutable") {
+		t.Errorf("diff of a changed manifest: exit %d, stdout %q, stderr %q; want 1, the memory change, and that apply would refuse it", code, out, errOut)
 	}
 	c.mustCube("wait", "pair", "--for", "running", "--timeout", "60s")
 	c.eventually(30*time.Second, "sidecar reaches web over localhost", func() error {

@@ -15,4 +15,7 @@ var (
 	ErrQuotaExceeded = errors.New("quota exceeded")
 	ErrTimeout       = errors.New("timeout")
 	ErrUnavailable   = errors.New("unavailable")
+	// ErrExpired: what the request refers to is gone for good (a list
+	// snapshot etcd compacted away); start over.
+	ErrExpired = errors.New("expired")
 )

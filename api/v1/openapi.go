@@ -37,6 +37,7 @@ func listSchema(item string) map[string]any {
 	return map[string]any{"type": "object", "properties": map[string]any{
 		"items":           map[string]any{"type": "array", "items": map[string]any{"$ref": "#/components/schemas/" + item}},
 		"resourceVersion": map[string]any{"type": "string"},
+		"continue":        map[string]any{"type": "string", "description": "set when more items remain: pass it back as ?continue= for the next page"},
 	}}
 }
 
@@ -104,7 +105,11 @@ func op(summary, okSchema string, params ...string) map[string]any {
 		if p == "name" {
 			in = "path"
 		}
-		ps = append(ps, map[string]any{"name": p, "in": in, "required": in == "path", "schema": map[string]any{"type": "string"}})
+		typ := "string"
+		if p == "limit" {
+			typ = "integer"
+		}
+		ps = append(ps, map[string]any{"name": p, "in": in, "required": in == "path", "schema": map[string]any{"type": typ}})
 	}
 	if ps != nil {
 		o["parameters"] = ps
@@ -115,7 +120,7 @@ func op(summary, okSchema string, params ...string) map[string]any {
 func paths() map[string]any {
 	return map[string]any{
 		"/v1/instances": map[string]any{
-			"get":  op("List instances, or stream changes with watch=true (one InstanceWatchEvent per line)", "InstanceList", "watch", "labelSelector", "fieldSelector", "resourceVersion"),
+			"get":  op("List instances (paged with limit and continue), or stream changes with watch=true (one InstanceWatchEvent per line)", "InstanceList", "watch", "labelSelector", "fieldSelector", "resourceVersion", "limit", "continue"),
 			"post": op("Create an instance", "Instance"),
 		},
 		"/v1/instances/{name}": map[string]any{
@@ -128,13 +133,13 @@ func paths() map[string]any {
 		},
 		"/v1/instances/{name}/logs": map[string]any{"get": op("Container logs (text)", "", "name", "container", "follow", "tail", "since", "until", "timestamps")},
 		"/v1/instances/{name}/exec": map[string]any{"post": op("Run a command in a container (HTTP upgrade to the cube-stream framing)", "", "name")},
-		"/v1/nodes":                 map[string]any{"get": op("List nodes", "NodeList")},
+		"/v1/nodes":                 map[string]any{"get": op("List nodes (paged with limit and continue)", "NodeList", "limit", "continue")},
 		"/v1/nodes/{name}": map[string]any{
 			"get": op("Read a node", "Node", "name"),
 			"put": op("Register a node (node tokens only)", "Node", "name"),
 		},
 		"/v1/nodes/{name}/heartbeat": map[string]any{"post": op("Renew a node's lease (node tokens only)", "", "name")},
-		"/v1/images":                 map[string]any{"get": op("List the tenant's images", "ImageList")},
+		"/v1/images":                 map[string]any{"get": op("List the tenant's images (paged with limit and continue)", "ImageList", "limit", "continue")},
 		"/v1/tenants":                map[string]any{"post": op("Create a tenant and a token for it (admin tenant only)", "TenantToken")},
 		"/v1/images/import":          map[string]any{"post": op("Import an OCI-layout or docker-archive tar (request body)", "ImageList")},
 		"/v1/images/pull":            map[string]any{"post": op("Pull an image from a registry", "Image")},

@@ -280,8 +280,12 @@ type WatchEvent[T any] struct {
 // List is the body of a list response.
 type List[T any] struct {
 	Items []T `json:"items"`
-	// ResourceVersion of the list; watch from here to miss nothing.
+	// ResourceVersion of the list; watch from here to miss nothing. Every
+	// page of a paged list has the revision of its first page.
 	ResourceVersion string `json:"resourceVersion"`
+	// Continue is set when a list asked with ?limit= has more items: pass
+	// it back as ?continue= for the next page. It is opaque.
+	Continue string `json:"continue,omitempty"`
 }
 
 // ErrorBody is the JSON body of every error response.
@@ -292,7 +296,7 @@ type ErrorBody struct {
 // ErrorDetail describes one error.
 type ErrorDetail struct {
 	// Code is a CamelCase class: InvalidArgument, NotFound, AlreadyExists,
-	// Conflict, Unauthorized, QuotaExceeded, Timeout, Internal.
+	// Conflict, Unauthorized, QuotaExceeded, Timeout, Expired, Internal.
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	// Field is the JSON path of the offending field, when there is one.
