@@ -85,6 +85,7 @@ func (s *Server) routes() http.Handler {
 	api.HandleFunc("GET /v1/instances/{name}/wait", s.waitInstance)
 	api.HandleFunc("GET /v1/instances/{name}/logs", s.proxyToNode("logs"))
 	api.HandleFunc("POST /v1/instances/{name}/exec", s.proxyToNode("exec"))
+	api.HandleFunc("GET /v1/events", s.listEvents)
 	api.HandleFunc("GET /v1/nodes", s.listNodes)
 	api.HandleFunc("GET /v1/nodes/{name}", s.getNode)
 	api.HandleFunc("PUT /v1/nodes/{name}", s.registerNode)

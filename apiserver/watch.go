@@ -12,17 +12,32 @@ import (
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/errdefs"
+	"github.com/cube-platform/cube/store"
 )
 
 // watchInstances streams one JSON event per line: first the current
 // objects as ADDED (unless the client resumes from a resourceVersion), then
 // every change.
 func (s *Server) watchInstances(w http.ResponseWriter, r *http.Request, f filter) {
-	fl, _ := w.(http.Flusher)
 	insts := s.store.Instances()
 	prefix := s.listPrefix(r)
+	streamWatch(w, r, insts, prefix, func(ev store.Event[*v1.Instance]) bool {
+		// An object leaving the filter (e.g. rebound) is gone for this
+		// watcher.
+		return f.match(ev.Object)
+	})
+}
+
+// streamWatch answers a watch request on the objects of coll under prefix
+// that keep accepts: one JSON event per line, first the current objects as
+// ADDED (unless the client resumes from a resourceVersion), then every
+// change, until the client goes away.
+func streamWatch[T any, P interface {
+	*T
+	v1.Object
+}](w http.ResponseWriter, r *http.Request, coll store.Collection[T, P], prefix string, keep func(store.Event[P]) bool) {
+	fl, _ := w.(http.Flusher)
 	enc := json.NewEncoder(w)
-	w.Header().Set("Content-Type", "application/json-seq")
 	var rev int64
 	if rv := r.URL.Query().Get("resourceVersion"); rv != "" {
 		n, err := strconv.ParseInt(rv, 10, 64)
@@ -31,31 +46,31 @@ func (s *Server) watchInstances(w http.ResponseWriter, r *http.Request, f filter
 			return
 		}
 		rev = n
+		w.Header().Set("Content-Type", "application/json-seq")
 		w.WriteHeader(http.StatusOK)
 	} else {
-		items, lrev, err := insts.List(r.Context(), prefix)
+		items, lrev, err := coll.List(r.Context(), prefix)
 		if err != nil {
 			writeError(w, err)
 			return
 		}
 		rev = lrev
+		w.Header().Set("Content-Type", "application/json-seq")
 		w.WriteHeader(http.StatusOK)
-		for _, in := range items {
-			if f.match(in) {
-				_ = enc.Encode(v1.WatchEvent[*v1.Instance]{Type: v1.EventAdded, Object: in})
+		for _, obj := range items {
+			if keep(store.Event[P]{Type: v1.EventAdded, Object: obj}) {
+				_ = enc.Encode(v1.WatchEvent[P]{Type: v1.EventAdded, Object: obj})
 			}
 		}
 	}
 	if fl != nil {
 		fl.Flush()
 	}
-	for ev := range insts.Watch(r.Context(), prefix, rev) {
-		if !f.match(ev.Object) {
-			// An object leaving the filter (e.g. rebound) is gone for
-			// this watcher.
+	for ev := range coll.Watch(r.Context(), prefix, rev) {
+		if !keep(ev) {
 			continue
 		}
-		if err := enc.Encode(v1.WatchEvent[*v1.Instance]{Type: ev.Type, Object: ev.Object}); err != nil {
+		if err := enc.Encode(v1.WatchEvent[P]{Type: ev.Type, Object: ev.Object}); err != nil {
 			return
 		}
 		if fl != nil {

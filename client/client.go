@@ -3,7 +3,6 @@
 package client
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -206,38 +205,7 @@ func (c *Client) ListInstances(ctx context.Context, opts ListOptions) (*v1.List[
 // WatchInstances streams changes; the channel closes when ctx ends or the
 // server ends the stream (callers re-list and watch again).
 func (c *Client) WatchInstances(ctx context.Context, opts ListOptions, resourceVersion string) (<-chan v1.WatchEvent[*v1.Instance], error) {
-	q := opts.query()
-	q.Set("watch", "true")
-	if resourceVersion != "" {
-		q.Set("resourceVersion", resourceVersion)
-	}
-	req, err := c.newRequest(ctx, http.MethodGet, "/v1/instances", q, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.do(req)
-	if err != nil {
-		return nil, err
-	}
-	out := make(chan v1.WatchEvent[*v1.Instance], 16)
-	go func() {
-		defer close(out)
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 64<<10), 16<<20)
-		for sc.Scan() {
-			var ev v1.WatchEvent[*v1.Instance]
-			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-				return
-			}
-			select {
-			case out <- ev:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return out, nil
+	return watch[*v1.Instance](ctx, c, "/v1/instances", opts.query(), resourceVersion)
 }
 
 // DeleteInstance asks for deletion; force stops a live instance.

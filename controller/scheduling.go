@@ -13,7 +13,6 @@ import (
 
 	"github.com/cube-platform/cube/scheduler"
 	"github.com/cube-platform/cube/store"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // ElectionKey is where scheduler replicas campaign.
@@ -33,35 +32,7 @@ type Scheduling struct {
 // campaigns again).
 func (s *Scheduling) Run(ctx context.Context) error {
 	log := s.Log.With("component", "scheduler", "replica", s.Identity)
-	for ctx.Err() == nil {
-		session, err := concurrency.NewSession(s.Store.Client(), concurrency.WithTTL(10), concurrency.WithContext(ctx))
-		if err != nil {
-			log.Warn("election session failed; retrying", "err", err)
-			sleepCtx(ctx, time.Second)
-			continue
-		}
-		election := concurrency.NewElection(session, ElectionKey)
-		if err := election.Campaign(ctx, s.Identity); err != nil {
-			session.Close()
-			continue
-		}
-		log.Info("leading")
-		lctx, cancel := context.WithCancel(ctx)
-		go func() {
-			select {
-			case <-session.Done():
-				log.Warn("lost the election session")
-			case <-lctx.Done():
-			}
-			cancel()
-		}()
-		s.lead(lctx, log)
-		cancel()
-		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = election.Resign(rctx)
-		rcancel()
-		session.Close()
-	}
+	runElected(ctx, s.Store, ElectionKey, s.Identity, log, func(ctx context.Context) { s.lead(ctx, log) })
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -164,6 +165,22 @@ func TestBadInput(t *testing.T) {
 		}
 		if _, err := other.ListNodes(ctx); apiError(t, err).Status != 403 {
 			t.Errorf("other tenant lists nodes: %v; want 403", err)
+		}
+		// The admin's instance has events; the other tenant sees none.
+		c.eventually(10*time.Second, "events of taken recorded", func() error {
+			evs, err := c.client.ListEvents(ctx, client.EventOptions{For: "taken"})
+			if err != nil || len(evs.Items) == 0 {
+				return fmt.Errorf("%v, %v", evs, err)
+			}
+			return nil
+		})
+		for _, o := range []client.EventOptions{{}, {For: "taken"}} {
+			if evs, err := other.ListEvents(ctx, o); err != nil || len(evs.Items) != 0 {
+				t.Errorf("other tenant lists events %+v: %v, %v; want none", o, evs, err)
+			}
+		}
+		if _, err := other.ListEvents(ctx, client.EventOptions{Types: []string{"Loud"}}); apiError(t, err).Status != 422 {
+			t.Errorf("events of type Loud: %v; want 422", err)
 		}
 	})
 }

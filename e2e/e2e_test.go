@@ -284,6 +284,13 @@ func TestShimKill9(t *testing.T) {
 	if logs := c.mustCube("logs", "heal"); strings.Count(logs, token) < 2 {
 		t.Errorf("logs %q; want the output of both runs", logs)
 	}
+	c.eventually(10*time.Second, "a ShimLost warning", func() error {
+		out := c.mustCube("events", "heal", "--types", "Warning")
+		if !strings.Contains(out, "ShimLost") {
+			return fmt.Errorf("warning events %q", out)
+		}
+		return nil
+	})
 }
 
 // running tells whether pid is a process that is not a zombie: an orphan

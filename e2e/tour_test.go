@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -43,6 +44,31 @@ func TestTour(t *testing.T) {
 	}
 	if out := c.mustCube("logs", "flaky"); strings.Count(out, "try") != 3 {
 		t.Errorf("flaky logs %q; want 3 tries", out)
+	}
+	// Its events tell the story, each exit with its code.
+	c.eventually(10*time.Second, "events of flaky", func() error {
+		var evs []v1.Event
+		if err := json.Unmarshal([]byte(c.mustCube("events", "flaky", "-o", "json")), &evs); err != nil {
+			return err
+		}
+		var seen []string
+		for _, e := range evs {
+			if e.Reason == "Exited" && (e.ExitCode == nil || *e.ExitCode != 4) {
+				return fmt.Errorf("exit event %+v; want exit code 4", e)
+			}
+			seen = append(seen, e.Reason)
+		}
+		want := "Created,Scheduled,Creating,Started,Exited,Restarted,Exited,Restarted,Exited,Failed"
+		if got := strings.Join(seen, ","); got != want {
+			return fmt.Errorf("events %s; want %s", got, want)
+		}
+		if f := evs[len(evs)-1]; f.Type != v1.EventWarning || f.RestartCount != 2 || f.ExitCode == nil || *f.ExitCode != 4 {
+			return fmt.Errorf("failed event %+v; want a Warning with exit code 4 after 2 restarts", f)
+		}
+		return nil
+	})
+	if out := c.mustCube("events", "--for", "flaky", "--types", "Warning"); strings.Contains(out, "Started") || !strings.Contains(out, "exited with code 4") {
+		t.Errorf("warning events %q; want the exits and not the start", out)
 	}
 
 	// Two containers, one network namespace: the sidecar reads the web

@@ -333,6 +333,9 @@ func statusFromShim(prev v1.InstanceStatus, st shim.State, ip string, now time.T
 			t := c.FinishedAt.UTC()
 			cs.FinishedAt = &t
 		}
+		if l := c.LastExit; l != nil {
+			cs.LastExit = &v1.ContainerExit{ExitCode: l.ExitCode, Signal: l.Signal, OOMKilled: l.OOMKilled, Reason: l.Reason, FinishedAt: l.FinishedAt.UTC()}
+		}
 		out.Containers = append(out.Containers, cs)
 	}
 	return out

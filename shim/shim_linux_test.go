@@ -95,6 +95,9 @@ func TestMaxRestarts(t *testing.T) {
 	if cs := st.Containers[0]; cs.RestartCount != 3 || cs.ExitCode != 3 || cs.WillRestart {
 		t.Errorf("container %+v; want exit 3 after restart 3 of 3, and no more", cs)
 	}
+	if l := st.Containers[0].LastExit; l == nil || l.ExitCode != 3 || l.Reason != ReasonError || l.FinishedAt.IsZero() || !l.FinishedAt.Before(st.Containers[0].FinishedAt) {
+		t.Errorf("lastExit %+v; want the run before the last one: exit 3, Error, finished earlier", l)
+	}
 	time.Sleep(300 * time.Millisecond) // a restart, had the bound not held
 	if n := strings.Count(readLog(t, cfg, "c"), "run\n"); n != 3 {
 		t.Errorf("log has %d runs; want 3 (the first and 2 restarts)", n)

@@ -1,6 +1,8 @@
 package shim
 
 import (
+	"time"
+
 	"fmt"
 
 	"github.com/cube-platform/cube/sandbox"
@@ -45,6 +47,18 @@ type ContainerStatus struct {
 	Message string `json:"message,omitempty"`
 	// WillRestart is set while the container waits out its back-off.
 	WillRestart bool `json:"willRestart,omitempty"`
+	// LastExit is how the run before the current one ended, once the
+	// container was restarted: a watcher that missed the exit learns it here.
+	LastExit *Exit `json:"lastExit,omitempty"`
+}
+
+// Exit is how one run of a container ended.
+type Exit struct {
+	ExitCode   int       `json:"exitCode"`
+	Signal     int       `json:"signal,omitempty"`
+	OOMKilled  bool      `json:"oomKilled,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+	FinishedAt time.Time `json:"finishedAt"`
 }
 
 // shouldRestart applies a restart policy to an exit code.

@@ -181,7 +181,10 @@ func (s *supervisor) supervise(c *supervised, first chan struct{}) {
 			return
 		}
 		backoff = min(2*backoff, maxBackoff)
-		s.update(func() { c.status.RestartCount++ })
+		s.update(func() {
+			c.status.RestartCount++
+			c.status.LastExit = &Exit{ExitCode: st.ExitCode, Signal: st.Signal, OOMKilled: st.OOMKilled, Reason: reason, FinishedAt: st.FinishedAt}
+		})
 	}
 }
 

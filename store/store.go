@@ -206,6 +206,8 @@ func (c Collection[T, P]) Delete(ctx context.Context, key, rv string) error {
 type Event[P any] struct {
 	Type   v1.EventType
 	Object P
+	// Prev is the object before a modification (nil otherwise).
+	Prev P
 	// Revision of the change, for resuming.
 	Revision int64
 }
@@ -245,6 +247,9 @@ func (c Collection[T, P]) Watch(ctx context.Context, prefix string, rev int64) <
 				default:
 					e.Type = v1.EventModified
 					e.Object, err = decode[T, P](ev.Kv.Value, ev.Kv.ModRevision)
+					if err == nil && ev.PrevKv != nil {
+						e.Prev, _ = decode[T, P](ev.PrevKv.Value, ev.PrevKv.ModRevision)
+					}
 				}
 				if err != nil {
 					continue

@@ -11,12 +11,13 @@ import (
 // what the server encodes.
 func OpenAPI() map[string]any {
 	g := &schemaGen{defs: map[string]any{}}
-	for _, t := range []any{Instance{}, Node{}, Image{}, PullRequest{}, ErrorBody{}, ExecRequest{}, TenantRequest{}, TenantToken{}, Quota{}} {
+	for _, t := range []any{Instance{}, Node{}, Image{}, PullRequest{}, ErrorBody{}, ExecRequest{}, TenantRequest{}, TenantToken{}, Quota{}, Event{}} {
 		g.ref(reflect.TypeOf(t))
 	}
 	g.defs["InstanceList"] = listSchema("Instance")
 	g.defs["NodeList"] = listSchema("Node")
 	g.defs["ImageList"] = listSchema("Image")
+	g.defs["EventList"] = listSchema("Event")
 	g.defs["InstanceWatchEvent"] = map[string]any{"type": "object", "properties": map[string]any{
 		"type":   map[string]any{"type": "string", "enum": []string{"ADDED", "MODIFIED", "DELETED"}},
 		"object": map[string]any{"$ref": "#/components/schemas/Instance"},
@@ -133,7 +134,10 @@ func paths() map[string]any {
 		},
 		"/v1/instances/{name}/logs": map[string]any{"get": op("Container logs (text)", "", "name", "container", "follow", "tail", "since", "until", "timestamps")},
 		"/v1/instances/{name}/exec": map[string]any{"post": op("Run a command in a container (HTTP upgrade to the cube-stream framing)", "", "name")},
-		"/v1/nodes":                 map[string]any{"get": op("List nodes (paged with limit and continue)", "NodeList", "limit", "continue")},
+		"/v1/events": map[string]any{
+			"get": op("List the tenant's events, oldest first (for=NAME, types=Warning), or stream them with watch=true", "EventList", "for", "types", "watch", "resourceVersion"),
+		},
+		"/v1/nodes": map[string]any{"get": op("List nodes (paged with limit and continue)", "NodeList", "limit", "continue")},
 		"/v1/nodes/{name}": map[string]any{
 			"get": op("Read a node", "Node", "name"),
 			"put": op("Register a node (node tokens only)", "Node", "name"),

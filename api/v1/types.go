@@ -204,6 +204,17 @@ type ContainerStatus struct {
 	Reason       string         `json:"reason,omitempty"`
 	StartedAt    *time.Time     `json:"startedAt,omitempty"`
 	FinishedAt   *time.Time     `json:"finishedAt,omitempty"`
+	// LastExit is how the previous run ended, once the container restarted.
+	LastExit *ContainerExit `json:"lastExit,omitempty"`
+}
+
+// ContainerExit is how one run of a container ended.
+type ContainerExit struct {
+	ExitCode   int       `json:"exitCode"`
+	Signal     int       `json:"signal,omitempty"`
+	OOMKilled  bool      `json:"oomKilled,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+	FinishedAt time.Time `json:"finishedAt"`
 }
 
 // Node is a host that runs instances.

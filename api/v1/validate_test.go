@@ -103,7 +103,8 @@ func TestOpenAPIMatchesTypes(t *testing.T) {
 	in.Metadata.Labels = map[string]string{"a": "b"}
 	in.Spec.Containers[0].Env = []EnvVar{{Name: "A", Value: "b"}}
 	in.Spec.Containers[0].Command = []string{"sh"}
-	in.Status.Containers = []ContainerStatus{{Name: "main", Reason: "x", Signal: 9, OOMKilled: true}}
+	in.Status.Containers = []ContainerStatus{{Name: "main", Reason: "x", Signal: 9, OOMKilled: true,
+		LastExit: &ContainerExit{ExitCode: 1, Signal: 9, OOMKilled: true, Reason: "Error"}}}
 	in.Status.Reason, in.Status.Node, in.Status.IP = "r", "n", "1.2.3.4"
 	b, _ := json.Marshal(in)
 	var obj map[string]any
@@ -137,7 +138,15 @@ func TestOpenAPIMatchesTypes(t *testing.T) {
 		}
 	}
 	walk("Instance", obj, map[string]any{"$ref": "#/components/schemas/Instance"})
-	if _, ok := doc["paths"].(map[string]any)["/v1/instances"]; !ok {
-		t.Error("paths lack /v1/instances")
+	code := 137
+	b, _ = json.Marshal(Event{Metadata: ObjectMeta{Name: "web.1", Tenant: "t"}, Instance: "web", InstanceUID: "u", Type: EventWarning,
+		Reason: "Exited", Message: "m", Node: "n", Container: "main", ExitCode: &code, Signal: 9, OOMKilled: true, RestartCount: 2})
+	obj = nil
+	_ = json.Unmarshal(b, &obj)
+	walk("Event", obj, map[string]any{"$ref": "#/components/schemas/Event"})
+	for _, p := range []string{"/v1/instances", "/v1/events"} {
+		if _, ok := doc["paths"].(map[string]any)[p]; !ok {
+			t.Errorf("paths lack %s", p)
+		}
 	}
 }

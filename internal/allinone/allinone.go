@@ -147,12 +147,13 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 			if err != nil {
 				return err
 			}
-			pctx, cancel := context.WithCancel(context.Background())
-			host, _ := os.Hostname()
-			sc := &controller.Scheduling{Store: st, Scheduler: sched, Log: cfg.Log, Now: time.Now, Identity: fmt.Sprintf("%s-%d", host, os.Getpid())}
-			done := make(chan struct{})
-			go func() { defer close(done); _ = sc.Run(pctx) }()
-			p.closers = append(p.closers, func() { cancel(); <-done })
+			sc := &controller.Scheduling{Store: st, Scheduler: sched, Log: cfg.Log, Now: time.Now, Identity: replicaID()}
+			p.runUntilClose(sc.Run)
+			return nil
+		}},
+		{"events", func() error {
+			rec := &controller.EventRecorder{Store: st, Log: cfg.Log, Now: time.Now, Identity: replicaID()}
+			p.runUntilClose(rec.Run)
 			return nil
 		}},
 		{"node", func() error {
@@ -274,4 +275,18 @@ func (p *Platform) Close() {
 		p.closers[i]()
 	}
 	p.closers = nil
+}
+
+// runUntilClose runs a control loop in the background until Close.
+func (p *Platform) runUntilClose(run func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = run(ctx) }()
+	p.closers = append(p.closers, func() { cancel(); <-done })
+}
+
+// replicaID names this process in leader elections.
+func replicaID() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d", host, os.Getpid())
 }
