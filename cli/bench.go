@@ -28,6 +28,28 @@ type StartResult struct {
 	MinMs   float64 `json:"min_ms"`
 	MaxMs   float64 `json:"max_ms"`
 	Backend string  `json:"backend"`
+	// PhasesP50Ms splits the start by the status timestamps, median of
+	// each: created→scheduled, scheduled→creating (the node picks it up),
+	// creating→running (image, network, shim, runc), running→seen by
+	// the client.
+	PhasesP50Ms map[string]float64 `json:"phases_p50_ms"`
+}
+
+// startPhases are the steps of one start, from status timestamps.
+var startPhases = []string{"schedule", "dispatch", "create", "report"}
+
+// phaseDurations splits one start; seen is when the client saw Running.
+func phaseDurations(in *v1.Instance, seen time.Time) (map[string]time.Duration, bool) {
+	st := in.Status
+	if st.ScheduledAt == nil || st.CreatingAt == nil || st.RunningAt == nil {
+		return nil, false
+	}
+	return map[string]time.Duration{
+		"schedule": st.ScheduledAt.Sub(in.Metadata.CreationTimestamp),
+		"dispatch": st.CreatingAt.Sub(*st.ScheduledAt),
+		"create":   st.RunningAt.Sub(*st.CreatingAt),
+		"report":   seen.Sub(*st.RunningAt),
+	}, true
 }
 
 // percentile of sorted values (nearest rank).
@@ -44,6 +66,7 @@ func ms(d time.Duration) float64 { return math.Round(float64(d.Microseconds())/1
 func newBenchStartCmd(g *globals) *cobra.Command {
 	var n int
 	var img, cpu, memory string
+	var interval time.Duration
 	cmd := &cobra.Command{
 		Use:   "start --n N --image IMAGE [-- COMMAND...]",
 		Short: "Time instance starts, one after another, with a warm image",
@@ -81,8 +104,12 @@ return to the Running status. The image must be imported or pulled already
 				}
 			}()
 			var lat []time.Duration
+			phases := map[string][]time.Duration{}
 			backend := "runc"
 			for i := 0; i < n; i++ {
+				if i > 0 && interval > 0 {
+					time.Sleep(interval)
+				}
 				name := fmt.Sprintf("%s-%d", run, i)
 				in := &v1.Instance{Metadata: v1.ObjectMeta{Name: name, Labels: map[string]string{"cube.bench": run}},
 					Spec: v1.InstanceSpec{RestartPolicy: v1.RestartNever, Containers: []v1.Container{{
@@ -92,10 +119,17 @@ return to the Running status. The image must be imported or pulled already
 				}
 				t0 := time.Now()
 				names = append(names, name)
-				if _, err := waitFor(ctx, c, name, []string{"running"}, 2*time.Minute); err != nil {
+				got, err := waitFor(ctx, c, name, []string{"running"}, 2*time.Minute)
+				if err != nil {
 					return fmt.Errorf("instance %d: %w", i, err)
 				}
-				lat = append(lat, time.Since(t0))
+				seen := time.Now()
+				lat = append(lat, seen.Sub(t0))
+				if d, ok := phaseDurations(got, seen); ok {
+					for k, v := range d {
+						phases[k] = append(phases[k], v)
+					}
+				}
 				fmt.Fprintf(g.stderr, "\r%d/%d started", i+1, n)
 			}
 			fmt.Fprintln(g.stderr)
@@ -106,6 +140,16 @@ return to the Running status. The image must be imported or pulled already
 			tw := newTable(g.stdout)
 			fmt.Fprintln(tw, "N\tMIN\tP50\tP90\tP99\tMAX\tBACKEND")
 			fmt.Fprintf(tw, "%d\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%s\n", n, res.MinMs, res.P50Ms, ms(percentile(sorted, 90)), res.P99Ms, res.MaxMs, backend)
+			fmt.Fprintln(tw, "\nPHASE (P50)\tSCHEDULE\tDISPATCH\tCREATE\tREPORT")
+			res.PhasesP50Ms = map[string]float64{}
+			row := "start"
+			for _, p := range startPhases {
+				d := append([]time.Duration{}, phases[p]...)
+				sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+				res.PhasesP50Ms[p] = ms(percentile(d, 50))
+				row += fmt.Sprintf("\t%.1fms", res.PhasesP50Ms[p])
+			}
+			fmt.Fprintln(tw, row)
 			_ = tw.Flush()
 			b, _ := json.Marshal(res)
 			fmt.Fprintln(g.stdout, string(b))
@@ -116,5 +160,6 @@ return to the Running status. The image must be imported or pulled already
 	cmd.Flags().StringVar(&img, "image", "", "image to run (already imported or pulled)")
 	cmd.Flags().StringVar(&cpu, "cpu", "10m", "cpu of each instance (small, so N fit on one node)")
 	cmd.Flags().StringVar(&memory, "memory", "16Mi", "memory of each instance")
+	cmd.Flags().DurationVar(&interval, "interval", 0, "pause between starts (0: back to back, the worst case; e.g. 500ms: starts on an idle node)")
 	return cmd
 }

@@ -146,3 +146,19 @@ func TestPercentile(t *testing.T) {
 		t.Errorf("p50 of nothing = %s; want 0", p)
 	}
 }
+
+func TestPhaseDurations(t *testing.T) {
+	t0 := time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)
+	at := func(ms int) *time.Time { x := t0.Add(time.Duration(ms) * time.Millisecond); return &x }
+	in := &v1.Instance{Metadata: v1.ObjectMeta{CreationTimestamp: t0},
+		Status: v1.InstanceStatus{ScheduledAt: at(3), CreatingAt: at(5), RunningAt: at(105)}}
+	d, ok := phaseDurations(in, *at(108))
+	want := map[string]time.Duration{"schedule": 3 * time.Millisecond, "dispatch": 2 * time.Millisecond, "create": 100 * time.Millisecond, "report": 3 * time.Millisecond}
+	if !ok || !reflect.DeepEqual(d, want) {
+		t.Errorf("phaseDurations = %v, %v; want %v", d, ok, want)
+	}
+	in.Status.CreatingAt = nil
+	if _, ok := phaseDurations(in, *at(108)); ok {
+		t.Error("phaseDurations without creatingAt: ok; want not ok")
+	}
+}

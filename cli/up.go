@@ -97,7 +97,7 @@ next cube up on the same --data-dir adopts them. Needs root.`,
 	fl.StringVar(&cfg.NodeListen, "node-listen", "127.0.0.1:0", "node agent address for logs and exec")
 	fl.StringVar(&cfg.Capacity.CPU, "capacity-cpu", "", "cores offered to instances (default: all)")
 	fl.StringVar(&cfg.Capacity.Memory, "capacity-memory", "", "memory offered to instances (default: all)")
-	fl.StringVar(&cfg.Subnet, "subnet", "", "instance network subnet (default 10.88.0.0/16 style, see docs)")
+	fl.StringVar(&cfg.Subnet, "subnet", "", "instance network subnet (default 10.213.0.0/16)")
 	fl.StringVar(&cfg.Bridge, "bridge", "", "instance network bridge name (default cube0)")
 	fl.StringArrayVar(&labels, "node-label", nil, "label this node key=value, e.g. zone=a (repeatable)")
 	fl.StringArrayVar(&taints, "node-taint", nil, "taint this node key[=value]:NoSchedule (repeatable)")
