@@ -53,7 +53,7 @@ func (m *cniManager) pin(ctx context.Context, id string, ports []PortMapping) (s
 		}
 	}
 
-	st = instanceState{ID: id, NetNS: filepath.Join(m.cfg.NetNSDir, id), Ports: ports, Chain: chainBridgePortMap, Masq: m.cfg.IPMasq}
+	st = instanceState{ID: id, NetNS: filepath.Join(m.cfg.NetNSDir, id), Ports: ports, Chain: chainBridgePortMap}
 	if len(ports) == 0 {
 		st.Chain = chainBridge
 	}

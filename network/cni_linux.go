@@ -71,7 +71,7 @@ func NewCNI(cfg Config, log *slog.Logger) (Manager, error) {
 		}
 	}
 	// The portmap plugin (and the bridge plugin, for attachments made
-	// before the manager masqueraded itself) run iptables; the manager runs
+	// before the manager masqueraded) run iptables; the manager runs
 	// iptables-restore.
 	for _, bin := range []string{"iptables", "iptables-restore"} {
 		if _, err := exec.LookPath(bin); err != nil {
@@ -96,6 +96,14 @@ func NewCNI(cfg Config, log *slog.Logger) (Manager, error) {
 	}
 	if err := makeSharedMount(cfg.NetNSDir); err != nil {
 		return nil, err
+	}
+	if cfg.IPMasq {
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.PluginTimeout)
+		err := ensureNetworkMasq(ctx, cfg.NetworkName, subnet)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
 	}
 	lists := map[string]*libcni.NetworkConfigList{}
 	for _, chain := range []string{chainLegacy, chainBridge, chainBridgePortMap} {
@@ -195,8 +203,8 @@ func (m *cniManager) runtimeConf(st instanceState) *libcni.RuntimeConf {
 	return rt
 }
 
-// add runs CNI ADD, masquerades the instance if st says so, and returns
-// the instance's IPv4 address.
+// add runs CNI ADD and returns the instance's IPv4 address. The network's
+// own rules masquerade it (see ensureNetworkMasq).
 func (m *cniManager) add(ctx context.Context, st instanceState) (string, error) {
 	list, err := m.listFor(st)
 	if err != nil {
@@ -221,11 +229,6 @@ func (m *cniManager) add(ctx context.Context, st instanceState) (string, error) 
 	}
 	if !ip.IsValid() {
 		return "", fmt.Errorf("cni add: result has no IPv4 address: %v", r.IPs)
-	}
-	if st.Masq {
-		if err := addMasq(ctx, m.cfg.NetworkName, st.ID, ip, m.subnet); err != nil {
-			return "", err
-		}
 	}
 	return ip.String(), nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -354,6 +355,42 @@ func TestNewCNIRefuses(t *testing.T) {
 	}
 }
 
+// TestNetworkMasqueradeIsMadeOnce: a second manager on the same network
+// (a restart), and one with a new subnet, leave exactly one jump to the
+// network's chain, for the subnet in force.
+func TestNetworkMasqueradeIsMadeOnce(t *testing.T) {
+	requireCNI(t)
+	cfg := testConfig(t)
+	chain, _ := networkMasqNames(cfg.NetworkName)
+	jumps := func() []string {
+		var out []string
+		for _, l := range strings.Split(iptablesSave(t), "\n") {
+			if strings.HasPrefix(l, "-A POSTROUTING ") && strings.HasSuffix(l, "-j "+chain) {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	for range 2 {
+		if _, err := NewCNI(cfg, testLogger(t)); err != nil {
+			t.Fatalf("NewCNI() error = %v", err)
+		}
+	}
+	if j := jumps(); len(j) != 1 || !strings.Contains(j[0], "-s "+cfg.Subnet+" ") {
+		t.Errorf("jumps to %s after two starts: %q; want one for %s", chain, j, cfg.Subnet)
+	}
+	cfg.Subnet = freeSubnet(t).String()
+	if _, err := NewCNI(cfg, testLogger(t)); err != nil {
+		t.Fatalf("NewCNI() with a new subnet error = %v", err)
+	}
+	if j := jumps(); len(j) != 1 || !strings.Contains(j[0], "-s "+cfg.Subnet+" ") {
+		t.Errorf("jumps to %s after the subnet changed: %q; want one for %s", chain, j, cfg.Subnet)
+	}
+	if rules := iptablesSave(t); !strings.Contains(rules, "-A "+chain+" -d "+cfg.Subnet+" -j RETURN") {
+		t.Errorf("chain %s does not exempt the new subnet:\n%s", chain, grepLines(rules, chain))
+	}
+}
+
 func TestSetupRejectsBadID(t *testing.T) {
 	requireCNI(t)
 	m, err := NewCNI(testConfig(t), testLogger(t))
@@ -558,9 +595,10 @@ func TestCNIPinThenAttach(t *testing.T) {
 }
 
 // TestCNIChainFollowsPorts checks that an instance without published ports
-// is attached without portmap, that the manager's masquerade rules come
-// and go with the attachment, and that an attachment made the old way
-// (bridge's own ipMasq, then portmap) is still torn down without a trace.
+// is attached without portmap, that the network's masquerade rules cover
+// every attachment without rules of its own, and that attachments made the
+// old ways (bridge's own ipMasq, then portmap; or the manager's rules per
+// instance) are still torn down without a trace.
 func TestCNIChainFollowsPorts(t *testing.T) {
 	requireCNI(t)
 	cfg := testConfig(t)
@@ -597,30 +635,62 @@ func TestCNIChainFollowsPorts(t *testing.T) {
 	}
 	legacy := legacySt.attachment()
 
+	// The manager's own rules per instance, as the version before the
+	// network's rules made them.
+	perInstance, err := m.Setup(ctx, "masq-"+randHex(t, 4), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	piID := filepath.Base(perInstance.NetNS)
+	piSt, _, _ := m.states.get(piID)
+	piSt.Masq = true
+	if err := m.states.put(piSt); err != nil {
+		t.Fatal(err)
+	}
+	chain, comment := masqNames(cfg.NetworkName, piID)
+	c := strconv.Quote(comment)
+	if err := iptablesRestore(ctx, fmt.Sprintf("*nat\n:%s - [0:0]\n-A %s -d %s -m comment --comment %s -j ACCEPT\n-A %s ! -d %s -m comment --comment %s -j MASQUERADE\n-A POSTROUTING -s %s/32 -m comment --comment %s -j %s\nCOMMIT\n",
+		chain, chain, cfg.Subnet, c, chain, multicastNet, c, perInstance.IP, c, chain)); err != nil {
+		t.Fatal(err)
+	}
+
+	netChain, _ := networkMasqNames(cfg.NetworkName)
+	rules := iptablesSave(t)
+	for _, want := range []string{"-A POSTROUTING -s " + cfg.Subnet + " ", "-j " + netChain, "-A " + netChain + " -d " + cfg.Subnet + " -j RETURN",
+		"-A " + netChain + " -d 224.0.0.0/4 -j RETURN", "-A " + netChain + " -j MASQUERADE"} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("the network's masquerade rules lack %q:\n%s", want, grepLines(rules, netChain))
+		}
+	}
+
 	for _, tc := range []struct {
-		att     Attachment
-		chain   string
-		plugins int
-	}{{bare, chainBridge, 1}, {published, chainBridgePortMap, 2}, {legacy, chainLegacy, 2}} {
+		att       Attachment
+		chain     string
+		plugins   int
+		ownMasq   bool // rules of its own (the bridge plugin's or an older manager's)
+		stateMasq bool
+	}{{bare, chainBridge, 1, false, false}, {published, chainBridgePortMap, 2, false, false},
+		{legacy, chainLegacy, 2, true, false}, {perInstance, chainBridge, 1, true, true}} {
 		id := filepath.Base(tc.att.NetNS)
 		st, found, err := m.states.get(id)
-		if err != nil || !found || st.Chain != tc.chain || st.Masq != (tc.chain != chainLegacy) {
-			t.Errorf("state of %s = %+v, %v, %v; want chain %q, masq %v", id, st, found, err, tc.chain, tc.chain != chainLegacy)
+		if err != nil || !found || st.Chain != tc.chain || st.Masq != tc.stateMasq {
+			t.Errorf("state of %s = %+v, %v, %v; want chain %q, masq %v", id, st, found, err, tc.chain, tc.stateMasq)
 		}
 		if l, err := m.listFor(st); err != nil || len(l.Plugins) != tc.plugins {
 			t.Errorf("chain of %s = %v, %v; want %d plugins", id, l, err, tc.plugins)
 		}
 		chain, _ := masqNames(cfg.NetworkName, id)
 		rules := iptablesSave(t)
-		for _, want := range []string{"-A POSTROUTING -s " + tc.att.IP + "/32", "-A " + chain + " -d " + cfg.Subnet, "-A " + chain + " ! -d 224.0.0.0/4"} {
-			if !strings.Contains(rules, want) {
-				t.Errorf("masquerade rules of %s lack %q:\n%s", id, want, grepLines(rules, chain))
-			}
+		if has := strings.Contains(rules, "-A POSTROUTING -s "+tc.att.IP+"/32"); has != tc.ownMasq {
+			t.Errorf("%s has masquerade rules of its own: %v; want %v:\n%s", id, has, tc.ownMasq, grepLines(rules, chain))
 		}
 		if err := m.Teardown(ctx, id); err != nil {
 			t.Fatalf("Teardown(%s) error = %v", id, err)
 		}
 		assertNoTrace(t, cfg, id, tc.att)
+	}
+	if rules := iptablesSave(t); !strings.Contains(rules, "-A "+netChain+" -j MASQUERADE") {
+		t.Errorf("the network's masquerade rules went with the instances:\n%s", grepLines(rules, netChain))
 	}
 	if _, err := m.listFor(instanceState{ID: "future", Chain: "bridge,something"}); err == nil {
 		t.Error("listFor(unknown chain) succeeded; want an error")

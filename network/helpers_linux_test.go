@@ -139,7 +139,7 @@ func iptablesSave(t *testing.T) string {
 // CNI-HOSTPORT-* chains stay: other CNI users on the host rely on them.
 func removeIPTablesRules(t *testing.T, network string) {
 	var chains []string
-	jump := regexp.MustCompile(`-j (CNI-[0-9a-zA-Z-]+)`)
+	jump := regexp.MustCompile(`-j ((?:CNI|CUBE)-[0-9a-zA-Z-]+)`)
 	table := ""
 	for _, line := range strings.Split(iptablesSave(t), "\n") {
 		if strings.HasPrefix(line, "*") {

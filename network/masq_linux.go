@@ -13,40 +13,61 @@ import (
 	"strings"
 )
 
-// Outbound traffic of an instance is masqueraded by the rules the bridge
-// plugin's ipMasq would make: a chain per instance that accepts traffic to
-// the subnet and masquerades the rest (but multicast), and a jump to it from
-// nat POSTROUTING for the instance's address. The manager installs them in
-// one iptables-restore transaction instead of the plugin's seven iptables
-// runs (each a few ms, and serialized on the xtables lock), and removes
-// them in two runs instead of the plugin's six.
+// Outbound traffic of the instances is masqueraded by one set of rules for
+// the whole network, made once when the manager starts, as Docker does for
+// a bridge network: nat POSTROUTING sends traffic from the subnet to a
+// chain of the network's own, which leaves traffic to the subnet and
+// multicast alone and masquerades the rest. An instance start or stop then
+// runs no iptables at all, and the cost does not grow with the instances
+// (iptables-restore and iptables -S read the whole table).
 //
-// The chain name and comment follow the plugins' utils.FormatChainName and
-// utils.FormatComment, stable since CNI plugins v0.7, so removeMasq also
-// finds the rules the plugin made for attachments older than this scheme.
+// Attachments made by earlier versions have rules of their own, a chain
+// per instance, made by the manager (state Masq) or by the bridge plugin's
+// ipMasq (chainLegacy); removeMasq still removes them. Their chain name and
+// comment follow the plugins' utils.FormatChainName and utils.FormatComment.
 
-// masqNames returns the chain and the comment of id's masquerade rules.
+// masqNames returns the chain and the comment of id's masquerade rules, as
+// attachments of earlier versions have them.
 func masqNames(network, id string) (chain, comment string) {
 	sum := sha512.Sum512([]byte(network + id))
 	return "CNI-" + hex.EncodeToString(sum[:])[:24], fmt.Sprintf("name: %q id: %q", network, id)
 }
 
+// networkMasqNames returns the chain and the comment of the network's
+// masquerade rules.
+func networkMasqNames(network string) (chain, comment string) {
+	sum := sha512.Sum512([]byte("cube-masq:" + network))
+	return "CUBE-MASQ-" + strings.ToUpper(hex.EncodeToString(sum[:])[:16]), "cube network " + network + ": masquerade"
+}
+
 // multicastNet is not masqueraded: instances may talk multicast on the
-// bridge (the plugin's rule).
+// bridge.
 const multicastNet = "224.0.0.0/4"
 
-// addMasq masquerades traffic from ip to addresses outside subnet.
-func addMasq(ctx context.Context, network, id string, ip netip.Addr, subnet netip.Prefix) error {
-	chain, comment := masqNames(network, id)
-	c := strconv.Quote(comment)
+// ensureNetworkMasq makes the network's masquerade rules for subnet, in
+// one iptables-restore transaction: the chain is rewritten, and the jumps
+// to it are replaced by one for subnet, so a restart, or a changed subnet,
+// leaves exactly one set.
+func ensureNetworkMasq(ctx context.Context, network string, subnet netip.Prefix) error {
+	chain, comment := networkMasqNames(network)
+	out, err := iptables(ctx, "-t", "nat", "-S", "POSTROUTING")
+	if err != nil {
+		return err
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n", chain)
-	fmt.Fprintf(&b, "-A %s -d %s -m comment --comment %s -j ACCEPT\n", chain, subnet, c)
-	fmt.Fprintf(&b, "-A %s ! -d %s -m comment --comment %s -j MASQUERADE\n", chain, multicastNet, c)
-	fmt.Fprintf(&b, "-A POSTROUTING -s %s/32 -m comment --comment %s -j %s\n", ip, c, chain)
+	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n", chain) // creates or flushes it
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "-A POSTROUTING ") && strings.HasSuffix(line, " -j "+chain) {
+			b.WriteString("-D" + strings.TrimPrefix(line, "-A") + "\n")
+		}
+	}
+	fmt.Fprintf(&b, "-A %s -d %s -j RETURN\n", chain, subnet)
+	fmt.Fprintf(&b, "-A %s -d %s -j RETURN\n", chain, multicastNet)
+	fmt.Fprintf(&b, "-A %s -j MASQUERADE\n", chain)
+	fmt.Fprintf(&b, "-A POSTROUTING -s %s -m comment --comment %s -j %s\n", subnet, strconv.Quote(comment), chain)
 	b.WriteString("COMMIT\n")
 	if err := iptablesRestore(ctx, b.String()); err != nil {
-		return fmt.Errorf("add masquerade rules: %w", err)
+		return fmt.Errorf("masquerade the instance network: %w", err)
 	}
 	return nil
 }

@@ -30,9 +30,10 @@ type instanceState struct {
 	// chainBridge or chainBridgePortMap, or chainLegacy ("") in state
 	// files older than the field.
 	Chain string `json:"chain,omitempty"`
-	// Masq tells that the manager masquerades the instance's traffic
-	// itself (see addMasq) and must remove the rules. In chainLegacy the
-	// bridge plugin did, if the network masqueraded.
+	// Masq tells that an earlier version made masquerade rules for this
+	// instance alone, which DEL must remove (see removeMasq). Attachments
+	// made now have none: the network's rules cover them. In chainLegacy
+	// the bridge plugin made them, if the network masqueraded.
 	Masq bool `json:"masq,omitempty"`
 }
 
