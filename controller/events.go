@@ -50,59 +50,72 @@ func InstanceEvents(prev, cur *v1.Instance, at time.Time) []v1.Event {
 	if ps.Preemption == nil && cs.Preemption != nil {
 		add(v1.EventWarning, "Preempting", cs.Preemption.Message)
 	}
+	// The phase reached, unless final, comes before what the containers
+	// did in it (a change can hold a start and the first exit).
+	phaseChanged := ps.Phase != cs.Phase || ps.Reason != cs.Reason || ps.Message != cs.Message
+	if phaseChanged {
+		switch cs.Phase {
+		case v1.PhasePending:
+			if cs.Reason != "" && cs.Message != ps.Message {
+				add(v1.EventWarning, "FailedScheduling", cs.Message)
+			}
+		case v1.PhaseScheduled:
+			if ps.Phase != cs.Phase {
+				add(v1.EventNormal, "Scheduled", "bound to node "+cs.Node)
+			}
+		case v1.PhaseCreating:
+			switch {
+			case cs.Reason == "ShimLost" && ps.Reason != "ShimLost":
+				add(v1.EventWarning, "ShimLost", cs.Message)
+			case ps.Phase != cs.Phase && cs.Reason != "ShimLost":
+				add(v1.EventNormal, "Creating", "node "+cs.Node+" prepares the image, the network and the shim")
+			}
+		case v1.PhaseRunning:
+			if ps.Phase != cs.Phase {
+				add(v1.EventNormal, "Started", fmt.Sprintf("running on node %s with IP %s", cs.Node, orNone(cs.IP)))
+			}
+		}
+	}
 	for _, c := range cs.Containers {
 		old, _ := containerNamed(ps.Containers, c.Name)
-		// The last run's end, even when the exit and the restart arrived
-		// as one change.
-		if ex := lastRun(c); ex != nil {
-			if was := lastRun(old); was == nil || !was.FinishedAt.Equal(ex.FinishedAt) {
-				typ := v1.EventNormal
-				if ex.ExitCode != 0 || ex.OOMKilled {
-					typ = v1.EventWarning
-				}
-				containerEvent(add(typ, "Exited", "container "+c.Name+" "+exitText(ex)), c, ex)
+		// Exits the store never showed on their own (a node reports what
+		// it sees, and an exit, a restart and the next exit can be one
+		// change) are told from lastExit, in the order they happened.
+		seen := lastRun(old)
+		exited := func(ex *v1.ContainerExit) {
+			if ex == nil || seen != nil && seen.FinishedAt.Equal(ex.FinishedAt) {
+				return
 			}
+			typ := v1.EventNormal
+			if ex.ExitCode != 0 || ex.OOMKilled {
+				typ = v1.EventWarning
+			}
+			containerEvent(add(typ, "Exited", "container "+c.Name+" "+exitText(ex)), c, ex)
 		}
 		if c.RestartCount > old.RestartCount {
+			exited(c.LastExit)
 			containerEvent(add(v1.EventNormal, "Restarted", fmt.Sprintf("container %s started again (restart %d)", c.Name, c.RestartCount)), c, c.LastExit)
 		}
+		if c.State == v1.ContainerTerminated {
+			exited(lastRun(c))
+		}
 	}
-	if ps.Phase == cs.Phase && ps.Reason == cs.Reason && ps.Message == cs.Message {
-		return out
-	}
-	switch cs.Phase {
-	case v1.PhasePending:
-		if cs.Reason != "" && cs.Message != ps.Message {
-			add(v1.EventWarning, "FailedScheduling", cs.Message)
-		}
-	case v1.PhaseScheduled:
-		if ps.Phase != cs.Phase {
-			add(v1.EventNormal, "Scheduled", "bound to node "+cs.Node)
-		}
-	case v1.PhaseCreating:
-		switch {
-		case cs.Reason == "ShimLost" && ps.Reason != "ShimLost":
-			add(v1.EventWarning, "ShimLost", cs.Message)
-		case ps.Phase != cs.Phase && cs.Reason != "ShimLost":
-			add(v1.EventNormal, "Creating", "node "+cs.Node+" prepares the image, the network and the shim")
-		}
-	case v1.PhaseRunning:
-		if ps.Phase != cs.Phase {
-			add(v1.EventNormal, "Started", fmt.Sprintf("running on node %s with IP %s", cs.Node, orNone(cs.IP)))
-		}
-	case v1.PhaseSucceeded:
-		if ps.Phase != cs.Phase {
-			add(v1.EventNormal, "Completed", "every container exited with code 0")
-		}
-	case v1.PhaseFailed:
-		if ps.Phase != cs.Phase {
-			msg := cs.Reason
-			if cs.Message != "" {
-				msg += ": " + cs.Message
+	if phaseChanged {
+		switch cs.Phase {
+		case v1.PhaseSucceeded:
+			if ps.Phase != cs.Phase {
+				add(v1.EventNormal, "Completed", "every container exited with code 0")
 			}
-			e := add(v1.EventWarning, "Failed", msg)
-			if c, ok := firstFailed(cs.Containers); ok {
-				containerEvent(e, c, lastRun(c))
+		case v1.PhaseFailed:
+			if ps.Phase != cs.Phase {
+				msg := cs.Reason
+				if cs.Message != "" {
+					msg += ": " + cs.Message
+				}
+				e := add(v1.EventWarning, "Failed", msg)
+				if c, ok := firstFailed(cs.Containers); ok {
+					containerEvent(e, c, lastRun(c))
+				}
 			}
 		}
 	}

@@ -48,6 +48,10 @@ func TestInstanceEvents(t *testing.T) {
 		s.Containers[0] = v1.ContainerStatus{Name: "main", State: v1.ContainerRunning, RestartCount: 1,
 			LastExit: &v1.ContainerExit{ExitCode: 137, Signal: 9, OOMKilled: true, Reason: "OOMKilled", FinishedAt: finished}}
 	})
+	finishedAgain := finished.Add(time.Second)
+	exitedAgain := step(restarted, func(s *v1.InstanceStatus) {
+		s.Containers[0].State, s.Containers[0].ExitCode, s.Containers[0].FinishedAt = v1.ContainerTerminated, 0, &finishedAgain
+	})
 	failed := step(exited, func(s *v1.InstanceStatus) {
 		s.Phase, s.Reason, s.Message = v1.PhaseFailed, "OOMKilled", "container main ran out of memory"
 	})
@@ -78,8 +82,11 @@ func TestInstanceEvents(t *testing.T) {
 		{"exited", running, exited, "Warning/Exited"},
 		{"restarted", exited, restarted, "Normal/Restarted"},
 		{"exit and restart seen at once", running, restarted, "Warning/Exited,Normal/Restarted"},
+		{"exit, restart and exit seen at once", running, exitedAgain, "Warning/Exited,Normal/Restarted,Normal/Exited"},
+		{"restart and exit seen at once", exited, exitedAgain, "Normal/Restarted,Normal/Exited"},
 		{"failed", exited, failed, "Warning/Failed"},
 		{"exit and failure at once", running, failed, "Warning/Exited,Warning/Failed"},
+		{"start and exit at once", creating, exited, "Normal/Started,Warning/Exited"},
 		{"succeeded", running, succeeded, "Normal/Exited,Normal/Completed"},
 		{"shim lost", running, shimLost, "Warning/ShimLost"},
 		{"preempted", running, preempted, "Warning/Preempting"},
