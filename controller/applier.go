@@ -157,6 +157,7 @@ func (a *Applier) Apply(ctx context.Context, st *State, plan scheduler.Plan, byI
 	if err := flush(); err != nil {
 		return stats, err
 	}
+	var reasons []*v1.Instance
 	for _, u := range plan.Unschedulable {
 		in := byID[u.RequestID]
 		if in == nil || (in.Status.Reason == "Unschedulable" && in.Status.Message == u.Reason) {
@@ -164,9 +165,39 @@ func (a *Applier) Apply(ctx context.Context, st *State, plan scheduler.Plan, byI
 		}
 		cp := *in
 		cp.Status.Reason, cp.Status.Message = "Unschedulable", u.Reason
-		_ = insts.Update(ctx, insts.Key(in.Metadata.Tenant, in.Metadata.Name), &cp) // a conflict means news; the next pass sees it
+		reasons = append(reasons, &cp)
 	}
-	return stats, nil
+	return stats, a.writeReasons(ctx, reasons)
+}
+
+// reasonsPerTxn bounds the nested transactions of one write of reasons
+// (etcd refuses more than 128 operations in one transaction).
+const reasonsPerTxn = 60
+
+// writeReasons stores why instances stay Pending, many per transaction:
+// each in a nested transaction of its own that puts it only if it did not
+// change since the snapshot (a change is news the next pass sees), so one
+// stale instance does not hold back the others.
+func (a *Applier) writeReasons(ctx context.Context, updated []*v1.Instance) error {
+	insts := a.Store.Instances()
+	for len(updated) > 0 {
+		n := min(len(updated), reasonsPerTxn)
+		ops := make([]clientv3.Op, 0, n)
+		for _, in := range updated[:n] {
+			key := insts.Key(in.Metadata.Tenant, in.Metadata.Name)
+			rv, _ := strconv.ParseInt(in.Metadata.ResourceVersion, 10, 64)
+			val, err := store.Encode(in)
+			if err != nil {
+				return err
+			}
+			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rv)}, []clientv3.Op{clientv3.OpPut(key, val)}, nil))
+		}
+		if _, err := a.Store.Client().Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("record why instances stay pending: %w", err)
+		}
+		updated = updated[n:]
+	}
+	return nil
 }
 
 var errSkip = errors.New("skip")

@@ -167,6 +167,43 @@ func TestUnschedulableReason(t *testing.T) {
 	}
 }
 
+// TestWriteReasonsSkipsOnlyTheStale writes reasons for more instances than
+// one transaction holds; one changed since it was read keeps its change,
+// and the others still get their reason.
+func TestWriteReasonsSkipsOnlyTheStale(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	fleet(t, st, 0, reasonsPerTxn+5)
+	insts := st.Instances()
+	list, _, err := insts.List(ctx, insts.Prefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := list[3]
+	if _, err := insts.Mutate(ctx, insts.Key(stale.Metadata.Tenant, stale.Metadata.Name), func(in *v1.Instance) error {
+		in.Metadata.Labels = map[string]string{"changed": "yes"}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range list {
+		in.Status.Reason, in.Status.Message = "Unschedulable", "0/0 nodes"
+	}
+	if err := (&Applier{Store: st, Log: quiet()}).writeReasons(ctx, list); err != nil {
+		t.Fatal(err)
+	}
+	after, _, _ := insts.List(ctx, insts.Prefix())
+	for _, in := range after {
+		isStale := in.Metadata.Name == stale.Metadata.Name && in.Metadata.Tenant == stale.Metadata.Tenant
+		if isStale && (in.Status.Reason != "" || in.Metadata.Labels["changed"] != "yes") {
+			t.Errorf("stale %s: reason %q labels %v; want its own change kept and no reason", in.Metadata.Name, in.Status.Reason, in.Metadata.Labels)
+		}
+		if !isStale && in.Status.Reason != "Unschedulable" {
+			t.Errorf("%s/%s: reason %q; want Unschedulable", in.Metadata.Tenant, in.Metadata.Name, in.Status.Reason)
+		}
+	}
+}
+
 // TestLeaderElection runs two replicas: exactly one leads and binds.
 func TestLeaderElection(t *testing.T) {
 	st := newStore(t)
