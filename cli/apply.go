@@ -38,19 +38,9 @@ rm it and apply again.`,
 			if dryRun != "" && dryRun != "none" && dryRun != "client" && dryRun != "server" {
 				return fmt.Errorf("--dry-run %q: want client or server", dryRun)
 			}
-			var objs []*v1.Instance
-			for _, f := range files {
-				got, err := readManifests(g, f)
-				if err != nil {
-					return err
-				}
-				objs = append(objs, got...)
-			}
-			for _, in := range objs {
-				in.SetDefaults()
-				if err := in.Validate(); err != nil {
-					return err
-				}
+			objs, err := loadManifests(g, files)
+			if err != nil {
+				return err
 			}
 			if dryRun == "client" {
 				for _, in := range objs {
@@ -124,6 +114,26 @@ func sameSpec(cur, want *v1.Instance) bool {
 	a, errA := json.Marshal(applyViewOf(cur))
 	b, errB := json.Marshal(applyViewOf(want))
 	return errA == nil && errB == nil && bytes.Equal(a, b)
+}
+
+// loadManifests reads the instances of every -f path, with defaults set,
+// and refuses an invalid one, naming it.
+func loadManifests(g *globals, paths []string) ([]*v1.Instance, error) {
+	var objs []*v1.Instance
+	for _, f := range paths {
+		got, err := readManifests(g, f)
+		if err != nil {
+			return nil, err
+		}
+		objs = append(objs, got...)
+	}
+	for _, in := range objs {
+		in.SetDefaults()
+		if err := in.Validate(); err != nil {
+			return nil, fmt.Errorf("instance/%s: %w", in.Metadata.Name, err)
+		}
+	}
+	return objs, nil
 }
 
 func readManifests(g *globals, path string) ([]*v1.Instance, error) {

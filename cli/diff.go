@@ -41,19 +41,9 @@ diff itself failed (unreadable file, invalid spec, unreachable server).`,
 			if len(files) == 0 {
 				return errors.New("diff needs -f FILE, -f DIR or -f -")
 			}
-			var objs []*v1.Instance
-			for _, f := range files {
-				got, err := readManifests(g, f)
-				if err != nil {
-					return err
-				}
-				objs = append(objs, got...)
-			}
-			for _, in := range objs {
-				in.SetDefaults()
-				if err := in.Validate(); err != nil {
-					return fmt.Errorf("instance/%s: %w", in.Metadata.Name, err)
-				}
+			objs, err := loadManifests(g, files)
+			if err != nil {
+				return err
 			}
 			c, err := g.client()
 			if err != nil {

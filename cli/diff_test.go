@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"net/http/httptest"
 	"net/url"
 	"os"
@@ -14,10 +12,8 @@ import (
 	"testing"
 
 	v1 "github.com/cube-platform/cube/api/v1"
-	"github.com/cube-platform/cube/apiserver"
 	"github.com/cube-platform/cube/client"
-	"github.com/cube-platform/cube/image"
-	"github.com/cube-platform/cube/store"
+	"github.com/cube-platform/cube/internal/apitest"
 	"github.com/spf13/cobra"
 )
 
@@ -27,27 +23,9 @@ import (
 func startServer(t *testing.T) string {
 	t.Helper()
 	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	e, err := store.StartEmbedded(ctx, t.TempDir(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	imgs, err := image.NewLocalStore(t.TempDir(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := store.New(e.Client)
-	srv, err := apiserver.New(apiserver.Config{Listen: "127.0.0.1:0", Store: st, Images: imgs, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
+	st, h, tok := apitest.Server(t, "t1")
+	hs := httptest.NewServer(h)
 	t.Cleanup(hs.Close)
-	tok, err := st.CreateToken(ctx, store.Token{Tenant: "t1", Role: store.RoleTenant})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ref := "docker.io/library/busybox:latest"
 	rec := &v1.Image{APIVersion: v1.Version, Kind: "Image", Metadata: v1.ObjectMeta{Name: ref, Tenant: "t1"}, Digest: "sha256:" + strings.Repeat("ab", 32)}
 	if err := st.Images().Create(ctx, st.Images().Key("t1", url.PathEscape(ref)), rec); err != nil {

@@ -3,8 +3,6 @@ package client_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -13,9 +11,8 @@ import (
 	"testing"
 
 	v1 "github.com/cube-platform/cube/api/v1"
-	"github.com/cube-platform/cube/apiserver"
 	"github.com/cube-platform/cube/client"
-	"github.com/cube-platform/cube/image"
+	"github.com/cube-platform/cube/internal/apitest"
 	"github.com/cube-platform/cube/store"
 )
 
@@ -46,23 +43,7 @@ func (r *recorder) setBefore(fn func(n int)) {
 // client for tenant t1.
 func newServer(t *testing.T, rec *recorder) (*client.Client, *store.Store) {
 	t.Helper()
-	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	e, err := store.StartEmbedded(ctx, t.TempDir(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	imgs, err := image.NewLocalStore(t.TempDir(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := store.New(e.Client)
-	srv, err := apiserver.New(apiserver.Config{Listen: "127.0.0.1:0", Store: st, Images: imgs, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := srv.Handler()
+	st, h, tok := apitest.Server(t, "t1")
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec.mu.Lock()
 		rec.queries = append(rec.queries, r.URL.RawQuery)
@@ -74,10 +55,6 @@ func newServer(t *testing.T, rec *recorder) (*client.Client, *store.Store) {
 		h.ServeHTTP(w, r)
 	}))
 	t.Cleanup(hs.Close)
-	tok, err := st.CreateToken(ctx, store.Token{Tenant: "t1", Role: store.RoleTenant})
-	if err != nil {
-		t.Fatal(err)
-	}
 	return client.New(hs.URL, tok), st
 }
 
