@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/store"
 )
 
@@ -43,11 +44,31 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	keep := func(e *v1.Event) bool { return len(types) == 0 || types[e.Type] }
+	p, err := parsePaging(r, prefix)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
 	if q.Get("watch") == "true" {
+		if p.from != "" {
+			writeError(w, fmt.Errorf("%w: continue does not apply to watch=true: watch from the resourceVersion of the list instead", errdefs.ErrInvalid))
+			return
+		}
 		streamWatch(w, r, events, prefix, func(ev store.Event[*v1.Event]) bool {
 			// Events only come and expire: an expiry is not news.
 			return ev.Type == v1.EventAdded && keep(ev.Object)
 		})
+		return
+	}
+	if p.paged {
+		// Pages come in key order, /cube/events/<tenant>/<instance>/<revision>:
+		// instance by instance, each in the order things happened.
+		page, err := listPage(r, events, prefix, p, keep)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v1.List[*v1.Event]{Items: page.Items, ResourceVersion: fmt.Sprint(page.Revision), Continue: continueOf(page)})
 		return
 	}
 	items, rev, err := events.List(r.Context(), prefix)

@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/image"
@@ -303,5 +304,51 @@ func TestListPagingErrors(t *testing.T) {
 	_ = json.Unmarshal(body, &eb)
 	if code != http.StatusGone || eb.Error.Code != "Expired" || !strings.Contains(eb.Error.Message, "the list changed too much; list again without continue") {
 		t.Errorf("continue after compaction = %d %s; want 410 Expired saying to list again", code, body)
+	}
+}
+
+// TestListEventsPaging pages a tenant's events instance by instance, in
+// the order things happened, with a type filter applied while paging;
+// another tenant's events never appear.
+func TestListEventsPaging(t *testing.T) {
+	ts := newTestServer(t, "t1", "t2")
+	ctx := context.Background()
+	evs := ts.st.Events()
+	var want, warnings []string
+	for _, tenant := range []string{"t1", "t2"} {
+		for _, inst := range []string{"a", "b"} {
+			for i := 0; i < 4; i++ {
+				typ := v1.EventNormal
+				if i%2 == 1 {
+					typ = v1.EventWarning
+				}
+				seq := fmt.Sprintf("%016x-00", i+1)
+				e := &v1.Event{APIVersion: v1.Version, Kind: "Event", Metadata: v1.ObjectMeta{Name: inst + "." + seq, Tenant: tenant},
+					Instance: inst, Type: typ, Reason: "R", Message: "m", Time: time.Unix(int64(i), 0)}
+				if err := evs.Create(ctx, evs.Key(tenant, inst, seq), e); err != nil {
+					t.Fatal(err)
+				}
+				if tenant == "t1" {
+					want = append(want, e.Metadata.Name)
+					if typ == v1.EventWarning {
+						warnings = append(warnings, e.Metadata.Name)
+					}
+				}
+			}
+		}
+	}
+	for path, wantNames := range map[string][]string{"/v1/events?limit=3": want, "/v1/events?limit=1&types=Warning": warnings} {
+		var got []string
+		for _, p := range pageAll[*v1.Event](ts, "t1", path, nil) {
+			for _, e := range p.Items {
+				if e.Metadata.Tenant != "t1" {
+					t.Errorf("%s: event of tenant %s", path, e.Metadata.Tenant)
+				}
+				got = append(got, e.Metadata.Name)
+			}
+		}
+		if !reflect.DeepEqual(got, wantNames) {
+			t.Errorf("%s pages = %v; want %v", path, got, wantNames)
+		}
 	}
 }

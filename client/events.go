@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"sort"
 
 	v1 "github.com/cube-platform/cube/api/v1"
 )
@@ -33,10 +34,17 @@ func (o EventOptions) query() url.Values {
 	return q
 }
 
-// ListEvents lists the tenant's recorded events, oldest first.
+// ListEvents lists the tenant's recorded events, oldest first, paging
+// under the hood.
 func (c *Client) ListEvents(ctx context.Context, opts EventOptions) (*v1.List[*v1.Event], error) {
-	var out v1.List[*v1.Event]
-	return &out, c.call(ctx, http.MethodGet, "/v1/events", opts.query(), nil, &out)
+	out, err := listAll[*v1.Event](ctx, c, "/v1/events", opts.query(), 0)
+	if err != nil {
+		return nil, err
+	}
+	// Pages come instance by instance; an unpaged list is by time, and so
+	// is this.
+	sort.SliceStable(out.Items, func(i, j int) bool { return out.Items[i].Time.Before(out.Items[j].Time) })
+	return out, nil
 }
 
 // WatchEvents streams events as they are recorded, after resourceVersion

@@ -135,7 +135,7 @@ func paths() map[string]any {
 		"/v1/instances/{name}/logs": map[string]any{"get": op("Container logs (text)", "", "name", "container", "follow", "tail", "since", "until", "timestamps")},
 		"/v1/instances/{name}/exec": map[string]any{"post": op("Run a command in a container (HTTP upgrade to the cube-stream framing)", "", "name")},
 		"/v1/events": map[string]any{
-			"get": op("List the tenant's events, oldest first (for=NAME, types=Warning), or stream them with watch=true", "EventList", "for", "types", "watch", "resourceVersion"),
+			"get": op("List the tenant's events, oldest first (for=NAME, types=Warning), or stream them with watch=true", "EventList", "for", "types", "watch", "resourceVersion", "limit", "continue"),
 		},
 		"/v1/nodes": map[string]any{"get": op("List nodes (paged with limit and continue)", "NodeList", "limit", "continue")},
 		"/v1/nodes/{name}": map[string]any{
