@@ -22,11 +22,41 @@ import (
 
 var errNotFound = errdefs.ErrNotFound
 
+// lostShim is what a shim that replaces a lost one takes over from the
+// instance's status.
+type lostShim struct {
+	restarts map[string]int                    // see shim.Config.RestartCounts
+	exited   map[string]sandbox.ContainerState // see shim.Config.Exited
+}
+
+// lostShimOf reads in's status after its shim died (SIGKILL, a crash) and
+// its containers with it or soon after: the containers that would run
+// again run again, the loss counted as a restart of each, and those that
+// had ended for good under their restart policy stay ended.
+func lostShimOf(in *v1.Instance) *lostShim {
+	l := &lostShim{restarts: map[string]int{}, exited: map[string]sandbox.ContainerState{}}
+	for _, cs := range in.Status.Containers {
+		if cs.State == v1.ContainerTerminated && !shim.RestartsAgain(string(in.Spec.RestartPolicy), cs.ExitCode, cs.RestartCount, in.Spec.MaxRestarts) {
+			st := sandbox.ContainerState{Name: cs.Name, Phase: sandbox.PhaseExited, ExitCode: cs.ExitCode, Signal: cs.Signal, OOMKilled: cs.OOMKilled}
+			if cs.StartedAt != nil {
+				st.StartedAt = *cs.StartedAt
+			}
+			if cs.FinishedAt != nil {
+				st.FinishedAt = *cs.FinishedAt
+			}
+			l.exited[cs.Name] = st
+			l.restarts[cs.Name] = cs.RestartCount
+			continue
+		}
+		l.restarts[cs.Name] = cs.RestartCount + 1
+	}
+	return l
+}
+
 // create prepares images and network and launches the instance's shim,
 // which starts the containers once create has seen the network attached.
-// restarts are the containers' restart counts so far (see
-// shim.Config.RestartCounts).
-func (w *worker) create(ctx context.Context, in *v1.Instance, restarts map[string]int) (*shim.Client, error) {
+// lost, if set, is what the shim takes over from a lost one.
+func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*shim.Client, error) {
 	start := time.Now()
 	if err := os.MkdirAll(w.dir, 0o700); err != nil {
 		return nil, err
@@ -79,10 +109,12 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, restarts map[strin
 		Sandbox:       spec,
 		RestartPolicy: string(in.Spec.RestartPolicy),
 		MaxRestarts:   in.Spec.MaxRestarts,
-		RestartCounts: restarts,
 		LogDir:        filepath.Join(w.dir, "logs"),
 		Socket:        shimSocket(w.dir),
 		AwaitStart:    true,
+	}
+	if lost != nil {
+		cfg.RestartCounts, cfg.Exited = lost.restarts, lost.exited
 	}
 	lctx, lcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer lcancel()

@@ -123,22 +123,16 @@ func (w *worker) reconcile(ctx context.Context, in *v1.Instance) (done bool, err
 	now := w.a.cfg.Now().UTC()
 	st := in.Status
 	st.Phase, st.CreatingAt, st.Reason, st.Message = v1.PhaseCreating, &now, "", ""
-	var restarts map[string]int
+	var lost *lostShim
 	if in.Status.Phase != v1.PhaseScheduled {
-		// The shim died (SIGKILL, OOM of the shim, a crash) and its
-		// containers with it or soon after: run them again, counting the
-		// loss as a restart of each.
 		log.Warn("shim is gone; starting the instance again", "phase", in.Status.Phase)
-		restarts = map[string]int{}
-		for _, cs := range in.Status.Containers {
-			restarts[cs.Name] = cs.RestartCount + 1
-		}
+		lost = lostShimOf(in)
 		st.Reason, st.Message = "ShimLost", "the instance's shim stopped; starting its containers again"
 	}
 	if err := w.report(ctx, in, st); err != nil {
 		return false, err
 	}
-	c, err = w.create(ctx, in, restarts)
+	c, err = w.create(ctx, in, lost)
 	if err != nil {
 		log.Warn("create failed", "err", err)
 		st.Phase, st.Reason, st.Message = v1.PhaseFailed, "CreateFailed", err.Error()

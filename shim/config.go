@@ -35,6 +35,9 @@ type Config struct {
 	// by name: a node that replaces a lost shim carries them over, counting
 	// the loss as one more.
 	RestartCounts map[string]int `json:"restartCounts,omitempty"`
+	// Exited are the containers that ended for good under a shim this one
+	// replaces, by name: they keep that state and are not started again.
+	Exited map[string]sandbox.ContainerState `json:"exited,omitempty"`
 	// LogDir receives one CRI-format log per container, <LogDir>/<name>.log.
 	// The shim never removes it; the node agent does, after Shutdown.
 	LogDir string `json:"logDir"`

@@ -375,3 +375,25 @@ func TestAwaitStart(t *testing.T) {
 		}
 	}
 }
+
+// TestExitedContainersStayEnded: a shim that replaces a lost one leaves a
+// container that had ended for good as it was, and runs the others.
+func TestExitedContainersStayEnded(t *testing.T) {
+	cfg := testConfig(t, RestartNever, shell("setup", "echo ran-again"), shell("app", "echo app-up; sleep 30"))
+	finished := time.Now().Add(-time.Minute).UTC()
+	cfg.Exited = map[string]sandbox.ContainerState{"setup": {ExitCode: 3, FinishedAt: finished}}
+	cfg.RestartCounts = map[string]int{"setup": 0, "app": 1}
+	c := launch(t, cfg)
+	st := waitState(t, c, "app running", func(s State) bool { return s.Containers[1].Phase == sandbox.PhaseRunning })
+	setup := st.Containers[0]
+	if setup.Phase != sandbox.PhaseExited || setup.ExitCode != 3 || setup.Reason != ReasonError || !setup.FinishedAt.Equal(finished) {
+		t.Errorf("setup %+v; want it as it ended: exited 3 (Error) at %s", setup, finished)
+	}
+	if st.Phase != PhaseRunning || st.Containers[1].RestartCount != 1 {
+		t.Errorf("state %+v; want Running with app's restart count carried over", st)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got := readLog(t, cfg, "setup"); got != "" {
+		t.Errorf("setup ran again: log %q", got)
+	}
+}

@@ -61,6 +61,13 @@ type Exit struct {
 	FinishedAt time.Time `json:"finishedAt"`
 }
 
+// RestartsAgain tells whether a container that exited with exitCode after
+// restarts restarts is started again under policy and maxRestarts (0: no
+// bound).
+func RestartsAgain(policy string, exitCode, restarts, maxRestarts int) bool {
+	return shouldRestart(policy, exitCode) && (maxRestarts == 0 || restarts < maxRestarts)
+}
+
 // shouldRestart applies a restart policy to an exit code.
 func shouldRestart(policy string, exitCode int) bool {
 	switch policy {

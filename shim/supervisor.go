@@ -55,6 +55,9 @@ type supervised struct {
 	// after setting stopped, never misses a container being started.
 	startMu sync.Mutex
 	status  ContainerStatus // protected by supervisor.mu
+	// ended: it ended for good under a shim this one replaced (see
+	// Config.Exited), so boot never starts it.
+	ended bool
 }
 
 func newSupervisor(ctx context.Context, cfg Config, sb sandbox.Sandbox, log *slog.Logger) (*supervisor, error) {
@@ -72,11 +75,16 @@ func newSupervisor(ctx context.Context, cfg Config, sb sandbox.Sandbox, log *slo
 			s.closeLogs()
 			return nil, err
 		}
-		s.containers = append(s.containers, &supervised{name: c.Name, logs: w, status: ContainerStatus{
+		sc := &supervised{name: c.Name, logs: w, status: ContainerStatus{
 			ContainerState: sandbox.ContainerState{Name: c.Name, Phase: sandbox.PhaseCreated},
 			Reason:         ReasonContainerCreating,
 			RestartCount:   cfg.RestartCounts[c.Name],
-		}})
+		}}
+		if st, ok := cfg.Exited[c.Name]; ok {
+			st.Name, st.Phase, st.Pid = c.Name, sandbox.PhaseExited, 0
+			sc.status.ContainerState, sc.status.Reason, sc.ended = st, terminationReason(st, false), true
+		}
+		s.containers = append(s.containers, sc)
 	}
 	return s, nil
 }
@@ -132,6 +140,9 @@ func (s *supervisor) boot() {
 		if s.isStopped() {
 			return
 		}
+		if c.ended {
+			continue
+		}
 		first := make(chan struct{})
 		s.running.Add(1)
 		go s.supervise(c, first)
@@ -157,7 +168,10 @@ func (s *supervisor) supervise(c *supervised, first chan struct{}) {
 			backoff = minBackoff
 		}
 		reason := terminationReason(st, startErr != "")
-		restart := !s.isStopped() && shouldRestart(s.cfg.RestartPolicy, st.ExitCode) && s.mayRestart(c)
+		s.mu.Lock()
+		restarts := c.status.RestartCount
+		s.mu.Unlock()
+		restart := !s.isStopped() && RestartsAgain(s.cfg.RestartPolicy, st.ExitCode, restarts, s.cfg.MaxRestarts)
 		s.log.Info("container exited", "container", c.name, "exit_code", st.ExitCode, "reason", reason, "restart", restart)
 		s.update(func() {
 			c.status.ContainerState = st
@@ -186,16 +200,6 @@ func (s *supervisor) supervise(c *supervised, first chan struct{}) {
 			c.status.LastExit = &Exit{ExitCode: st.ExitCode, Signal: st.Signal, OOMKilled: st.OOMKilled, Reason: reason, FinishedAt: st.FinishedAt}
 		})
 	}
-}
-
-// mayRestart says whether c is still under its bound on restarts.
-func (s *supervisor) mayRestart(c *supervised) bool {
-	if s.cfg.MaxRestarts == 0 {
-		return true
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return c.status.RestartCount < s.cfg.MaxRestarts
 }
 
 // runOnce starts the container and waits for it to end. It reports ok=false
