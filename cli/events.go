@@ -102,9 +102,6 @@ until interrupted. With -o json, --watch prints one JSON object per line.`,
 					return err
 				}
 			}
-			if err := cmd.Context().Err(); err != nil {
-				return nil // interrupted: the usual end of a watch
-			}
 			return fmt.Errorf("the server ended the event stream; run the command again")
 		},
 	}

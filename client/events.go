@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strings"
 
 	v1 "github.com/cube-platform/cube/api/v1"
 )
@@ -24,12 +25,8 @@ func (o EventOptions) query() url.Values {
 	if o.For != "" {
 		q.Set("for", o.For)
 	}
-	for _, t := range o.Types {
-		if q.Get("types") != "" {
-			q.Set("types", q.Get("types")+","+t)
-		} else {
-			q.Set("types", t)
-		}
+	if len(o.Types) > 0 {
+		q.Set("types", strings.Join(o.Types, ","))
 	}
 	return q
 }

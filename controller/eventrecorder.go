@@ -150,7 +150,7 @@ func (r *EventRecorder) record(ctx context.Context, batch []store.Event[*v1.Inst
 		return nil
 	}
 	for _, ch := range batch {
-		prev, cur := ch.Prev, ch.Object
+		prev, cur := ch.Prev(), ch.Object
 		switch ch.Type {
 		case v1.EventAdded:
 			prev = nil

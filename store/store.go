@@ -206,10 +206,21 @@ func (c Collection[T, P]) Delete(ctx context.Context, key, rv string) error {
 type Event[P any] struct {
 	Type   v1.EventType
 	Object P
-	// Prev is the object before a modification (nil otherwise).
-	Prev P
+	// prev is the stored object before a modification, decoded only by
+	// Prev: most watchers want the change, not what it replaced.
+	prev func() P
 	// Revision of the change, for resuming.
 	Revision int64
+}
+
+// Prev decodes the object a modification replaced; nil for other events
+// or when it cannot be decoded.
+func (e Event[P]) Prev() P {
+	if e.prev == nil {
+		var none P
+		return none
+	}
+	return e.prev()
 }
 
 // Watch streams changes under prefix after revision rev (0: from now).
@@ -247,8 +258,11 @@ func (c Collection[T, P]) Watch(ctx context.Context, prefix string, rev int64) <
 				default:
 					e.Type = v1.EventModified
 					e.Object, err = decode[T, P](ev.Kv.Value, ev.Kv.ModRevision)
-					if err == nil && ev.PrevKv != nil {
-						e.Prev, _ = decode[T, P](ev.PrevKv.Value, ev.PrevKv.ModRevision)
+					if kv := ev.PrevKv; kv != nil {
+						e.prev = func() P {
+							p, _ := decode[T, P](kv.Value, kv.ModRevision)
+							return p
+						}
 					}
 				}
 				if err != nil {
