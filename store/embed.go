@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -23,23 +22,29 @@ type Embedded struct {
 	Client *clientv3.Client
 }
 
-// etcdPorts are chosen once per data dir and reused, so the member's
-// recorded peer URL stays valid across restarts.
-type etcdPorts struct {
-	Client int `json:"client"`
-	Peer   int `json:"peer"`
-}
+// maxSocketPath is how long a unix socket path may be (sun_path is 108
+// bytes with its NUL; leave room).
+const maxSocketPath = 100
 
-// StartEmbedded starts etcd with its data under dir (created if missing)
-// and listening on loopback only. The returned client talks to it in
-// process.
+// SocketName is the embedded etcd's client socket inside its data dir.
+const SocketName = "etcd.sock"
+
+// StartEmbedded starts etcd with its data under dir (created if missing,
+// mode 0700) and returns a client that talks to it in process.
+//
+// The member opens no TCP port: a loopback port is open to every local
+// user, and etcd's data holds token hashes and node secrets. It has no
+// peer listener (a single member has no peers), and its only client
+// listener is a unix socket dir/etcd.sock, mode 0600 inside the 0700 dir,
+// for an operator's `etcdctl --endpoints unix://DIR/etcd.sock` as root.
 func StartEmbedded(ctx context.Context, dir string, log *slog.Logger) (*Embedded, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("etcd data dir: %w", err)
 	}
-	ports, err := loadPorts(filepath.Join(dir, "ports.json"))
-	if err != nil {
-		return nil, err
+	// MkdirAll keeps the mode of a dir that exists; an old data dir may
+	// be wider.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("etcd data dir: %w", err)
 	}
 	cfg := embed.NewConfig()
 	cfg.Name = "cube"
@@ -48,12 +53,25 @@ func StartEmbedded(ctx context.Context, dir string, log *slog.Logger) (*Embedded
 	// etcd logs every listener it closes at shutdown as an error; its real
 	// failures reach us through Err() and the client's errors instead.
 	cfg.LogLevel = "fatal"
-	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports.Client)}
-	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports.Peer)}
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	// Advertised URLs are only recorded in the member list; nothing
+	// listens on them. A data dir made before the member went socket-only
+	// keeps advertising its old peer URL so its recorded identity holds.
+	peer := legacyPeerURL(filepath.Join(dir, "ports.json"))
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = nil, []url.URL{peer}
+	cfg.AdvertiseClientUrls = []url.URL{{Scheme: "http", Host: "127.0.0.1:2379"}}
+	cfg.ListenClientUrls = nil
+	sock := filepath.Join(dir, SocketName)
+	if len(sock) <= maxSocketPath {
+		_ = os.Remove(sock) // left by a crash; etcd refuses an existing socket
+		cfg.ListenClientUrls = []url.URL{{Scheme: "unix", Path: sock}}
+	} else {
+		log.Debug("embedded etcd: data dir path too long for a unix socket; in-process client only", "dir", dir)
+		sock = ""
+	}
+	cfg.ListenClientHttpUrls = nil
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	// Keep a day of history for watchers that resume; compact the rest.
+	// Compact history older than an hour; resumed watches and continue
+	// tokens older than that get 410 Gone.
 	cfg.AutoCompactionMode = embed.CompactorModePeriodic
 	cfg.AutoCompactionRetention = "1h"
 	e, err := embed.StartEtcd(cfg)
@@ -72,8 +90,27 @@ func StartEmbedded(ctx context.Context, dir string, log *slog.Logger) (*Embedded
 		e.Close()
 		return nil, ctx.Err()
 	}
-	log.Info("embedded etcd ready", "dir", dir, "client", cu.String())
+	if sock != "" {
+		// The dir is 0700 already; the socket's own mode is a second lock.
+		if err := os.Chmod(sock, 0o600); err != nil {
+			e.Close()
+			return nil, fmt.Errorf("embedded etcd socket: %w", err)
+		}
+	}
+	log.Info("embedded etcd ready", "dir", dir, "socket", sock)
 	return &Embedded{etcd: e, Client: v3client.New(e.Server)}, nil
+}
+
+// legacyPeerURL is the peer URL a data dir recorded when the member still
+// listened on loopback TCP (ports.json), or a placeholder for new dirs.
+func legacyPeerURL(path string) url.URL {
+	var p struct {
+		Peer int `json:"peer"`
+	}
+	if b, err := os.ReadFile(path); err == nil && json.Unmarshal(b, &p) == nil && p.Peer > 0 {
+		return url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", p.Peer)}
+	}
+	return url.URL{Scheme: "http", Host: "127.0.0.1:2380"}
 }
 
 // Err reports a fatal etcd error.
@@ -83,34 +120,4 @@ func (e *Embedded) Err() <-chan error { return e.etcd.Err() }
 func (e *Embedded) Close() {
 	e.Client.Close()
 	e.etcd.Close()
-}
-
-func loadPorts(path string) (etcdPorts, error) {
-	var p etcdPorts
-	if b, err := os.ReadFile(path); err == nil {
-		if err := json.Unmarshal(b, &p); err == nil && p.Client > 0 && p.Peer > 0 {
-			return p, nil
-		}
-	}
-	var err error
-	if p.Client, err = freePort(); err != nil {
-		return p, err
-	}
-	if p.Peer, err = freePort(); err != nil {
-		return p, err
-	}
-	b, _ := json.Marshal(p)
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return p, fmt.Errorf("save etcd ports: %w", err)
-	}
-	return p, nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -5,11 +5,16 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/errdefs"
+	"github.com/cube-platform/cube/internal/asuser"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func newTestStore(t *testing.T) *Store {
@@ -127,4 +132,58 @@ func TestHeartbeatLease(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatal("n1 is still alive 15s after its last heartbeat")
+}
+
+// TestEmbeddedOpensNoTCPPort: every local user can reach a loopback TCP
+// port, so the embedded member must open none; its socket is root's only.
+func TestEmbeddedOpensNoTCPPort(t *testing.T) {
+	before, err := asuser.TCPListeners(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "etcd")
+	e, err := StartEmbedded(context.Background(), dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	after, err := asuser.TCPListeners(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) {
+		t.Errorf("TCP listeners before StartEmbedded %v, after %v; want no new one", before, after)
+	}
+	sock := filepath.Join(dir, SocketName)
+	for path, want := range map[string]os.FileMode{dir: 0o700, sock: 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode().Perm(); got != want {
+			t.Errorf("mode of %s = %o; want %o", path, got, want)
+		}
+	}
+	// The socket works for root (a positive control), and not for nobody.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	root, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + sock}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if _, err := root.Get(ctx, "/cube/tenants/"); err != nil {
+		t.Fatalf("root through %s: %v", sock, err)
+	}
+	asuser.RequireRoot(t)
+	err = asuser.Do(asuser.Nobody, func() error {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if !errors.Is(err, os.ErrPermission) {
+		t.Errorf("nobody dialing %s: err = %v; want permission denied", sock, err)
+	}
 }
