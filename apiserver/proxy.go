@@ -1,10 +1,14 @@
 package apiserver
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"path/filepath"
+	"strings"
 
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/store"
@@ -41,7 +45,17 @@ func (s *Server) proxyToNode(kind string) http.HandlerFunc {
 		target := &url.URL{Scheme: "http", Host: node.Status.Address,
 			Path:     fmt.Sprintf("/instances/%s/%s/%s", url.PathEscape(in.Metadata.Tenant), url.PathEscape(in.Metadata.Name), kind),
 			RawQuery: r.URL.RawQuery}
+		var transport http.RoundTripper
+		if path, ok := strings.CutPrefix(node.Status.Address, "unix:"); ok {
+			if transport, err = s.nodeSocket(path); err != nil {
+				s.log.Warn("refused node socket", "node", node.Metadata.Name, "err", err)
+				writeError(w, fmt.Errorf("%w: node %s cannot be reached from this server", errdefs.ErrUnavailable, node.Metadata.Name))
+				return
+			}
+			target.Host = "node"
+		}
 		rp := &httputil.ReverseProxy{
+			Transport: transport,
 			Rewrite: func(pr *httputil.ProxyRequest) {
 				pr.Out.URL = target
 				pr.Out.Host = target.Host
@@ -50,9 +64,35 @@ func (s *Server) proxyToNode(kind string) http.HandlerFunc {
 			},
 			FlushInterval: -1,
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-				writeError(w, fmt.Errorf("%w: node %s (%s) did not answer: %v", errdefs.ErrUnavailable, node.Metadata.Name, node.Status.Address, err))
+				s.log.Warn("node did not answer", "node", node.Metadata.Name, "address", node.Status.Address, "err", err)
+				writeError(w, fmt.Errorf("%w: node %s did not answer; try again shortly", errdefs.ErrUnavailable, node.Metadata.Name))
 			},
 		}
 		rp.ServeHTTP(w, r)
 	}
+}
+
+// nodeSocket returns a transport to a node agent's unix socket. Only a
+// socket inside Config.NodeSocketDir is dialed: a node reports its own
+// address, and must not point the server at any other socket of its host.
+func (s *Server) nodeSocket(path string) (http.RoundTripper, error) {
+	dir := s.cfg.NodeSocketDir
+	if dir == "" {
+		return nil, fmt.Errorf("unix node address %q: this server dials no node sockets", path)
+	}
+	if rel, err := filepath.Rel(dir, filepath.Clean(path)); err != nil || rel == ".." || strings.HasPrefix(rel, "../") || filepath.IsAbs(rel) {
+		return nil, fmt.Errorf("unix node address %q is outside %s", path, dir)
+	}
+	if t, ok := s.nodeTransports.Load(path); ok {
+		return t.(http.RoundTripper), nil
+	}
+	t := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		MaxIdleConnsPerHost: 16,
+	}
+	got, _ := s.nodeTransports.LoadOrStore(path, t)
+	return got.(http.RoundTripper), nil
 }

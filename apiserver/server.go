@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/cube-platform/cube/image"
@@ -31,6 +32,9 @@ type Config struct {
 	Now func() time.Time
 	// NodeTTL is how long a node stays Ready without a heartbeat.
 	NodeTTL time.Duration
+	// NodeSocketDir is where local node agents' unix sockets may be
+	// (`cube up`'s data dir); empty: node addresses must be TCP.
+	NodeSocketDir string
 }
 
 // Validate checks the config.
@@ -56,6 +60,8 @@ type Server struct {
 	ln     net.Listener
 	errc   chan error
 	leases *leaseTable
+	// nodeTransports caches one transport per node socket path.
+	nodeTransports sync.Map
 }
 
 // New builds a server; Start serves it.

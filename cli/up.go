@@ -26,9 +26,20 @@ func newUpCmd(g *globals) *cobra.Command {
 On first start it creates the admin tenant and its token and writes a client
 config ($CUBE_CONFIG or ~/.config/cube/config.yaml, mode 0600) so every other
 command works with no flags. Instances keep running when cube up stops; the
-next cube up on the same --data-dir adopts them. Needs root.`,
+next cube up on the same --data-dir adopts them. Needs root.
+
+The embedded etcd opens no TCP port: only cube up itself (and root, through
+DATA_DIR/etcd/etcd.sock) can reach it. An external cluster is reached with
+TLS when --etcd-cafile (and, for client-certificate auth, --etcd-certfile and
+--etcd-keyfile) are set; --etcd-user authenticates with etcd's own auth, with
+the password from $CUBE_ETCD_PASSWORD (never on the command line, where
+every local user can read it). The node agent serves logs and exec to the API
+server on the unix socket DATA_DIR/node/agent.sock unless --node-listen names
+a fixed HOST:PORT.`,
 		Example: `  sudo cube up
-  cube up --data-dir /tmp/cube --listen 127.0.0.1:7690`,
+  cube up --data-dir /tmp/cube --listen 127.0.0.1:7690
+  cube up --etcd-endpoints https://10.0.0.1:2379,https://10.0.0.2:2379 \
+      --etcd-cafile ca.pem --etcd-certfile cube.pem --etcd-keyfile cube-key.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if os.Geteuid() != 0 {
@@ -40,7 +51,10 @@ next cube up on the same --data-dir adopts them. Needs root.`,
 			}
 			cfg.Log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl}))
 			if etcd != "" {
-				cfg.EtcdEndpoints = strings.Split(etcd, ",")
+				cfg.Etcd.Endpoints = strings.Split(etcd, ",")
+				cfg.Etcd.Password = os.Getenv("CUBE_ETCD_PASSWORD")
+			} else if cfg.Etcd.CAFile != "" || cfg.Etcd.CertFile != "" || cfg.Etcd.KeyFile != "" || cfg.Etcd.Username != "" {
+				return fmt.Errorf("--etcd-cafile, --etcd-certfile, --etcd-keyfile and --etcd-user need --etcd-endpoints (the embedded etcd listens on a unix socket only)")
 			}
 			if cfg.Capacity.CPU != "" {
 				if _, err := v1.ParseCPU(cfg.Capacity.CPU); err != nil {
@@ -93,8 +107,12 @@ next cube up on the same --data-dir adopts them. Needs root.`,
 	fl.StringVar(&cfg.DataDir, "data-dir", "/var/lib/cube", "where etcd data, images, instance state and tokens live")
 	fl.StringVar(&cfg.Listen, "listen", "127.0.0.1:7680", "API server address")
 	fl.StringVar(&etcd, "etcd-endpoints", "", "comma-separated external etcd endpoints (default: embedded etcd)")
+	fl.StringVar(&cfg.Etcd.CAFile, "etcd-cafile", "", "CA bundle that verifies the external etcd's certificates (turns TLS on)")
+	fl.StringVar(&cfg.Etcd.CertFile, "etcd-certfile", "", "client certificate for an external etcd with --client-cert-auth")
+	fl.StringVar(&cfg.Etcd.KeyFile, "etcd-keyfile", "", "key of --etcd-certfile")
+	fl.StringVar(&cfg.Etcd.Username, "etcd-user", "", "etcd auth user of the external etcd; the password comes from $CUBE_ETCD_PASSWORD")
 	fl.StringVar(&cfg.NodeName, "node-name", "", "name of this node (default: hostname)")
-	fl.StringVar(&cfg.NodeListen, "node-listen", "127.0.0.1:0", "node agent address for logs and exec")
+	fl.StringVar(&cfg.NodeListen, "node-listen", "", "node agent HOST:PORT for logs and exec, a fixed port (default: a unix socket under --data-dir)")
 	fl.StringVar(&cfg.Capacity.CPU, "capacity-cpu", "", "cores offered to instances (default: all)")
 	fl.StringVar(&cfg.Capacity.Memory, "capacity-memory", "", "memory offered to instances (default: all)")
 	fl.StringVar(&cfg.Subnet, "subnet", "", "instance network subnet (default 10.213.0.0/16)")

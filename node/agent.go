@@ -46,7 +46,9 @@ type Config struct {
 	// ShimCommand is the argv prefix that runs a shim; the config file's
 	// path is appended (e.g. ["/usr/local/bin/cube", "shim", "--config"]).
 	ShimCommand []string
-	// Listen is where logs and exec are served to the API server.
+	// Listen is where logs and exec are served to the API server:
+	// "unix:PATH" (default: unix:STATEDIR/agent.sock) or a fixed
+	// HOST:PORT. Every request must carry the node's secret either way.
 	Listen string
 	// Capacity offered to the scheduler (default: all cores and memory).
 	Capacity v1.Resources
@@ -76,7 +78,7 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if c.Listen == "" {
-		c.Listen = "127.0.0.1:0"
+		c.Listen = "unix:" + filepath.Join(c.StateDir, "agent.sock")
 	}
 	if c.Capacity.CPU == "" {
 		c.Capacity.CPU = strconv.Itoa(runtime.NumCPU())
@@ -149,17 +151,24 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err := os.MkdirAll(a.instancesDir(), 0o700); err != nil {
 		return fmt.Errorf("node state dir: %w", err)
 	}
-	ln, err := net.Listen("tcp", a.cfg.Listen)
+	ln, address, err := listen(a.cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("node agent listen on %s: %w", a.cfg.Listen, err)
+		return err
 	}
 	a.ln = ln
 	a.srv = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = a.srv.Serve(ln) }()
+	go func() {
+		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			select {
+			case a.errc <- fmt.Errorf("serve logs and exec: %w", err):
+			default:
+			}
+		}
+	}()
 
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	a.address = ln.Addr().String()
+	a.address = address
 	if _, err := a.register(rctx); err != nil {
 		ln.Close()
 		return fmt.Errorf("register node %s: %w", a.cfg.Name, err)

@@ -9,16 +9,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/apiserver"
 	"github.com/cube-platform/cube/client"
 	"github.com/cube-platform/cube/controller"
+	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/image"
 	"github.com/cube-platform/cube/network"
 	"github.com/cube-platform/cube/node"
@@ -33,12 +38,15 @@ type Config struct {
 	DataDir string
 	// Listen is the API server's address.
 	Listen string
-	// EtcdEndpoints, when set, use an external etcd cluster instead of the
-	// embedded one.
-	EtcdEndpoints []string
+	// Etcd, when it has endpoints, is an external etcd cluster used
+	// instead of the embedded member (with TLS when its files are set).
+	Etcd store.External
 	// NodeName of this machine (default: hostname).
 	NodeName string
-	// NodeListen is where the node agent serves logs and exec.
+	// NodeListen is where the node agent serves logs and exec to the API
+	// server. Empty (the default) is a unix socket under the data dir,
+	// which no tenant's host port and no other local user can take; a
+	// HOST:PORT must name a fixed port, and the API server reserves it.
 	NodeListen string
 	// Capacity offered by this node (default: everything).
 	Capacity v1.Resources
@@ -61,10 +69,12 @@ type Config struct {
 
 // Platform is a running `cube up`.
 type Platform struct {
-	cfg     Config
-	log     *slog.Logger
-	closers []func()
-	errc    chan error
+	cfg       Config
+	log       *slog.Logger
+	closers   []func()
+	errc      chan error
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
 	// URL of the API server.
 	URL string
 	// AdminToken is the admin tenant's token.
@@ -78,6 +88,17 @@ func (c *Config) validate() error {
 	if c.Placement != "" && c.Placement != "binpack" && c.Placement != "spread" {
 		return fmt.Errorf("placement %q: want binpack or spread", c.Placement)
 	}
+	if len(c.Etcd.Endpoints) > 0 {
+		if err := c.Etcd.Validate(); err != nil {
+			return err
+		}
+	}
+	if c.NodeListen != "" {
+		_, port, err := net.SplitHostPort(c.NodeListen)
+		if err != nil || port == "0" || port == "" {
+			return fmt.Errorf("node listen address %q: want HOST:PORT with a fixed port, or leave it empty for a unix socket (a random port could be taken by a tenant's published port)", c.NodeListen)
+		}
+	}
 	if len(c.ShimCommand) == 0 {
 		exe, err := os.Executable()
 		if err != nil {
@@ -88,20 +109,20 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Start boots the platform.
-func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
+// Start boots the platform, one named step at a time. A failed step
+// returns its error, and every step that had started is stopped again, in
+// reverse order (etcd's embed pattern), so nothing is left running.
+func Start(ctx context.Context, cfg Config) (*Platform, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	p = &Platform{cfg: cfg, log: cfg.Log, errc: make(chan error, 4)}
+	p := &Platform{cfg: cfg, log: cfg.Log, errc: make(chan error, 1), done: make(chan struct{})}
+	started := false
 	defer func() {
-		if err != nil {
+		if !started {
 			p.Close()
 		}
 	}()
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, err
-	}
 	var st *store.Store
 	var images image.Store
 	var api *apiserver.Server
@@ -110,10 +131,14 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 		name string
 		fn   func() error
 	}{
+		{"preflight", func() error { return preflight(cfg) }},
 		{"etcd", func() error {
 			cli, err := p.startEtcd(ctx)
+			if err != nil {
+				return err
+			}
 			st = store.New(cli)
-			return err
+			return nil
 		}},
 		{"tokens", func() error {
 			var err error
@@ -127,7 +152,8 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 		}},
 		{"apiserver", func() error {
 			var err error
-			api, err = apiserver.New(apiserver.Config{Listen: cfg.Listen, Store: st, Images: images, Log: cfg.Log})
+			api, err = apiserver.New(apiserver.Config{Listen: cfg.Listen, Store: st, Images: images, Log: cfg.Log,
+				NodeSocketDir: filepath.Dir(NodeSocket(cfg.DataDir))})
 			if err != nil {
 				return err
 			}
@@ -135,6 +161,7 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 				return err
 			}
 			p.closers = append(p.closers, func() { _ = api.Close() })
+			p.forward("apiserver", api.Err())
 			p.URL = "http://" + api.Addr()
 			return nil
 		}},
@@ -148,12 +175,12 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 				return err
 			}
 			sc := &controller.Scheduling{Store: st, Scheduler: sched, Log: cfg.Log, Now: time.Now, Identity: replicaID()}
-			p.runUntilClose(sc.Run)
+			p.runUntilClose("scheduler", sc.Run)
 			return nil
 		}},
 		{"events", func() error {
 			rec := &controller.EventRecorder{Store: st, Log: cfg.Log, Now: time.Now, Identity: replicaID()}
-			p.runUntilClose(rec.Run)
+			p.runUntilClose("event recorder", rec.Run)
 			return nil
 		}},
 		{"node", func() error {
@@ -172,16 +199,18 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 			agent, err := node.New(node.Config{
 				Name: p.cfg.NodeName, StateDir: filepath.Join(cfg.DataDir, "node"),
 				Client: client.New(p.URL, nodeToken), Images: images, Network: nm,
-				ShimCommand: cfg.ShimCommand, Listen: cfg.NodeListen, Capacity: cfg.Capacity, Log: cfg.Log,
+				ShimCommand: cfg.ShimCommand, Listen: nodeListen(cfg), Capacity: cfg.Capacity, Log: cfg.Log,
 				Labels: cfg.NodeLabels, Taints: cfg.NodeTaints,
 			})
 			if err != nil {
 				return err
 			}
 			if err := agent.Start(ctx); err != nil {
+				_ = agent.Close()
 				return err
 			}
 			p.closers = append(p.closers, func() { _ = agent.Close() })
+			p.forward("node agent", agent.Err())
 			return nil
 		}},
 		{"client config", func() error {
@@ -203,14 +232,56 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 		}
 		p.log.Debug("boot step done", "step", s.name, "took", time.Since(t0))
 	}
+	started = true
 	return p, nil
 }
 
+// preflight checks what the node needs before anything starts, so a
+// missing tool is one clear message rather than a failure deep in a step.
+func preflight(cfg Config) error {
+	for _, tool := range []string{"runc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found in PATH: install it (apt-get install %s, or run make up)", tool, tool)
+		}
+	}
+	fi, err := os.Stat(cfg.DataDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
+	case err != nil:
+		return fmt.Errorf("data dir: %w", err)
+	case !fi.IsDir():
+		return fmt.Errorf("data dir %s is not a directory: pick another --data-dir", cfg.DataDir)
+	}
+	// Tokens, etcd and instance state live here: nobody else may look.
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	probe, err := os.CreateTemp(cfg.DataDir, ".probe-*")
+	if err != nil {
+		return fmt.Errorf("data dir %s is not writable: %w", cfg.DataDir, err)
+	}
+	probe.Close()
+	return os.Remove(probe.Name())
+}
+
+// NodeSocket is where the node agent serves logs and exec by default.
+func NodeSocket(dataDir string) string { return filepath.Join(dataDir, "node", "agent.sock") }
+
+func nodeListen(cfg Config) string {
+	if cfg.NodeListen != "" {
+		return cfg.NodeListen
+	}
+	return "unix:" + NodeSocket(cfg.DataDir)
+}
+
 func (p *Platform) startEtcd(ctx context.Context) (*clientv3.Client, error) {
-	if len(p.cfg.EtcdEndpoints) > 0 {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: p.cfg.EtcdEndpoints, DialTimeout: 10 * time.Second})
+	if len(p.cfg.Etcd.Endpoints) > 0 {
+		cli, err := p.cfg.Etcd.Connect(ctx, 10*time.Second)
 		if err != nil {
-			return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(p.cfg.EtcdEndpoints, ","), err)
+			return nil, err
 		}
 		p.closers = append(p.closers, func() { cli.Close() })
 		return cli, nil
@@ -220,11 +291,7 @@ func (p *Platform) startEtcd(ctx context.Context) (*clientv3.Client, error) {
 		return nil, err
 	}
 	p.closers = append(p.closers, e.Close)
-	go func() {
-		if err, ok := <-e.Err(); ok && err != nil {
-			p.errc <- fmt.Errorf("embedded etcd: %w", err)
-		}
-	}()
+	p.forward("embedded etcd", e.Err())
 	return e.Client, nil
 }
 
@@ -249,12 +316,24 @@ func (p *Platform) ensureTokens(ctx context.Context, st *store.Store) (admin, no
 	return admin, nodeTok, err
 }
 
+// tokenFile returns the token kept at path, or mints a new one when the
+// file is missing or the store truly does not know its token (a reset
+// data dir). Any other error, a slow etcd say, fails the boot instead:
+// re-minting then would lock out every client holding the old token.
 func tokenFile(ctx context.Context, st *store.Store, path string, t store.Token) (string, error) {
-	if b, err := os.ReadFile(path); err == nil {
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
 		tok := strings.TrimSpace(string(b))
-		if got, err := st.LookupToken(ctx, tok); err == nil && got.Role == t.Role && got.Node == t.Node {
+		got, err := st.LookupToken(ctx, tok)
+		switch {
+		case err == nil && got.Role == t.Role && got.Node == t.Node && got.Tenant == t.Tenant:
 			return tok, nil
+		case err != nil && !errors.Is(err, errdefs.ErrUnauthorized):
+			return "", fmt.Errorf("check the token in %s: %w", path, err)
 		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Errorf("read token: %w", err)
 	}
 	tok, err := st.CreateToken(ctx, t)
 	if err != nil {
@@ -266,22 +345,56 @@ func tokenFile(ctx context.Context, st *store.Store, path string, t store.Token)
 	return tok, os.WriteFile(path, []byte(tok+"\n"), 0o600)
 }
 
-// Err reports a fatal error of any component.
+// Err reports the first fatal error of any component; `cube up` exits
+// with it.
 func (p *Platform) Err() <-chan error { return p.errc }
 
+// fail records a component's fatal error; only the first is kept.
+func (p *Platform) fail(err error) {
+	select {
+	case p.errc <- err:
+	default:
+	}
+}
+
+// forward passes a component's fatal error on to Err until Close.
+func (p *Platform) forward(component string, errc <-chan error) {
+	go func() {
+		select {
+		case err, ok := <-errc:
+			if ok && err != nil {
+				p.fail(fmt.Errorf("%s: %w", component, err))
+			}
+		case <-p.done:
+		}
+	}()
+}
+
 // Close stops every component in reverse boot order. Shims keep running.
+// It is safe to call more than once.
 func (p *Platform) Close() {
+	p.closeOnce.Do(func() { close(p.done) })
 	for i := len(p.closers) - 1; i >= 0; i-- {
 		p.closers[i]()
 	}
 	p.closers = nil
 }
 
-// runUntilClose runs a control loop in the background until Close.
-func (p *Platform) runUntilClose(run func(context.Context) error) {
+// runUntilClose runs a control loop in the background until Close; a loop
+// that ends on its own before that is a fatal error.
+func (p *Platform) runUntilClose(name string, run func(context.Context) error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = run(ctx) }()
+	go func() {
+		defer close(done)
+		err := run(ctx)
+		if ctx.Err() == nil {
+			if err == nil {
+				err = errors.New("stopped")
+			}
+			p.fail(fmt.Errorf("%s: %w", name, err))
+		}
+	}()
 	p.closers = append(p.closers, func() { cancel(); <-done })
 }
 
