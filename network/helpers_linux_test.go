@@ -35,19 +35,22 @@ func requireCNI(t *testing.T) {
 			missing = append(missing, "cni plugin "+p)
 		}
 	}
-	for _, bin := range []string{"iptables", "iptables-save", "ip"} {
+	for _, bin := range []string{"iptables", "iptables-save", "ip", "nft"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			missing = append(missing, bin)
 		}
 	}
 	if len(missing) > 0 {
-		msg := fmt.Sprintf("missing %s: apt-get install containernetworking-plugins iptables iproute2", strings.Join(missing, ", "))
+		msg := fmt.Sprintf("missing %s: apt-get install containernetworking-plugins iptables iproute2 nftables", strings.Join(missing, ", "))
 		if os.Getenv("CI") == "true" {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)
 	}
 }
+
+// testTenant owns the instances of tests that are not about tenants.
+const testTenant = "tenant-a"
 
 func randHex(t *testing.T, n int) string {
 	t.Helper()
@@ -107,6 +110,9 @@ func testConfig(t *testing.T) Config {
 		}
 		exec.Command("ip", "link", "del", cfg.BridgeName).Run()
 		removeIPTablesRules(t, cfg.NetworkName)
+		for _, fam := range []string{"bridge", "inet"} {
+			exec.Command("nft", "delete", "table", fam, filterTable(cfg.BridgeName)).Run()
+		}
 		if err := unix.Unmount(cfg.NetNSDir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 			t.Errorf("cleanup: unmount %s: %v", cfg.NetNSDir, err)
 		}
