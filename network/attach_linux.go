@@ -122,13 +122,10 @@ func (m *cniManager) attach(ctx context.Context, id string) (Attachment, error) 
 	m.setUnattached(id, false)
 	res, err := m.add(ctx, st)
 	if err == nil {
-		// Recorded before the filter is made, so that a sync meanwhile
-		// (another Attach falling back to one) makes it too.
 		st.IP, st.HostVeth, st.MAC = res.ip, res.veth, res.mac
-		err = m.states.put(st)
-	}
-	if err == nil {
-		err = m.filterAdd(ctx, st)
+		// The filter before Ready: a crash between the two leaves elements
+		// without a state, which the next manager's sync drops.
+		err = m.filter.add(ctx, st.port())
 	}
 	if err == nil {
 		st.Ready = true

@@ -125,7 +125,7 @@ func NewCNI(cfg Config, log *slog.Logger) (Manager, error) {
 		cni:        libcni.NewCNIConfigWithCacheDir(cfg.PluginDirs, cacheDir, pluginExec(log)),
 		lists:      lists,
 		subnet:     subnet,
-		filter:     newFilter(cfg.BridgeName, subnet),
+		filter:     newFilter(cfg.BridgeName, subnet, log),
 		states:     stateStore{dir: stateDir},
 		unattached: map[string]bool{},
 	}
@@ -136,7 +136,7 @@ func NewCNI(cfg Config, log *slog.Logger) (Manager, error) {
 	if err := m.adoptLegacy(); err != nil {
 		return nil, err
 	}
-	if err := m.filterSync(ctx, ""); err != nil {
+	if err := m.filterSync(ctx); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -310,11 +310,12 @@ func (m *cniManager) del(ctx context.Context, st instanceState) error {
 	if err := m.cni.DelNetworkList(ctx, list, rt); err != nil {
 		return fmt.Errorf("cni del: %w", err)
 	}
-	// The veth is gone, so its frames are too: now drop its filter.
+	// The veth is gone, so its frames are too: now drop its filter (the
+	// filter knows it even if st does not: an ADD crashed before Ready).
+	if err := m.filter.remove(ctx, st.ID); err != nil {
+		return err
+	}
 	if st.HostVeth != "" {
-		if err := m.filterRemove(ctx, st); err != nil {
-			return err
-		}
 		st.HostVeth, st.MAC = "", ""
 		if err := m.states.put(st); err != nil {
 			return err

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -51,7 +53,9 @@ import (
 // in one transaction and never rewrites rules; a tenant's two chains are
 // made with its first instance. When the manager starts, it rewrites both
 // tables from the state files in one transaction (sync), which re-makes the
-// rules of live instances and drops those of vanished ones.
+// rules of live instances and drops those of vanished ones. Should a
+// change fail later (say the tables were flushed behind our back), the
+// filter rewrites both tables from what it holds in memory.
 
 // filter writes the network's nftables rules with the nft binary, one
 // atomic transaction (nft -f -) per change.
@@ -61,11 +65,18 @@ type filter struct {
 	subnet  netip.Prefix
 	gateway netip.Addr
 
-	// mu serializes transactions, so that groups stays true.
+	// mu serializes transactions, so that ports and groups stay true.
 	mu sync.Mutex
+	// ports holds the ports in the filter, by instance id: what a
+	// rewrite after a failed change makes; protected by mu.
+	ports map[string]port
 	// groups holds the tenant groups whose chains and sets exist in the
 	// bridge table; protected by mu.
 	groups map[string]bool
+	// rewrites counts the rewrites of both tables; protected by mu.
+	rewrites int
+
+	log *slog.Logger
 }
 
 // port is what the filter knows of one attached instance.
@@ -87,12 +98,14 @@ func tenantGroup(tenant, id string) string {
 	return "tenant:" + tenant
 }
 
-func newFilter(bridge string, subnet netip.Prefix) *filter {
+func newFilter(bridge string, subnet netip.Prefix, log *slog.Logger) *filter {
 	return &filter{
+		log:     log,
 		table:   filterTable(bridge),
 		bridge:  bridge,
 		subnet:  subnet,
 		gateway: subnet.Addr().Next(), // host-local's default gateway
+		ports:   map[string]port{},
 		groups:  map[string]bool{},
 	}
 }
@@ -137,8 +150,19 @@ func (p port) check() error {
 
 // sync rewrites both tables for ports, in one transaction.
 func (f *filter) sync(ctx context.Context, ports []port) error {
+	for _, p := range ports {
+		if err := p.check(); err != nil {
+			return err
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.rewrite(ctx, ports)
+}
+
+// rewrite does sync's work. Preconditions: f.mu held, ports checked.
+func (f *filter) rewrite(ctx context.Context, ports []port) error {
+	sortPorts(ports)
 	var b strings.Builder
 	for _, fam := range []string{"bridge", "inet"} {
 		// add then delete: deletes the table whether or not it exists.
@@ -146,64 +170,84 @@ func (f *filter) sync(ctx context.Context, ports []port) error {
 	}
 	f.writeBase(&b)
 	groups := map[string]bool{}
+	byID := map[string]port{}
 	for _, p := range ports {
-		if err := p.check(); err != nil {
-			return err
-		}
 		if !groups[p.Group] {
 			groups[p.Group] = true
 			f.writeGroup(&b, p.Group)
 		}
 		f.writePort(&b, "add", p)
+		byID[p.ID] = p
 	}
 	if err := nft(ctx, b.String()); err != nil {
-		f.groups = map[string]bool{} // unknown now: the next change syncs
 		return fmt.Errorf("write the network's packet filter: %w", err)
 	}
-	f.groups = groups
+	f.ports, f.groups = byID, groups
+	f.rewrites++
 	return nil
 }
 
 // add lets p's frames through (and only those); adding a port that is
-// there is a no-op.
+// there is a no-op. Should the change fail, the whole filter is
+// rewritten with p.
 func (f *filter) add(ctx context.Context, p port) error {
 	if err := p.check(); err != nil {
 		return err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var b strings.Builder
-	newGroup := !f.groups[p.Group]
-	if newGroup {
+	var err error
+	if f.groups[p.Group] {
+		err = f.elements(p, false)
+	} else {
+		// A tenant's first instance: its chains and sets, then p.
+		var b strings.Builder
 		f.writeGroup(&b, p.Group)
+		f.writePort(&b, "add", p)
+		err = nft(ctx, b.String())
 	}
-	f.writePort(&b, "add", p)
-	if err := nft(ctx, b.String()); err != nil {
-		return fmt.Errorf("filter instance %s: %w", p.ID, err)
+	if err == nil {
+		f.ports[p.ID], f.groups[p.Group] = p, true
+		return nil
 	}
-	if newGroup {
-		f.groups[p.Group] = true
+	// Say the tables were flushed behind our back.
+	f.log.Warn("adding to the packet filter failed; rewriting it", "id", p.ID, "err", err)
+	ports := []port{p}
+	for id, q := range f.ports {
+		if id != p.ID {
+			ports = append(ports, q)
+		}
+	}
+	if rerr := f.rewrite(ctx, ports); rerr != nil {
+		return fmt.Errorf("filter instance %s: %w", p.ID, errors.Join(err, rerr))
 	}
 	return nil
 }
 
-// remove deletes p's elements; removing a port that is not there is a
-// no-op. The group's chains stay until the next sync.
-func (f *filter) remove(ctx context.Context, p port) error {
-	if err := p.check(); err != nil {
-		return err
-	}
+// remove deletes the elements of instance id; removing one that is not
+// there is a no-op. The group's chains stay until the next sync. Should
+// the change fail, the whole filter is rewritten without it.
+func (f *filter) remove(ctx context.Context, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !f.groups[p.Group] {
-		return fmt.Errorf("filter of instance %s: tenant chains unknown", p.ID)
+	p, ok := f.ports[id]
+	if !ok {
+		return nil
 	}
-	var b strings.Builder
-	// add then delete: deletes the element whether or not it exists.
-	f.writePort(&b, "add", p)
-	f.writePort(&b, "delete", p)
-	if err := nft(ctx, b.String()); err != nil {
-		return fmt.Errorf("remove the filter of instance %s: %w", p.ID, err)
+	err := f.elements(p, true)
+	if err == nil {
+		delete(f.ports, id)
+		return nil
+	}
+	f.log.Warn("removing from the packet filter failed; rewriting it", "id", id, "err", err)
+	var ports []port
+	for other, q := range f.ports {
+		if other != id {
+			ports = append(ports, q)
+		}
+	}
+	if rerr := f.rewrite(ctx, ports); rerr != nil {
+		return fmt.Errorf("remove the filter of instance %s: %w", id, errors.Join(err, rerr))
 	}
 	return nil
 }
@@ -279,7 +323,8 @@ func (f *filter) writeGroup(b *strings.Builder, group string) {
 	}
 }
 
-// writePort writes p's elements with verb add or delete.
+// writePort writes p's elements with verb add or delete, as elements
+// does over netlink.
 func (f *filter) writePort(b *strings.Builder, verb string, p port) {
 	br, g, v := "bridge "+f.table, groupID(p.Group), quote(p.Veth)
 	for _, e := range []string{

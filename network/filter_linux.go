@@ -2,57 +2,25 @@ package network
 
 import (
 	"context"
-	"errors"
 	"fmt"
 )
 
 // The manager's side of the packet filter (filter.go): a port's elements
-// are added after CNI ADD and removed after CNI DEL; should either fail
-// (say the tables were flushed behind our back), the whole filter is
-// rewritten from the state files instead.
+// are added after CNI ADD, before the state says Ready, and removed after
+// CNI DEL; NewCNI rewrites the filter from the state files.
 
-// filterAdd makes st's filter. Preconditions: st.ID locked, st written
-// with HostVeth set.
-func (m *cniManager) filterAdd(ctx context.Context, st instanceState) error {
-	err := m.filter.add(ctx, st.port())
-	if err == nil {
-		return nil
-	}
-	m.log.Warn("adding to the packet filter failed; rewriting it", "id", st.ID, "err", err)
-	if serr := m.filterSync(ctx, ""); serr != nil {
-		return errors.Join(err, serr)
-	}
-	return nil
-}
-
-// filterRemove drops st's filter. Preconditions: st.ID locked, st's veth
-// gone.
-func (m *cniManager) filterRemove(ctx context.Context, st instanceState) error {
-	err := m.filter.remove(ctx, st.port())
-	if err == nil {
-		return nil
-	}
-	m.log.Warn("removing from the packet filter failed; rewriting it", "id", st.ID, "err", err)
-	if serr := m.filterSync(ctx, st.ID); serr != nil {
-		return errors.Join(err, serr)
-	}
-	return nil
-}
-
-// filterSync rewrites the filter for every state with a host veth but
-// that of exclude (one being torn down).
-func (m *cniManager) filterSync(ctx context.Context, exclude string) error {
+// filterSync rewrites the filter for every state with a host veth.
+func (m *cniManager) filterSync(ctx context.Context) error {
 	all, err := m.states.all()
 	if err != nil {
 		return err
 	}
 	var ports []port
 	for _, st := range all {
-		if st.HostVeth != "" && st.ID != exclude {
+		if st.HostVeth != "" {
 			ports = append(ports, st.port())
 		}
 	}
-	sortPorts(ports)
 	return m.filter.sync(ctx, ports)
 }
 

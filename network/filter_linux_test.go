@@ -384,6 +384,9 @@ func TestFilterFollowsAttachments(t *testing.T) {
 	if !has(before, stX) || !has(before, stY) {
 		t.Fatalf("ruleset lacks x or y:\n%s", before)
 	}
+	if n := e.m.filter.rewrites; n != 1 {
+		t.Errorf("filter rewritten %d times after NewCNI and two Setups; want once (changes are incremental)", n)
+	}
 	if again, err := e.m.Attach(e.ctx, x.id); err != nil || again != x.att {
 		t.Fatalf("second Attach(%s) = %+v, %v; want %+v", x.id, again, err, x.att)
 	}
@@ -426,7 +429,18 @@ func TestFilterFollowsAttachments(t *testing.T) {
 		t.Error("after the restart, y (tenant-b) reached x (tenant-a)")
 	}
 
-	for _, st := range []instanceState{stX, stY, vanished} {
+	// Tables flushed behind the manager's back: the next Attach notices
+	// and rewrites them whole.
+	if out, err := exec.Command("nft", "delete", "table", "bridge", filterTable(e.cfg.BridgeName)).CombinedOutput(); err != nil {
+		t.Fatalf("nft delete table: %v: %s", err, out)
+	}
+	z := e.setup("z", "tenant-a", nil)
+	stZ, _, _ := e.m.states.get(z.id)
+	if rules := e.ruleset(); !has(rules, stX) || !has(rules, stZ) || e.m.filter.rewrites != 2 {
+		t.Errorf("after the tables were lost, Setup(%s) rewrote the filter %d times in all; want 2, with x and z:\n%s", z.id, e.m.filter.rewrites, rules)
+	}
+
+	for _, st := range []instanceState{stX, stY, stZ, vanished} {
 		if err := e.m.Teardown(e.ctx, st.ID); err != nil {
 			t.Fatalf("Teardown(%s) error = %v", st.ID, err)
 		}
@@ -436,6 +450,9 @@ func TestFilterFollowsAttachments(t *testing.T) {
 		if err := e.m.Teardown(e.ctx, st.ID); err != nil {
 			t.Errorf("second Teardown(%s) error = %v", st.ID, err)
 		}
+	}
+	if n := e.m.filter.rewrites; n != 2 {
+		t.Errorf("restarted manager rewrote the filter %d times in all; want 2 (its start, the lost tables), none for Teardowns", n)
 	}
 	if _, err := os.Stat(x.att.NetNS); !os.IsNotExist(err) {
 		t.Errorf("netns of x after Teardown: %v", err)

@@ -24,7 +24,7 @@ import (
 // requireCNI skips unless the test can drive real CNI plugins: it needs
 // root, the plugins and iptables. With CI=true missing tools fail the test
 // instead, so CI cannot go green by skipping.
-func requireCNI(t *testing.T) {
+func requireCNI(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces and bridges: run go test as root")
@@ -52,7 +52,7 @@ func requireCNI(t *testing.T) {
 // testTenant owns the instances of tests that are not about tenants.
 const testTenant = "tenant-a"
 
-func randHex(t *testing.T, n int) string {
+func randHex(t testing.TB, n int) string {
 	t.Helper()
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -62,7 +62,7 @@ func randHex(t *testing.T, n int) string {
 }
 
 // freeSubnet picks a random 10.x.y.0/24 that no host route touches.
-func freeSubnet(t *testing.T) netip.Prefix {
+func freeSubnet(t testing.TB) netip.Prefix {
 	t.Helper()
 	routes, err := hostRoutes()
 	if err != nil {
@@ -90,7 +90,7 @@ func freeSubnet(t *testing.T) netip.Prefix {
 // directories of the test's own, and registers a cleanup that tears down
 // what is left, deletes the bridge, removes iptables rules naming the
 // network, and unmounts the netns dir.
-func testConfig(t *testing.T) Config {
+func testConfig(t testing.TB) Config {
 	t.Helper()
 	suffix := randHex(t, 3)
 	cfg := DefaultConfig()
@@ -120,18 +120,18 @@ func testConfig(t *testing.T) Config {
 	return cfg
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type tWriter struct{ t *testing.T }
+type tWriter struct{ t testing.TB }
 
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
 }
 
-func iptablesSave(t *testing.T) string {
+func iptablesSave(t testing.TB) string {
 	t.Helper()
 	out, err := exec.Command("iptables-save").Output()
 	if err != nil {
@@ -143,7 +143,7 @@ func iptablesSave(t *testing.T) string {
 // removeIPTablesRules deletes rules whose comment names network (leftovers
 // of a failed test) and the per-instance chains they jump to. The shared
 // CNI-HOSTPORT-* chains stay: other CNI users on the host rely on them.
-func removeIPTablesRules(t *testing.T, network string) {
+func removeIPTablesRules(t testing.TB, network string) {
 	var chains []string
 	jump := regexp.MustCompile(`-j ((?:CNI|CUBE)-[0-9a-zA-Z-]+)`)
 	table := ""

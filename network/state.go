@@ -39,10 +39,10 @@ type instanceState struct {
 	// made now have none: the network's rules cover them. In chainLegacy
 	// the bridge plugin made them, if the network masqueraded.
 	Masq bool `json:"masq,omitempty"`
-	// HostVeth and MAC are set, from the CNI result, once ADD has
-	// succeeded and until DEL: the filter's elements for the instance
-	// exist (or are being made) exactly while HostVeth is set, so a sync
-	// of the filter from the state files makes the right ones.
+	// HostVeth and MAC are set, from the CNI result, with Ready and until
+	// DEL: the filter has the instance's elements whenever HostVeth is
+	// set, so a sync of the filter from the state files makes the right
+	// ones.
 	HostVeth string `json:"hostVeth,omitempty"`
 	MAC      string `json:"mac,omitempty"`
 }
