@@ -49,6 +49,13 @@ func (c *cluster) mustCubeAs(token string, args ...string) string {
 // `cube up` is killed and started again (the node adopts the instances).
 func TestSecurityNetwork(t *testing.T) {
 	c := startCluster(t)
+	// The network's filter tables outlive its bridge (see
+	// network/filter.go); the harness removes only the bridge.
+	t.Cleanup(func() {
+		for _, fam := range []string{"bridge", "inet"} {
+			_ = exec.Command("nft", "delete", "table", fam, "cube_"+c.bridge).Run()
+		}
+	})
 	ref := pushBusybox(t)
 	alpha := strings.TrimSpace(c.mustCube("tenant", "create", "alpha"))
 	beta := strings.TrimSpace(c.mustCube("tenant", "create", "beta"))

@@ -50,15 +50,16 @@ import (
 //
 // The per-instance part is set elements only (the port in ports, its MAC
 // and IP, its tenant's verdict maps and sets), so an Attach adds elements
-// in one transaction and never rewrites rules; a tenant's two chains are
-// made with its first instance. When the manager starts, it rewrites both
+// in one netlink transaction (filter_elems_linux.go) and never rewrites
+// rules; a tenant's two chains are made, by an nft script, with its first
+// instance. When the manager starts, it rewrites both
 // tables from the state files in one transaction (sync), which re-makes the
 // rules of live instances and drops those of vanished ones. Should a
 // change fail later (say the tables were flushed behind our back), the
 // filter rewrites both tables from what it holds in memory.
 
-// filter writes the network's nftables rules with the nft binary, one
-// atomic transaction (nft -f -) per change.
+// filter writes the network's nftables rules, one atomic transaction per
+// change: rules as nft scripts (nft -f -), elements over netlink.
 type filter struct {
 	table   string
 	bridge  string
