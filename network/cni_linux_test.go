@@ -101,6 +101,12 @@ func assertNoTrace(t *testing.T, cfg Config, id string, att Attachment) {
 		if ipRE.MatchString(rules) {
 			t.Errorf("iptables rules mention ip %s after Teardown:\n%s", att.IP, grepLines(rules, att.IP))
 		}
+		// The packet filter's elements are gone too (its table may not
+		// exist: a test's cleanup runs after).
+		out, _ := exec.Command("nft", "list", "table", "bridge", filterTable(cfg.BridgeName)).Output()
+		if filter := string(out); ipRE.MatchString(filter) {
+			t.Errorf("packet filter mentions ip %s after Teardown:\n%s", att.IP, grepLines(filter, att.IP))
+		}
 	}
 }
 

@@ -458,3 +458,39 @@ func TestFilterFollowsAttachments(t *testing.T) {
 		t.Errorf("netns of x after Teardown: %v", err)
 	}
 }
+
+// TestFilterAdoptsLegacyAttachments: an attachment made before the filter
+// (its state has no tenant, veth or mac) gets its filter from libcni's
+// cache when the manager starts, isolated from every other instance.
+func TestFilterAdoptsLegacyAttachments(t *testing.T) {
+	e := newFilterEnv(t)
+	old := e.setup("old", "tenant-a", nil)
+	peer := e.setup("peer", "tenant-a", nil)
+	serveGreeting(t, old.att.NetNS, 8080, "old")
+	st, _, _ := e.m.states.get(old.id)
+	veth, mac := st.HostVeth, st.MAC
+	st.Tenant, st.HostVeth, st.MAC = "", "", ""
+	if err := e.m.states.put(st); err != nil {
+		t.Fatal(err)
+	}
+	m2, err := NewCNI(e.cfg, testLogger(t))
+	if err != nil {
+		t.Fatalf("NewCNI() with a legacy state: %v", err)
+	}
+	e.m = m2.(*cniManager)
+	st, _, _ = e.m.states.get(old.id)
+	if st.HostVeth != veth || st.MAC != mac {
+		t.Errorf("adopted state veth, mac = %q, %q; want %q, %q from the cni cache", st.HostVeth, st.MAC, veth, mac)
+	}
+	if rules := e.ruleset(); !strings.Contains(rules, `"`+veth+`"`) {
+		t.Errorf("ruleset lacks the adopted attachment's veth %s:\n%s", veth, rules)
+	}
+	// Its tenant is unknown: even a former neighbour is cut off, while the
+	// host still reaches it.
+	if got, err := readGreeting(net.JoinHostPort(old.att.IP, "8080")); err != nil || got != "old" {
+		t.Errorf("host -> adopted instance = %q, %v; want %q", got, err, "old")
+	}
+	if _, err := dialFrom(peer.att.NetNS, net.JoinHostPort(old.att.IP, "8080"), blockedWait); err == nil {
+		t.Error("an instance reached an adopted attachment without a tenant; want it isolated")
+	}
+}
