@@ -16,8 +16,11 @@ import (
 // and Attach (CNI ADD, masquerade). Setup does both.
 
 // Pin implements Manager.
-func (m *cniManager) Pin(ctx context.Context, id string, ports []PortMapping) (_ string, err error) {
+func (m *cniManager) Pin(ctx context.Context, id, tenant string, ports []PortMapping) (_ string, err error) {
 	if err := validateID(id); err != nil {
+		return "", err
+	}
+	if err := validateTenant(id, tenant); err != nil {
 		return "", err
 	}
 	ports, err = normalizePorts(ports)
@@ -29,11 +32,11 @@ func (m *cniManager) Pin(ctx context.Context, id string, ports []PortMapping) (_
 		return "", fmt.Errorf("instance %s: wait for network operation under way: %w", id, err)
 	}
 	defer unlock()
-	return m.pin(ctx, id, ports)
+	return m.pin(ctx, id, tenant, ports)
 }
 
 // pin does Pin's work. Preconditions: id locked.
-func (m *cniManager) pin(ctx context.Context, id string, ports []PortMapping) (string, error) {
+func (m *cniManager) pin(ctx context.Context, id, tenant string, ports []PortMapping) (string, error) {
 	st, found, err := m.states.get(id)
 	if err != nil {
 		return "", err
@@ -44,6 +47,10 @@ func (m *cniManager) pin(ctx context.Context, id string, ports []PortMapping) (s
 				m.log.Warn("instance already pinned with other port mappings; keeping them",
 					"id", id, "have", st.Ports, "want", ports)
 			}
+			if st.Tenant != tenant {
+				m.log.Warn("instance already pinned for another tenant; keeping it",
+					"id", id, "have", st.Tenant, "want", tenant)
+			}
 			return st.NetNS, nil
 		}
 		// A Pin crashed before pinning, or the pin vanished (reboot).
@@ -53,7 +60,7 @@ func (m *cniManager) pin(ctx context.Context, id string, ports []PortMapping) (s
 		}
 	}
 
-	st = instanceState{ID: id, NetNS: filepath.Join(m.cfg.NetNSDir, id), Ports: ports, Chain: chainBridgePortMap}
+	st = instanceState{ID: id, NetNS: filepath.Join(m.cfg.NetNSDir, id), Ports: ports, Tenant: tenant, Chain: chainBridgePortMap}
 	if len(ports) == 0 {
 		st.Chain = chainBridge
 	}
@@ -113,12 +120,18 @@ func (m *cniManager) attach(ctx context.Context, id string) (Attachment, error) 
 		}
 	}
 	m.setUnattached(id, false)
-	ip, err := m.add(ctx, st)
+	res, err := m.add(ctx, st)
 	if err == nil {
-		st.IP, st.Ready = ip, true
+		st.IP, st.HostVeth, st.MAC = res.ip, res.veth, res.mac
+		// The filter before Ready: a crash between the two leaves elements
+		// without a state, which the next manager's sync drops.
+		err = m.filter.add(ctx, st.port())
+	}
+	if err == nil {
+		st.Ready = true
 		err = m.states.put(st)
 		if err == nil {
-			m.log.Info("instance attached", "id", id, "ip", ip, "netns", st.NetNS, "ports", st.Ports)
+			m.log.Info("instance attached", "id", id, "tenant", st.Tenant, "ip", st.IP, "veth", st.HostVeth, "netns", st.NetNS, "ports", st.Ports)
 			return st.attachment(), nil
 		}
 	}
@@ -133,8 +146,11 @@ func (m *cniManager) attach(ctx context.Context, id string) (Attachment, error) 
 }
 
 // Setup implements Manager.
-func (m *cniManager) Setup(ctx context.Context, id string, ports []PortMapping) (_ Attachment, err error) {
+func (m *cniManager) Setup(ctx context.Context, id, tenant string, ports []PortMapping) (_ Attachment, err error) {
 	if err := validateID(id); err != nil {
+		return Attachment{}, err
+	}
+	if err := validateTenant(id, tenant); err != nil {
 		return Attachment{}, err
 	}
 	ports, err = normalizePorts(ports)
@@ -146,7 +162,7 @@ func (m *cniManager) Setup(ctx context.Context, id string, ports []PortMapping) 
 		return Attachment{}, fmt.Errorf("instance %s: wait for network operation under way: %w", id, err)
 	}
 	defer unlock()
-	if _, err := m.pin(ctx, id, ports); err != nil {
+	if _, err := m.pin(ctx, id, tenant, ports); err != nil {
 		return Attachment{}, err
 	}
 	att, err := m.attach(ctx, id)

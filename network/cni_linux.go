@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
+	cnitypes "github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
@@ -43,6 +45,8 @@ type cniManager struct {
 	lists map[string]*libcni.NetworkConfigList
 	// subnet is cfg.Subnet, parsed.
 	subnet netip.Prefix
+	// filter keeps the network's packet filter.
+	filter *filter
 
 	unattachedMu sync.Mutex
 	// unattached holds the ids this manager pinned and has run no CNI ADD
@@ -78,6 +82,10 @@ func NewCNI(cfg Config, log *slog.Logger) (Manager, error) {
 			return nil, fmt.Errorf("%s not found in PATH (cni networking needs it): install iptables: %w", bin, err)
 		}
 	}
+	// The packet filter (see filter.go) runs nft.
+	if _, err := exec.LookPath("nft"); err != nil {
+		return nil, fmt.Errorf("nft not found in PATH (the instance network's packet filter needs it): install nftables: %w", err)
+	}
 	subnet, err := parseSubnet(cfg.Subnet)
 	if err != nil {
 		return nil, err
@@ -111,15 +119,27 @@ func NewCNI(cfg Config, log *slog.Logger) (Manager, error) {
 			return nil, err
 		}
 	}
-	return &cniManager{
+	m := &cniManager{
 		cfg:        cfg,
 		log:        log,
 		cni:        libcni.NewCNIConfigWithCacheDir(cfg.PluginDirs, cacheDir, pluginExec(log)),
 		lists:      lists,
 		subnet:     subnet,
+		filter:     newFilter(cfg.BridgeName, subnet, log),
 		states:     stateStore{dir: stateDir},
 		unattached: map[string]bool{},
-	}, nil
+	}
+	// Instances outlive the manager: re-make the filter of every one a
+	// state file lists, and only theirs.
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.PluginTimeout)
+	defer cancel()
+	if err := m.adoptLegacy(); err != nil {
+		return nil, err
+	}
+	if err := m.filterSync(ctx); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // pluginExec runs the plugin binaries. libcni would build one lazily on
@@ -203,34 +223,63 @@ func (m *cniManager) runtimeConf(st instanceState) *libcni.RuntimeConf {
 	return rt
 }
 
-// add runs CNI ADD and returns the instance's IPv4 address. The network's
-// own rules masquerade it (see ensureNetworkMasq).
-func (m *cniManager) add(ctx context.Context, st instanceState) (string, error) {
+// addResult is what the filter needs of a CNI ADD.
+type addResult struct {
+	ip   string // the instance's IPv4 address
+	veth string // host side of its veth
+	mac  string // its MAC
+}
+
+// add runs CNI ADD and returns the instance's IPv4 address, MAC and host
+// veth. The network's own rules masquerade it (see ensureNetworkMasq).
+func (m *cniManager) add(ctx context.Context, st instanceState) (addResult, error) {
 	list, err := m.listFor(st)
 	if err != nil {
-		return "", err
+		return addResult{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.PluginTimeout)
 	defer cancel()
 	res, err := m.cni.AddNetworkList(ctx, list, m.runtimeConf(st))
 	if err != nil {
-		return "", fmt.Errorf("cni add: %w", err)
+		return addResult{}, fmt.Errorf("cni add: %w", err)
 	}
+	r, err := parseResult(res, m.cfg.BridgeName)
+	if err != nil {
+		return addResult{}, fmt.Errorf("cni add: %w", err)
+	}
+	return r, nil
+}
+
+// parseResult finds the instance's IPv4 address and the interfaces of the
+// bridge plugin's result: the bridge, the host veth (no sandbox) and the
+// instance's interface (in the sandbox).
+func parseResult(res cnitypes.Result, bridge string) (addResult, error) {
 	r, err := current.NewResultFromResult(res)
 	if err != nil {
-		return "", fmt.Errorf("cni add: convert result: %w", err)
+		return addResult{}, fmt.Errorf("convert result: %w", err)
 	}
-	var ip netip.Addr
+	var out addResult
 	for _, ipc := range r.IPs {
 		if a, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok {
-			ip = a
+			out.ip = a.String()
 			break
 		}
 	}
-	if !ip.IsValid() {
-		return "", fmt.Errorf("cni add: result has no IPv4 address: %v", r.IPs)
+	for _, i := range r.Interfaces {
+		switch {
+		case i.Sandbox != "" && i.Name == ifName:
+			out.mac = i.Mac
+		case i.Sandbox == "" && i.Name != bridge:
+			out.veth = i.Name
+		}
 	}
-	return ip.String(), nil
+	if out.ip == "" || out.veth == "" || out.mac == "" {
+		return addResult{}, fmt.Errorf("result lacks an IPv4 address, the host veth or the instance's mac: %v, %v", r.IPs, r.Interfaces)
+	}
+	if hw, err := net.ParseMAC(out.mac); err == nil {
+		out.mac = hw.String()
+	}
+	return out, nil
 }
 
 // listFor is the plugin chain st was (or is to be) attached with.
@@ -261,6 +310,17 @@ func (m *cniManager) del(ctx context.Context, st instanceState) error {
 	if err := m.cni.DelNetworkList(ctx, list, rt); err != nil {
 		return fmt.Errorf("cni del: %w", err)
 	}
+	// The veth is gone, so its frames are too: now drop its filter (the
+	// filter knows it even if st does not: an ADD crashed before Ready).
+	if err := m.filter.remove(ctx, st.ID); err != nil {
+		return err
+	}
+	if st.HostVeth != "" {
+		st.HostVeth, st.MAC = "", ""
+		if err := m.states.put(st); err != nil {
+			return err
+		}
+	}
 	if st.Masq || st.Chain == chainLegacy && !pinned && m.cfg.IPMasq {
 		if err := removeMasq(ctx, m.cfg.NetworkName, st.ID); err != nil {
 			return err
@@ -284,6 +344,15 @@ func (m *cniManager) teardown(ctx context.Context, st instanceState) error {
 		return err
 	}
 	return m.states.remove(st.ID)
+}
+
+// validateTenant refuses an empty tenant: an instance without one could
+// be grouped with nobody's, or with everybody's.
+func validateTenant(id, tenant string) error {
+	if tenant == "" {
+		return fmt.Errorf("instance %s: no tenant given: the network isolates instances by tenant: %w", id, errdefs.ErrInvalid)
+	}
+	return nil
 }
 
 // validateID accepts what CNI accepts as a container id and is safe as a

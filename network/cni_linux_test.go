@@ -101,6 +101,12 @@ func assertNoTrace(t *testing.T, cfg Config, id string, att Attachment) {
 		if ipRE.MatchString(rules) {
 			t.Errorf("iptables rules mention ip %s after Teardown:\n%s", att.IP, grepLines(rules, att.IP))
 		}
+		// The packet filter's elements are gone too (its table may not
+		// exist: a test's cleanup runs after).
+		out, _ := exec.Command("nft", "list", "table", "bridge", filterTable(cfg.BridgeName)).Output()
+		if filter := string(out); ipRE.MatchString(filter) {
+			t.Errorf("packet filter mentions ip %s after Teardown:\n%s", att.IP, grepLines(filter, att.IP))
+		}
 	}
 }
 
@@ -130,11 +136,11 @@ func TestCNILifecycle(t *testing.T) {
 		{HostPort: anyPort, ContainerPort: 8080},
 		{HostPort: localPort, ContainerPort: 8080, HostIP: "127.0.0.1"},
 	}
-	a, err := m.Setup(ctx, idA, portsA)
+	a, err := m.Setup(ctx, idA, testTenant, portsA)
 	if err != nil {
 		t.Fatalf("Setup(%s) error = %v", idA, err)
 	}
-	b, err := m.Setup(ctx, idB, nil)
+	b, err := m.Setup(ctx, idB, testTenant, nil)
 	if err != nil {
 		t.Fatalf("Setup(%s) error = %v", idB, err)
 	}
@@ -155,13 +161,13 @@ func TestCNILifecycle(t *testing.T) {
 	}
 
 	// Setup is idempotent.
-	again, err := m.Setup(ctx, idA, portsA)
+	again, err := m.Setup(ctx, idA, testTenant, portsA)
 	if err != nil || again != a {
 		t.Errorf("second Setup(%s) = %+v, %v; want %+v, nil", idA, again, err, a)
 	}
 
 	// A host port held by A is refused for another instance.
-	_, err = m.Setup(ctx, "inst-c-"+randHex(t, 4), []PortMapping{{HostPort: anyPort, ContainerPort: 80, HostIP: "127.0.0.1"}})
+	_, err = m.Setup(ctx, "inst-c-"+randHex(t, 4), testTenant, []PortMapping{{HostPort: anyPort, ContainerPort: 80, HostIP: "127.0.0.1"}})
 	if !errors.Is(err, ErrPortInUse) || !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("Setup with A's host port %d error = %v; want ErrPortInUse and errdefs.ErrConflict", anyPort, err)
 	}
@@ -224,7 +230,7 @@ func TestCNILifecycle(t *testing.T) {
 	}
 
 	// The published port is free again.
-	if _, err := m.Setup(ctx, "inst-d-"+randHex(t, 4), []PortMapping{{HostPort: anyPort, ContainerPort: 80}}); err != nil {
+	if _, err := m.Setup(ctx, "inst-d-"+randHex(t, 4), testTenant, []PortMapping{{HostPort: anyPort, ContainerPort: 80}}); err != nil {
 		t.Errorf("Setup with a torn-down instance's host port error = %v; want nil", err)
 	}
 }
@@ -246,7 +252,7 @@ func TestCNIRestartRecovery(t *testing.T) {
 		if i == 0 {
 			ports = []PortMapping{{HostPort: port, ContainerPort: 80}}
 		}
-		if atts[id], err = old.Setup(ctx, id, ports); err != nil {
+		if atts[id], err = old.Setup(ctx, id, testTenant, ports); err != nil {
 			t.Fatalf("Setup(%s) error = %v", id, err)
 		}
 	}
@@ -260,10 +266,10 @@ func TestCNIRestartRecovery(t *testing.T) {
 	if err != nil || !slices.Equal(got, ids) {
 		t.Fatalf("List() on restarted manager = %v, %v; want %v", got, err, ids)
 	}
-	if att, err := m.Setup(ctx, ids[0], []PortMapping{{HostPort: port, ContainerPort: 80}}); err != nil || att != atts[ids[0]] {
+	if att, err := m.Setup(ctx, ids[0], testTenant, []PortMapping{{HostPort: port, ContainerPort: 80}}); err != nil || att != atts[ids[0]] {
 		t.Errorf("Setup(%s) on restarted manager = %+v, %v; want %+v", ids[0], att, err, atts[ids[0]])
 	}
-	if _, err := m.Setup(ctx, "r-3-"+randHex(t, 4), []PortMapping{{HostPort: port, ContainerPort: 80}}); !errors.Is(err, ErrPortInUse) {
+	if _, err := m.Setup(ctx, "r-3-"+randHex(t, 4), testTenant, []PortMapping{{HostPort: port, ContainerPort: 80}}); !errors.Is(err, ErrPortInUse) {
 		t.Errorf("Setup with a port published before the restart error = %v; want ErrPortInUse", err)
 	}
 	for _, id := range ids {
@@ -297,7 +303,7 @@ esac
 		t.Fatalf("NewCNI() error = %v", err)
 	}
 	id := "rollback-" + randHex(t, 4)
-	_, err = m.Setup(context.Background(), id, []PortMapping{{HostPort: freeHostPort(t), ContainerPort: 80}})
+	_, err = m.Setup(context.Background(), id, testTenant, []PortMapping{{HostPort: freeHostPort(t), ContainerPort: 80}})
 	if err == nil || !strings.Contains(err.Error(), "fake portmap refuses ADD") {
 		t.Fatalf("Setup() error = %v; want the fake portmap's error", err)
 	}
@@ -398,12 +404,18 @@ func TestSetupRejectsBadID(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"", "../etc", "a/b", ".hidden", strings.Repeat("x", 129)} {
-		if _, err := m.Setup(context.Background(), id, nil); !errors.Is(err, errdefs.ErrInvalid) {
+		if _, err := m.Setup(context.Background(), id, testTenant, nil); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("Setup(%q) error = %v; want errdefs.ErrInvalid", id, err)
 		}
 		if err := m.Teardown(context.Background(), id); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("Teardown(%q) error = %v; want errdefs.ErrInvalid", id, err)
 		}
+	}
+	if _, err := m.Setup(context.Background(), "no-tenant", "", nil); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("Setup without a tenant error = %v; want errdefs.ErrInvalid", err)
+	}
+	if _, err := m.Pin(context.Background(), "no-tenant", "", nil); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("Pin without a tenant error = %v; want errdefs.ErrInvalid", err)
 	}
 }
 
@@ -427,9 +439,9 @@ func TestCNIConcurrentSetup(t *testing.T) {
 		portErr [n]error
 	)
 	for i := range n {
-		wg.Go(func() { sameAtt[i], sameErr[i] = m.Setup(ctx, same, nil) })
+		wg.Go(func() { sameAtt[i], sameErr[i] = m.Setup(ctx, same, testTenant, nil) })
 		wg.Go(func() {
-			_, portErr[i] = m.Setup(ctx, "port-"+strconv.Itoa(i)+"-"+randHex(t, 4), []PortMapping{{HostPort: port, ContainerPort: 80}})
+			_, portErr[i] = m.Setup(ctx, "port-"+strconv.Itoa(i)+"-"+randHex(t, 4), testTenant, []PortMapping{{HostPort: port, ContainerPort: 80}})
 		})
 	}
 	wg.Wait()
@@ -464,14 +476,14 @@ func TestCNISetupRepairsLostNetNS(t *testing.T) {
 		t.Fatalf("NewCNI() error = %v", err)
 	}
 	id := "lost-" + randHex(t, 4)
-	first, err := m.Setup(ctx, id, nil)
+	first, err := m.Setup(ctx, id, testTenant, nil)
 	if err != nil {
 		t.Fatalf("Setup(%s) error = %v", id, err)
 	}
 	if err := unix.Unmount(first.NetNS, unix.MNT_DETACH); err != nil {
 		t.Fatal(err)
 	}
-	again, err := m.Setup(ctx, id, nil)
+	again, err := m.Setup(ctx, id, testTenant, nil)
 	if err != nil {
 		t.Fatalf("Setup(%s) after its netns vanished error = %v", id, err)
 	}
@@ -522,7 +534,7 @@ func TestCNIPinThenAttach(t *testing.T) {
 	}
 
 	id := "pin-" + randHex(t, 4)
-	netns, err := m.Pin(ctx, id, nil)
+	netns, err := m.Pin(ctx, id, testTenant, nil)
 	if err != nil {
 		t.Fatalf("Pin(%s) error = %v", id, err)
 	}
@@ -532,7 +544,7 @@ func TestCNIPinThenAttach(t *testing.T) {
 	if got := interfaces(netns); !slices.Equal(got, []string{"lo"}) {
 		t.Errorf("interfaces of a pinned, unattached namespace = %v; want [lo]", got)
 	}
-	if again, err := m.Pin(ctx, id, nil); err != nil || again != netns {
+	if again, err := m.Pin(ctx, id, testTenant, nil); err != nil || again != netns {
 		t.Errorf("second Pin(%s) = %q, %v; want %q, nil", id, again, err, netns)
 	}
 	att, err := m.Attach(ctx, id)
@@ -559,7 +571,7 @@ func TestCNIPinThenAttach(t *testing.T) {
 
 	// Pinned only, then torn down.
 	only := "pin-only-" + randHex(t, 4)
-	onlyNS, err := m.Pin(ctx, only, []PortMapping{{HostPort: freeHostPort(t), ContainerPort: 80}})
+	onlyNS, err := m.Pin(ctx, only, testTenant, []PortMapping{{HostPort: freeHostPort(t), ContainerPort: 80}})
 	if err != nil {
 		t.Fatalf("Pin(%s) error = %v", only, err)
 	}
@@ -571,7 +583,7 @@ func TestCNIPinThenAttach(t *testing.T) {
 	// Pinned by one manager, attached by the next one.
 	moved := "pin-moved-" + randHex(t, 4)
 	port := freeHostPort(t)
-	movedNS, err := m.Pin(ctx, moved, []PortMapping{{HostPort: port, ContainerPort: 8080}})
+	movedNS, err := m.Pin(ctx, moved, testTenant, []PortMapping{{HostPort: port, ContainerPort: 8080}})
 	if err != nil {
 		t.Fatalf("Pin(%s) error = %v", moved, err)
 	}
@@ -608,11 +620,11 @@ func TestCNIChainFollowsPorts(t *testing.T) {
 		t.Fatalf("NewCNI() error = %v", err)
 	}
 	m := mgr.(*cniManager)
-	bare, err := m.Setup(ctx, "bare-"+randHex(t, 4), nil)
+	bare, err := m.Setup(ctx, "bare-"+randHex(t, 4), testTenant, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	published, err := m.Setup(ctx, "pub-"+randHex(t, 4), []PortMapping{{HostPort: freeHostPort(t), ContainerPort: 80}})
+	published, err := m.Setup(ctx, "pub-"+randHex(t, 4), testTenant, []PortMapping{{HostPort: freeHostPort(t), ContainerPort: 80}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -626,9 +638,11 @@ func TestCNIChainFollowsPorts(t *testing.T) {
 	if err := pinNetNS(legacySt.NetNS); err != nil {
 		t.Fatal(err)
 	}
-	if legacySt.IP, err = m.add(ctx, legacySt); err != nil {
+	res, err := m.add(ctx, legacySt)
+	if err != nil {
 		t.Fatalf("ADD with the legacy chain: %v", err)
 	}
+	legacySt.IP = res.ip
 	legacySt.Ready = true
 	if err := m.states.put(legacySt); err != nil {
 		t.Fatal(err)
@@ -637,7 +651,7 @@ func TestCNIChainFollowsPorts(t *testing.T) {
 
 	// The manager's own rules per instance, as the version before the
 	// network's rules made them.
-	perInstance, err := m.Setup(ctx, "masq-"+randHex(t, 4), nil)
+	perInstance, err := m.Setup(ctx, "masq-"+randHex(t, 4), testTenant, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

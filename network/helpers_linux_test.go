@@ -24,7 +24,7 @@ import (
 // requireCNI skips unless the test can drive real CNI plugins: it needs
 // root, the plugins and iptables. With CI=true missing tools fail the test
 // instead, so CI cannot go green by skipping.
-func requireCNI(t *testing.T) {
+func requireCNI(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces and bridges: run go test as root")
@@ -35,13 +35,13 @@ func requireCNI(t *testing.T) {
 			missing = append(missing, "cni plugin "+p)
 		}
 	}
-	for _, bin := range []string{"iptables", "iptables-save", "ip"} {
+	for _, bin := range []string{"iptables", "iptables-save", "ip", "nft"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			missing = append(missing, bin)
 		}
 	}
 	if len(missing) > 0 {
-		msg := fmt.Sprintf("missing %s: apt-get install containernetworking-plugins iptables iproute2", strings.Join(missing, ", "))
+		msg := fmt.Sprintf("missing %s: apt-get install containernetworking-plugins iptables iproute2 nftables", strings.Join(missing, ", "))
 		if os.Getenv("CI") == "true" {
 			t.Fatal(msg)
 		}
@@ -49,7 +49,10 @@ func requireCNI(t *testing.T) {
 	}
 }
 
-func randHex(t *testing.T, n int) string {
+// testTenant owns the instances of tests that are not about tenants.
+const testTenant = "tenant-a"
+
+func randHex(t testing.TB, n int) string {
 	t.Helper()
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -59,7 +62,7 @@ func randHex(t *testing.T, n int) string {
 }
 
 // freeSubnet picks a random 10.x.y.0/24 that no host route touches.
-func freeSubnet(t *testing.T) netip.Prefix {
+func freeSubnet(t testing.TB) netip.Prefix {
 	t.Helper()
 	routes, err := hostRoutes()
 	if err != nil {
@@ -87,7 +90,7 @@ func freeSubnet(t *testing.T) netip.Prefix {
 // directories of the test's own, and registers a cleanup that tears down
 // what is left, deletes the bridge, removes iptables rules naming the
 // network, and unmounts the netns dir.
-func testConfig(t *testing.T) Config {
+func testConfig(t testing.TB) Config {
 	t.Helper()
 	suffix := randHex(t, 3)
 	cfg := DefaultConfig()
@@ -107,6 +110,9 @@ func testConfig(t *testing.T) Config {
 		}
 		exec.Command("ip", "link", "del", cfg.BridgeName).Run()
 		removeIPTablesRules(t, cfg.NetworkName)
+		for _, fam := range []string{"bridge", "inet"} {
+			exec.Command("nft", "delete", "table", fam, filterTable(cfg.BridgeName)).Run()
+		}
 		if err := unix.Unmount(cfg.NetNSDir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 			t.Errorf("cleanup: unmount %s: %v", cfg.NetNSDir, err)
 		}
@@ -114,18 +120,18 @@ func testConfig(t *testing.T) Config {
 	return cfg
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type tWriter struct{ t *testing.T }
+type tWriter struct{ t testing.TB }
 
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
 }
 
-func iptablesSave(t *testing.T) string {
+func iptablesSave(t testing.TB) string {
 	t.Helper()
 	out, err := exec.Command("iptables-save").Output()
 	if err != nil {
@@ -137,7 +143,7 @@ func iptablesSave(t *testing.T) string {
 // removeIPTablesRules deletes rules whose comment names network (leftovers
 // of a failed test) and the per-instance chains they jump to. The shared
 // CNI-HOSTPORT-* chains stay: other CNI users on the host rely on them.
-func removeIPTablesRules(t *testing.T, network string) {
+func removeIPTablesRules(t testing.TB, network string) {
 	var chains []string
 	jump := regexp.MustCompile(`-j ((?:CNI|CUBE)-[0-9a-zA-Z-]+)`)
 	table := ""

@@ -29,26 +29,34 @@ type Attachment struct {
 // Pin, then Attach. No container may start in the namespace before Attach
 // returned.
 type Manager interface {
-	// Pin reserves the host ports of the mappings for id and pins a new
-	// network namespace for it, with only lo up, and returns its path,
-	// e.g. /run/cube/netns/<id>. Calling Pin again for a pinned id returns
-	// the same path (and keeps the first port mappings). A failed Pin leaves
-	// nothing behind.
-	Pin(ctx context.Context, id string, ports []PortMapping) (netns string, err error)
+	// Pin reserves the host ports of the mappings for id, records that
+	// tenant owns it, and pins a new network namespace for it, with only
+	// lo up, and returns its path, e.g. /run/cube/netns/<id>. Calling Pin
+	// again for a pinned id returns the same path (and keeps the first
+	// port mappings and tenant). A failed Pin leaves nothing behind. An
+	// empty tenant is errdefs.ErrInvalid.
+	Pin(ctx context.Context, id, tenant string, ports []PortMapping) (netns string, err error)
 	// Attach runs CNI ADD on id's pinned namespace (veth on the bridge, IP,
-	// port mappings) and returns the attachment. Calling Attach again for
-	// an attached id returns the existing attachment. A failed Attach
-	// undoes its partial ADD and leaves the pin for a retry or Teardown.
-	// It fails with errdefs.ErrNotFound without a Pin first.
+	// port mappings), installs its packet filter, and returns the
+	// attachment. From then on the instance sends only from its own IP
+	// and MAC, exchanges packets only with instances of its own tenant,
+	// and reaches no host address but through its published ports (see
+	// filter.go). Calling Attach again for an attached id returns the
+	// existing attachment. A failed Attach undoes its partial ADD and
+	// leaves the pin for a retry or Teardown. It fails with
+	// errdefs.ErrNotFound without a Pin first.
 	Attach(ctx context.Context, id string) (Attachment, error)
 	// Setup is Pin and Attach in one call. A failed Setup leaves nothing
 	// behind.
-	Setup(ctx context.Context, id string, ports []PortMapping) (Attachment, error)
-	// Teardown runs CNI DEL, removes the namespace and frees the IP and
-	// the host ports. It is idempotent: an unknown id is not an error.
+	Setup(ctx context.Context, id, tenant string, ports []PortMapping) (Attachment, error)
+	// Teardown runs CNI DEL, removes the instance's packet filter and
+	// namespace and frees the IP and the host ports. It is idempotent: an
+	// unknown id is not an error.
 	Teardown(ctx context.Context, id string) error
 	// List returns the ids with a pinned namespace or a state left by a
 	// Pin or Attach that failed midway (for garbage collection after a
-	// crash).
+	// crash). A new Manager on the same state has already re-made the
+	// packet filter of every attached id it lists, and dropped that of
+	// every id it does not.
 	List(ctx context.Context) ([]string, error)
 }

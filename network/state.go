@@ -21,6 +21,10 @@ type instanceState struct {
 	ID    string        `json:"id"`
 	NetNS string        `json:"netns"`
 	Ports []PortMapping `json:"ports,omitempty"`
+	// Tenant owns the instance: only instances of one tenant exchange
+	// packets. Empty in state files older than the field (such an
+	// instance is isolated from all others, see tenantGroup).
+	Tenant string `json:"tenant,omitempty"`
 	// IP is set, and Ready true, once CNI ADD has succeeded. A state that
 	// is not Ready is pinned and not attached yet, or was left by a Pin or
 	// Attach that failed or crashed midway.
@@ -35,6 +39,17 @@ type instanceState struct {
 	// made now have none: the network's rules cover them. In chainLegacy
 	// the bridge plugin made them, if the network masqueraded.
 	Masq bool `json:"masq,omitempty"`
+	// HostVeth and MAC are set, from the CNI result, with Ready and until
+	// DEL: the filter has the instance's elements whenever HostVeth is
+	// set, so a sync of the filter from the state files makes the right
+	// ones.
+	HostVeth string `json:"hostVeth,omitempty"`
+	MAC      string `json:"mac,omitempty"`
+}
+
+// port is what the filter needs of s; only meaningful with HostVeth set.
+func (s instanceState) port() port {
+	return port{ID: s.ID, Veth: s.HostVeth, MAC: s.MAC, IP: s.IP, Group: tenantGroup(s.Tenant, s.ID)}
 }
 
 func (s instanceState) attachment() Attachment {

@@ -90,7 +90,7 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 	t0 := time.Now()
 	nctx, ncancel := context.WithTimeout(ctx, 30*time.Second)
 	defer ncancel()
-	netns, err := w.a.cfg.Network.Pin(nctx, w.uid, ports)
+	netns, err := w.a.cfg.Network.Pin(nctx, w.uid, in.Metadata.Tenant, ports)
 	if err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
