@@ -210,6 +210,10 @@ func (c *cluster) destroy() {
 	}
 	c.stop()
 	_ = exec.Command("ip", "link", "del", c.bridge).Run()
+	// The network's packet filter is per bridge (network/filter*.go).
+	for _, family := range []string{"bridge", "inet"} {
+		_ = exec.Command("nft", "delete", "table", family, "cube_"+c.bridge).Run()
+	}
 	if c.t.Failed() {
 		c.t.Logf("cube up log:\n%s", c.log())
 	}
