@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/cube-platform/cube/image"
@@ -31,6 +32,14 @@ type Config struct {
 	Now func() time.Time
 	// NodeTTL is how long a node stays Ready without a heartbeat.
 	NodeTTL time.Duration
+	// RegistryAllow lists registries ("host:port") a tenant may pull from
+	// although they resolve to loopback, link-local or platform addresses
+	// (`cube up --registry-allow`).
+	RegistryAllow []string
+	// RegistryDeny lists more prefixes a tenant's pull may not reach (the
+	// instance network), on top of loopback, link-local and this host's
+	// and the nodes' addresses.
+	RegistryDeny []netip.Prefix
 }
 
 // Validate checks the config.

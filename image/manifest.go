@@ -2,17 +2,25 @@ package image
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"slices"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// maxMetadataSize caps a manifest, index or config read into memory.
-const maxMetadataSize = 16 << 20
+// Bounds on untrusted metadata, checked before it is parsed or used.
+const (
+	// maxMetadataSize caps a manifest, index or config read into memory,
+	// from an archive or a registry.
+	maxMetadataSize = 4 << 20
+	// maxLayers caps the layers of one image (Docker's own limit is 127
+	// for overlay; OCI sets none).
+	maxLayers = 256
+	// maxIndexEntries caps the entries of an index (or of index.json, or
+	// of a docker-archive's manifest.json).
+	maxIndexEntries = 1024
+)
 
 // errWrongPlatform marks an image for another OS or CPU; Import skips such
 // images and Pull reports them.
@@ -52,7 +60,7 @@ func (s *localStore) newCandidate(rawManifest []byte, want v1.Hash, rawConfig []
 	if err != nil {
 		return nil, err
 	}
-	if cd != m.Config.Digest {
+	if cd != m.Config.Digest || int64(len(rawConfig)) != m.Config.Size {
 		return nil, fmt.Errorf("config %s: content has digest %s (corrupt or tampered)", m.Config.Digest, cd)
 	}
 	cf, err := v1.ParseConfigFile(bytes.NewReader(rawConfig))
@@ -61,6 +69,9 @@ func (s *localStore) newCandidate(rawManifest []byte, want v1.Hash, rawConfig []
 	}
 	if err := checkPlatform(cf); err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", digest, err)
+	}
+	if len(m.Layers) > maxLayers {
+		return nil, fmt.Errorf("manifest %s has %d layers, more than %d", digest, len(m.Layers), maxLayers)
 	}
 	if n := len(cf.RootFS.DiffIDs); n != len(m.Layers) {
 		return nil, fmt.Errorf("manifest %s has %d layers but its config lists %d", digest, len(m.Layers), n)
@@ -85,62 +96,6 @@ func (s *localStore) newCandidate(rawManifest []byte, want v1.Hash, rawConfig []
 		}
 	}
 	return &candidate{digest: digest, rawManifest: rawManifest, manifest: m, rawConfig: rawConfig, config: cf}, nil
-}
-
-// missingLayers returns the layers of c not yet in the blob store, once
-// each.
-func (s *localStore) missingLayers(c *candidate) []v1.Descriptor {
-	var out []v1.Descriptor
-	for _, l := range c.manifest.Layers {
-		if !s.hasBlob(l.Digest) && !slices.ContainsFunc(out, func(d v1.Descriptor) bool { return d.Digest == l.Digest }) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-// finish stores c's config and manifest (its layers must be stored) and
-// commits the image under ref ("" means unnamed: the digest is the Ref).
-func (s *localStore) finish(ctx context.Context, c *candidate, ref string) (Image, error) {
-	for _, l := range c.manifest.Layers {
-		if !s.hasBlob(l.Digest) {
-			return Image{}, fmt.Errorf("manifest %s: layer %s was not stored", c.digest, l.Digest)
-		}
-	}
-	if err := s.putBytes(ctx, c.manifest.Config.Digest, c.rawConfig); err != nil {
-		return Image{}, err
-	}
-	if err := s.putBytes(ctx, c.digest, c.rawManifest); err != nil {
-		return Image{}, err
-	}
-	img := Image{
-		Ref:     ref,
-		Digest:  c.digest.String(),
-		Created: c.config.Created.Time.UTC(),
-		Config:  configOf(c.config),
-	}
-	if img.Ref == "" {
-		img.Ref = img.Digest
-	}
-	for _, l := range c.manifest.Layers {
-		img.Size += l.Size
-	}
-	mt := c.manifest.MediaType
-	if mt == "" {
-		mt = types.OCIManifestSchema1
-	}
-	desc := v1.Descriptor{
-		MediaType: mt,
-		Size:      int64(len(c.rawManifest)),
-		Digest:    c.digest,
-		Platform:  &v1.Platform{OS: "linux", Architecture: "amd64"},
-	}
-	img, err := s.commit(img, desc)
-	if err != nil {
-		return Image{}, fmt.Errorf("commit image %s: %w", c.digest, err)
-	}
-	s.log.Info("stored image", "ref", img.Ref, "digest", img.Digest, "size", img.Size, "layers", len(c.manifest.Layers))
-	return img, nil
 }
 
 // checkPlatform accepts linux/amd64 configs (and ones that do not say).

@@ -126,7 +126,13 @@ func (s *localStore) unpack(ctx context.Context, h v1.Hash) (path string, err er
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", fmt.Errorf("unpack image %s: %w", h, err)
 	}
-	u, err := newUnpacker(tmp, s.opts, s.log)
+	// The image was admitted for the uncompressed size of its layers, and
+	// its files cannot hold more: that is the unpack's bound.
+	uopts := s.opts
+	if rec, err := s.get(h); err == nil && rec.Unpacked > 0 && rec.Unpacked < uopts.MaxRootFSSize {
+		uopts.MaxRootFSSize = rec.Unpacked
+	}
+	u, err := newUnpacker(tmp, uopts, s.log)
 	if err != nil {
 		return "", fmt.Errorf("unpack image %s: %w", h, err)
 	}
@@ -191,7 +197,9 @@ func decompress(r io.Reader) (io.Reader, func(), error) {
 		}
 		return zr, func() { zr.Close() }, nil
 	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
+		// A frame may ask for any window; 128 MiB is zstd --long's
+		// largest default and bounds what one layer can make us allocate.
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(128<<20), zstd.WithDecoderMaxMemory(1<<30))
 		if err != nil {
 			return nil, nil, fmt.Errorf("zstd: %w", err)
 		}

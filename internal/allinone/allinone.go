@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,6 +57,9 @@ type Config struct {
 	ClientConfig string
 	// ShimCommand runs a shim (default: this executable + "shim --config").
 	ShimCommand []string
+	// RegistryAllow lists registries ("host:port") tenants may pull from
+	// although they are on loopback, link-local or platform addresses.
+	RegistryAllow []string
 	Log         *slog.Logger
 }
 
@@ -127,7 +131,17 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 		}},
 		{"apiserver", func() error {
 			var err error
-			api, err = apiserver.New(apiserver.Config{Listen: cfg.Listen, Store: st, Images: images, Log: cfg.Log})
+			// Tenants' pulls may not reach the instance network either.
+			subnet := network.DefaultConfig().Subnet
+			if cfg.Subnet != "" {
+				subnet = cfg.Subnet
+			}
+			var deny []netip.Prefix
+			if pfx, err := netip.ParsePrefix(subnet); err == nil {
+				deny = append(deny, pfx.Masked())
+			}
+			api, err = apiserver.New(apiserver.Config{Listen: cfg.Listen, Store: st, Images: images, Log: cfg.Log,
+				RegistryAllow: cfg.RegistryAllow, RegistryDeny: deny})
 			if err != nil {
 				return err
 			}
