@@ -60,7 +60,7 @@ type Config struct {
 	// RegistryAllow lists registries ("host:port") tenants may pull from
 	// although they are on loopback, link-local or platform addresses.
 	RegistryAllow []string
-	Log         *slog.Logger
+	Log           *slog.Logger
 }
 
 // Platform is a running `cube up`.
