@@ -215,9 +215,6 @@ func (s *localStore) importLayoutImage(ctx context.Context, res *reservation, di
 	if err != nil {
 		return Image{}, fmt.Errorf("%w: %v", ErrInvalidArchive, err)
 	}
-	if err := res.add(int64(len(rawManifest) + len(rawConfig))); err != nil {
-		return Image{}, err
-	}
 	a := s.newAdmission(res)
 	defer a.discard()
 	for i, l := range c.manifest.Layers {

@@ -258,7 +258,12 @@ func scrub(err error) error {
 		if terr.Request != nil && terr.Request.URL != nil {
 			host = terr.Request.URL.Host
 		}
-		return fmt.Errorf("%s answered HTTP %d %s", host, terr.StatusCode, http.StatusText(terr.StatusCode))
+		safe := fmt.Sprintf("%s answered HTTP %d %s", host, terr.StatusCode, http.StatusText(terr.StatusCode))
+		// Keep the context the error was wrapped in ("layer sha256:…: ").
+		if msg, raw := err.Error(), terr.Error(); strings.Contains(msg, raw) {
+			return errors.New(strings.Replace(msg, raw, safe, 1))
+		}
+		return errors.New(safe)
 	}
 	return err
 }
