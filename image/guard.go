@@ -149,6 +149,10 @@ func guardedTransport(base *http.Transport, g *NetGuard) *http.Transport {
 	return t
 }
 
+// maxErrorBody is what is read of an error response (ggcr refuses more
+// than 64 KiB and then loses the status).
+const maxErrorBody = 16 << 10
+
 // cappedTransport bounds the bodies a pull reads into memory: every
 // response that is not a blob (manifests, indexes, tokens, errors) may
 // hold at most maxMetadataSize bytes. A declared length over the cap fails
@@ -159,8 +163,21 @@ type cappedTransport struct {
 
 func (c cappedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := c.next.RoundTrip(req)
-	if err != nil || isBlobRequest(req) {
+	if err != nil {
 		return resp, err
+	}
+	if resp.StatusCode >= 400 {
+		// An error body is parsed for its status and codes only, never
+		// shown: a truncated one serves as well as a whole one.
+		resp.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.LimitReader(resp.Body, maxErrorBody), resp.Body}
+		resp.ContentLength = -1
+		return resp, nil
+	}
+	if isBlobRequest(req) {
+		return resp, nil
 	}
 	if resp.ContentLength > maxMetadataSize {
 		resp.Body.Close()

@@ -228,6 +228,9 @@ func (s *localStore) pullError(ctx context.Context, r name.Reference, normal str
 	if errors.Is(err, ErrRegistryRefused) {
 		return fmt.Errorf("pull %s: %w", normal, guardError(err))
 	}
+	if terr != nil {
+		return fmt.Errorf("pull %s from registry %s: %w", normal, reg, scrub(err))
+	}
 	if strings.Contains(err.Error(), "http: server gave HTTP response to HTTPS client") {
 		return fmt.Errorf("pull %s: registry %s speaks plain HTTP; pull with the insecure option if that is intended", normal, reg)
 	}
