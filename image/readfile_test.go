@@ -29,9 +29,9 @@ func TestReadFileInRoot(t *testing.T) {
 	must(os.MkdirAll(filepath.Join(root, "etc"), 0o755))
 	must(os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\n"), 0o644))
 	must(os.WriteFile(filepath.Join(root, "etc/big"), []byte(strings.Repeat("x", 4096)), 0o644))
-	must(os.Symlink(secret, filepath.Join(root, "etc/abs")))                     // absolute, to the host
+	must(os.Symlink(secret, filepath.Join(root, "etc/abs")))                      // absolute, to the host
 	must(os.Symlink("../../../../../../"+secret, filepath.Join(root, "etc/rel"))) // relative, climbing out
-	must(os.Symlink("/etc/passwd", filepath.Join(root, "etc/inside")))           // absolute, inside
+	must(os.Symlink("/etc/passwd", filepath.Join(root, "etc/inside")))            // absolute, inside
 	must(syscall.Mkfifo(filepath.Join(root, "etc/fifo"), 0o644))
 	must(os.Symlink(filepath.Join(root, "etc/fifo"), filepath.Join(root, "etc/tofifo")))
 
@@ -43,7 +43,7 @@ func TestReadFileInRoot(t *testing.T) {
 		{"etc/passwd", "root:x:0:0::/root:/bin/sh\n", nil},
 		{"/etc/passwd", "root:x:0:0::/root:/bin/sh\n", nil},
 		{"etc/inside", "root:x:0:0::/root:/bin/sh\n", nil}, // resolved in the root
-		{"etc/abs", "", fs.ErrNotExist},                      // /tmp/... inside the root: absent
+		{"etc/abs", "", fs.ErrNotExist},                    // /tmp/... inside the root: absent
 		{"etc/rel", "", fs.ErrNotExist},
 		{"../../../../" + secret, "", fs.ErrNotExist},
 		{"etc/fifo", "", ErrNotRegular},
