@@ -111,7 +111,7 @@ func (s *localStore) importLayout(ctx context.Context, res *reservation, dir str
 	if err != nil {
 		return nil, err
 	}
-	idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+	idx, err := parseIndex(raw)
 	if err != nil {
 		return nil, fmt.Errorf("%w: index.json: %v", ErrInvalidArchive, err)
 	}
@@ -174,19 +174,13 @@ func (s *localStore) pickFromLayout(dir string, d v1.Descriptor, depth int) (v1.
 		if got, _, _ := v1.SHA256(bytes.NewReader(raw)); got != d.Digest {
 			return v1.Descriptor{}, fmt.Errorf("%w: index %s has digest %s (corrupt or tampered)", ErrInvalidArchive, d.Digest, got)
 		}
-		child, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+		child, err := parseIndex(raw)
 		if err != nil {
 			return v1.Descriptor{}, fmt.Errorf("%w: index %s: %v", ErrInvalidArchive, d.Digest, err)
 		}
-		var found []string
-		for _, c := range child.Manifests {
-			if c.Platform == nil || c.Platform.OS == "" {
-				continue // attestations and the like
-			}
-			if c.Platform.OS == "linux" && c.Platform.Architecture == "amd64" {
-				return s.pickFromLayout(dir, c, depth+1)
-			}
-			found = append(found, c.Platform.String())
+		c, found, ok := pickPlatform(child)
+		if ok {
+			return s.pickFromLayout(dir, c, depth+1)
 		}
 		return v1.Descriptor{}, fmt.Errorf("index %s has no linux/amd64 image (found %s): %w", d.Digest, strings.Join(found, ", "), errWrongPlatform)
 	default:

@@ -39,6 +39,9 @@ type candidate struct {
 // newCandidate checks a manifest (whose digest must be want, unless want is
 // zero) and its config. Errors are plain; callers add the class.
 func (s *localStore) newCandidate(rawManifest []byte, want v1.Hash, rawConfig []byte) (*candidate, error) {
+	if len(rawManifest) > maxMetadataSize || len(rawConfig) > maxMetadataSize {
+		return nil, fmt.Errorf("manifest or config over the %s limit", humanSize(maxMetadataSize))
+	}
 	digest, _, err := v1.SHA256(bytes.NewReader(rawManifest))
 	if err != nil {
 		return nil, err
@@ -120,4 +123,45 @@ func configOf(cf *v1.ConfigFile) Config {
 	}
 	slices.Sort(c.ExposedPorts)
 	return c
+}
+
+// parseIndex parses an OCI image index or a Docker manifest list (the same
+// JSON), bounded first: at most maxMetadataSize bytes and maxIndexEntries
+// entries.
+func parseIndex(raw []byte) (*v1.IndexManifest, error) {
+	if len(raw) > maxMetadataSize {
+		return nil, fmt.Errorf("index is %d bytes, over the %s limit", len(raw), humanSize(maxMetadataSize))
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, err
+	}
+	if idx.SchemaVersion != 2 {
+		return nil, fmt.Errorf("index schema version %d is not supported (only 2)", idx.SchemaVersion)
+	}
+	if idx.MediaType != "" && !idx.MediaType.IsIndex() {
+		return nil, fmt.Errorf("media type %q is not an image index", idx.MediaType)
+	}
+	if len(idx.Manifests) > maxIndexEntries {
+		return nil, fmt.Errorf("index lists %d entries, more than %d", len(idx.Manifests), maxIndexEntries)
+	}
+	return idx, nil
+}
+
+// pickPlatform returns the index entry of the linux/amd64 image (or
+// nested index), skipping entries without a platform (attestations). When
+// there is none, it returns the platforms it found.
+func pickPlatform(idx *v1.IndexManifest) (v1.Descriptor, []string, bool) {
+	var found []string
+	for _, m := range idx.Manifests {
+		if m.Platform == nil || m.Platform.OS == "" || m.Platform.OS == "unknown" {
+			continue
+		}
+		if m.Platform.OS == linuxAMD64.OS && m.Platform.Architecture == linuxAMD64.Architecture &&
+			(m.MediaType.IsImage() || m.MediaType.IsIndex()) {
+			return m, nil, true
+		}
+		found = append(found, m.Platform.String())
+	}
+	return v1.Descriptor{}, found, false
 }

@@ -185,26 +185,27 @@ func (s *localStore) resolve(ctx context.Context, r name.Reference, normal strin
 	if err != nil {
 		return nil, s.pullError(ctx, r, normal, err)
 	}
-	im, err := idx.IndexManifest()
+	raw, err := idx.RawManifest()
 	if err != nil {
 		return nil, s.pullError(ctx, r, normal, err)
 	}
-	var found []string
-	for _, m := range im.Manifests {
-		if m.Platform == nil || m.Platform.OS == "" || m.Platform.OS == "unknown" {
-			continue // attestations
-		}
-		if m.Platform.OS == linuxAMD64.OS && m.Platform.Architecture == linuxAMD64.Architecture {
-			img, err := idx.Image(m.Digest)
-			if err != nil {
-				return nil, s.pullError(ctx, r, normal, err)
-			}
-			return img, nil
-		}
-		found = append(found, m.Platform.String())
+	im, err := parseIndex(raw)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: registry %s served an invalid index: %w", normal, registryOf(r), err)
 	}
-	return nil, fmt.Errorf("%w: image %q has no linux/amd64 variant (found %s); cube runs linux/amd64 images",
-		ErrNotFound, normal, strings.Join(found, ", "))
+	m, found, ok := pickPlatform(im)
+	if !ok {
+		return nil, fmt.Errorf("%w: image %q has no linux/amd64 variant (found %s); cube runs linux/amd64 images",
+			ErrNotFound, normal, strings.Join(found, ", "))
+	}
+	if !m.MediaType.IsImage() {
+		return nil, fmt.Errorf("pull %s: registry %s served an index whose linux/amd64 entry is another index; cube does not follow nested indexes from registries", normal, registryOf(r))
+	}
+	img, err := idx.Image(m.Digest)
+	if err != nil {
+		return nil, s.pullError(ctx, r, normal, err)
+	}
+	return img, nil
 }
 
 // pullError classifies a registry error. What the registry sent (an error
