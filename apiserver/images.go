@@ -109,11 +109,9 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	imported, err := s.cfg.Images.Import(r.Context(), owner, io.LimitReader(r.Body, maxImport))
-	if err != nil {
-		writeError(w, fmt.Errorf("import image: %w", err))
-		return
-	}
+	imported, ierr := s.cfg.Images.Import(r.Context(), owner, io.LimitReader(r.Body, maxImport))
+	// Images stored before a failure are the tenant's (and charged):
+	// record them either way.
 	out := v1.List[*v1.Image]{Items: []*v1.Image{}}
 	for _, img := range imported {
 		rec, err := s.recordImage(r.Context(), tenant, img)
@@ -122,6 +120,10 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		out.Items = append(out.Items, rec)
+	}
+	if ierr != nil {
+		writeError(w, fmt.Errorf("import image: %w", ierr))
+		return
 	}
 	s.log.Info("images imported", "tenant", tenant, "count", len(out.Items))
 	writeJSON(w, http.StatusCreated, out)

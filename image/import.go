@@ -45,7 +45,7 @@ import (
 // owns it (see owner.go); blobs are verified against their digests and
 // layers against the config's DiffIDs; any inconsistency fails the whole
 // import with ErrInvalidArchive, but images committed before the failure
-// stay stored. The extracted archive and the decompressed layers count
+// stay stored, and are returned with the error. The extracted archive and the decompressed layers count
 // against owner's quota while they are written.
 func (s *localStore) Import(ctx context.Context, owner Owner, r io.Reader) ([]Image, error) {
 	res, err := s.newReservation(owner)
@@ -72,7 +72,9 @@ func (s *localStore) Import(ctx context.Context, owner Owner, r io.Reader) ([]Im
 			"make one with `docker save IMAGE -o image.tar` or `skopeo copy docker://IMAGE oci-archive:image.tar`", ErrInvalidArchive)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("import: %w", err)
+		// The images committed before the failure are stored and
+		// charged: the caller records them as well as the error.
+		return imgs, fmt.Errorf("import: %w", err)
 	}
 	return imgs, nil
 }
