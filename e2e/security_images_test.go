@@ -2,15 +2,20 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/cube-platform/cube/client"
 	"github.com/cube-platform/cube/image/imagetest"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -148,4 +153,68 @@ func TestSecurityImagesNameLeak(t *testing.T) {
 	if codeRun == 0 || codeRun != codeNone || strings.ReplaceAll(errRun, "project-x", "project-y") != errNone {
 		t.Errorf("rival runs acme's name: exit %d %q; a name nobody has: exit %d %q; want the same refusal", codeRun, errRun, codeNone, errNone)
 	}
+}
+
+// importAs imports the archive at path with cl (another tenant's client).
+func importAs(ctx context.Context, cl *client.Client, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = cl.ImportImage(ctx, f)
+	return err
+}
+
+// TestSecurityImagesPullGuard: through the real binary, a tenant's pull
+// from a loopback registry is refused with 403 naming the flag, the admin's
+// is not, and after `cube up --registry-allow` the tenant's works.
+func TestSecurityImagesPullGuard(t *testing.T) {
+	c := startCluster(t)
+	ref := pushBusybox(t)
+	reg, _, _ := strings.Cut(ref, "/")
+	tok := strings.TrimSpace(c.mustCube("tenant", "create", "acme"))
+	_, errOut, code := c.cubeAs(tok, "image", "pull", ref, "--insecure")
+	if code == 0 || !strings.Contains(errOut, "loopback") || !strings.Contains(errOut, "--registry-allow "+reg) {
+		t.Fatalf("tenant pull from %s: exit %d, %q; want it refused naming loopback and --registry-allow %s", reg, code, errOut, reg)
+	}
+	if _, err := client.New(c.client.Server(), tok).PullImage(context.Background(), ref, true); apiError(t, err).Status != 403 {
+		t.Errorf("tenant pull from loopback: %v; want 403", err)
+	}
+	c.mustCube("image", "pull", ref, "--insecure") // the admin: allowed
+
+	// The operator allows the registry: the tenant's pull works.
+	c.stop()
+	c.restartWith("--registry-allow", reg)
+	c.mustCubeAs(tok, "image", "pull", ref, "--insecure")
+	if out := c.mustCubeAs(tok, "image", "ls"); !strings.Contains(out, "busybox") {
+		t.Errorf("tenant image ls after an allowed pull = %q; want busybox", out)
+	}
+}
+
+// restartWith starts `cube up` again on c's data dir with extra flags (the
+// harness's start, plus flags), and waits until the API answers.
+func (c *cluster) restartWith(extra ...string) {
+	c.t.Helper()
+	logf, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer logf.Close()
+	args := append([]string{"up", "--data-dir", c.dataDir, "--listen", c.listen, "--config", c.config,
+		"--subnet", c.subnet, "--bridge", c.bridge, "--node-name", "e2e", "--log-level", "debug"}, extra...)
+	c.cmd = exec.Command(cubeBin, args...)
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.eventually(90*time.Second, "cube up answers again", func() error {
+		resp, err := http.Get("http://" + c.listen + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
 }
