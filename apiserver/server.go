@@ -47,6 +47,11 @@ func (c *Config) Validate() error {
 	if c.Listen == "" || c.Store == nil || c.Images == nil || c.Log == nil {
 		return errors.New("apiserver: Listen, Store, Images and Log are required")
 	}
+	for _, a := range c.RegistryAllow {
+		if h, p, err := net.SplitHostPort(a); err != nil || h == "" || p == "" {
+			return fmt.Errorf("apiserver: registry allow %q: want HOST:PORT as in image references, e.g. 127.0.0.1:5000", a)
+		}
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}

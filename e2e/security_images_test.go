@@ -121,6 +121,16 @@ func TestSecurityImagesLayerTheft(t *testing.T) {
 	if out := c.mustCubeAs(rival, "image", "ls"); !strings.Contains(out, "cube.test/rival/copy") {
 		t.Errorf("rival's image ls = %q; want cube.test/rival/copy", out)
 	}
+
+	// A tenant's image-storage quota (cube tenant create --image-storage)
+	// stops an import at the bound.
+	tiny := strings.TrimSpace(c.mustCube("tenant", "create", "tiny", "--image-storage", "1Mi"))
+	if _, errOut, code := c.cubeAs(tiny, "image", "import", pathA); code == 0 || !strings.Contains(errOut, "image storage quota") || !strings.Contains(errOut, "1.0 MiB") {
+		t.Errorf("import over a 1Mi image storage quota: exit %d, %q; want it refused naming the quota", code, errOut)
+	}
+	if out := c.mustCubeAs(tiny, "image", "ls"); strings.Contains(out, "cube.test") {
+		t.Errorf("tiny's image ls after a refused import = %q; want nothing", out)
+	}
 }
 
 // TestSecurityImagesNameLeak: a name acme gave an image is invisible to

@@ -359,3 +359,85 @@ func TestQuotaFull(t *testing.T) {
 		t.Errorf("err = %v; want errdefs.ErrQuotaExceeded", err)
 	}
 }
+
+// rawImage is the config and manifest of a linux/amd64 image of the given
+// compressed layers (DiffIDs left as zeros: the quota bites first).
+func rawImage(t *testing.T, layers [][]byte) (config, manifest []byte) {
+	t.Helper()
+	digest := func(b []byte) v1.Hash {
+		sum := sha256.Sum256(b)
+		return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	}
+	cf := v1.ConfigFile{OS: "linux", Architecture: "amd64", RootFS: v1.RootFS{Type: "layers"}}
+	m := v1.Manifest{SchemaVersion: 2, MediaType: "application/vnd.oci.image.manifest.v1+json"}
+	for _, l := range layers {
+		cf.RootFS.DiffIDs = append(cf.RootFS.DiffIDs, v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)})
+		m.Layers = append(m.Layers, v1.Descriptor{MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Size: int64(len(l)), Digest: digest(l)})
+	}
+	config, _ = json.Marshal(cf)
+	m.Config = v1.Descriptor{MediaType: "application/vnd.oci.image.config.v1+json", Size: int64(len(config)), Digest: digest(config)}
+	manifest, _ = json.Marshal(m)
+	return config, manifest
+}
+
+// pushRaw uploads blobs and a manifest to the registry with the plain
+// distribution API (monolithic uploads).
+func pushRaw(t *testing.T, reg, repo, tag string, manifest []byte, blobs ...[]byte) {
+	t.Helper()
+	for _, b := range blobs {
+		sum := sha256.Sum256(b)
+		resp, err := http.Post(fmt.Sprintf("http://%s/v2/%s/blobs/uploads/", reg, repo), "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		loc, err := resp.Location()
+		if err != nil || resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("start upload: %d %v", resp.StatusCode, err)
+		}
+		q := loc.Query()
+		q.Set("digest", "sha256:"+hex.EncodeToString(sum[:]))
+		loc.RawQuery = q.Encode()
+		req, _ := http.NewRequest(http.MethodPut, loc.String(), bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("upload blob: HTTP %d", resp.StatusCode)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPut, fmt.Sprintf("http://%s/v2/%s/manifests/%s", reg, repo, tag), bytes.NewReader(manifest))
+	req.Header.Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("put manifest: HTTP %d", resp.StatusCode)
+	}
+}
+
+// TestQuotaBombPull: a pulled gzip bomb stops at the quota while it is
+// decompressed and leaves nothing, like an imported one.
+func TestQuotaBombPull(t *testing.T) {
+	reg := imagetest.StartRegistry(t)
+	bomb := gzipBomb(t, "zeros", 1<<30)
+	config, manifest := rawImage(t, [][]byte{bomb})
+	pushRaw(t, reg, "rival/bomb", "v1", manifest, bomb, config)
+
+	s := newStore(t)
+	small := Owner{Tenant: "small", Quota: 64 << 20}
+	_, err := s.Pull(t.Context(), small, reg+"/rival/bomb:v1", PullOptions{})
+	wantErr(t, "Pull(gzip bomb)", err, ErrStorageQuota, "64.0 MiB")
+	if n, _ := s.Usage(t.Context(), small.Tenant); n != 0 {
+		t.Errorf("Usage() = %d after the refused bomb; want 0", n)
+	}
+	assertNoDebris(t, s)
+	if ents, _ := os.ReadDir(s.blobDir); len(ents) != 0 {
+		t.Errorf("the blob store holds %d blobs after the refused pull; want none", len(ents))
+	}
+}
