@@ -136,6 +136,11 @@ func (s *localStore) unpack(ctx context.Context, h v1.Hash) (path string, err er
 	if err != nil {
 		return "", fmt.Errorf("unpack image %s: %w", h, err)
 	}
+	if rec, err := s.get(h); err == nil && rec.Unpacked > 0 {
+		// The exact uncompressed length measured when it was admitted
+		// (the drain of each layer's trailer included).
+		u.streamLeft = rec.Unpacked + 1
+	}
 	defer u.close()
 	for i, l := range m.Layers {
 		if err := s.applyLayer(ctx, u, l); err != nil {
@@ -177,7 +182,8 @@ func (s *localStore) applyLayer(ctx context.Context, u *unpacker, l v1.Descripto
 		return err
 	}
 	// Drain: a gzip trailer (and its checksum) follows the tar end marker.
-	_, err = io.Copy(io.Discard, ctxReader{ctx, r})
+	// What follows the tar counts against the unpack's stream bound too.
+	_, err = io.Copy(io.Discard, ctxReader{ctx, unpackBound(u, r)})
 	return err
 }
 

@@ -218,6 +218,13 @@ func TestUnnamedImportKeepsNoName(t *testing.T) {
 // bytes, made of repeated gzip members so that it stays small.
 func gzipBomb(t *testing.T, name string, size int64) []byte {
 	t.Helper()
+	return gzipBombOf(t, tar.TypeReg, name, size)
+}
+
+// gzipBombOf is gzipBomb with an entry of type typ (a directory whose
+// header claims size bytes of data, say).
+func gzipBombOf(t *testing.T, typ byte, name string, size int64) []byte {
+	t.Helper()
 	var out bytes.Buffer
 	member := func(b []byte) {
 		zw, _ := gzip.NewWriterLevel(&out, gzip.BestCompression)
@@ -230,7 +237,19 @@ func gzipBomb(t *testing.T, name string, size int64) []byte {
 		t.Fatal(err)
 	}
 	tw.Flush()
-	member(hdr.Bytes())
+	h := hdr.Bytes()[:512]
+	if typ != tar.TypeReg {
+		// Retype the header and fix its checksum: tar.Writer will not
+		// give a directory data, but a hostile layer may.
+		h[156] = typ
+		copy(h[148:156], "        ")
+		var sum int64
+		for _, c := range h {
+			sum += int64(c)
+		}
+		copy(h[148:156], fmt.Sprintf("%06o\x00 ", sum))
+	}
+	member(h)
 	const chunk = 16 << 20
 	var zeros bytes.Buffer
 	zw, _ := gzip.NewWriterLevel(&zeros, gzip.BestCompression)
