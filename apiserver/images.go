@@ -60,7 +60,11 @@ func (s *Server) pullGuard(ctx context.Context, tenant string) *image.NetGuard {
 		return nil
 	}
 	g := &image.NetGuard{Allow: s.cfg.RegistryAllow, Deny: append([]netip.Prefix(nil), s.cfg.RegistryDeny...)}
-	if host, _, err := net.SplitHostPort(s.Addr()); err == nil {
+	listen := s.cfg.Listen
+	if s.ln != nil {
+		listen = s.ln.Addr().String()
+	}
+	if host, _, err := net.SplitHostPort(listen); err == nil {
 		if ip, err := netip.ParseAddr(host); err == nil {
 			g.Deny = append(g.Deny, netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()))
 		}

@@ -18,7 +18,7 @@ import (
 func FuzzUnpackLayer(f *testing.F) {
 	opts := fuzzOptions()
 	f.Fuzz(func(t *testing.T, data []byte) {
-		base := t.TempDir()
+		base := fuzzDir(t)
 		root := filepath.Join(base, "root")
 		outside := filepath.Join(base, "outside")
 		for _, d := range []string{root, outside} {

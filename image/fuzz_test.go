@@ -36,7 +36,7 @@ func fuzzOptions() Options {
 // blobs, no images and no charge; an accepted one leaves its blobs.
 func FuzzImport(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
-		base := t.TempDir()
+		base := fuzzDir(t)
 		root := filepath.Join(base, "store")
 		st, err := NewLocalStoreWithOptions(root, nil, fuzzOptions())
 		if err != nil {
@@ -155,6 +155,18 @@ func FuzzIndex(f *testing.F) {
 			t.Fatalf("picked %+v", d)
 		}
 	})
+}
+
+// fuzzDir is a fresh directory, on tmpfs when there is one: the store
+// syncs what it writes, which on a disk makes each run slow.
+func fuzzDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("/dev/shm", "cube-fuzz-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
 }
 
 func names(ents []os.DirEntry) []string {
