@@ -460,3 +460,61 @@ func TestQuotaBombPull(t *testing.T) {
 		t.Errorf("the blob store holds %d blobs after the refused pull; want none", len(ents))
 	}
 }
+
+// BenchmarkTheftRefusal measures the refusal of a manifest naming a layer
+// the tenant does not carry: another tenant's private layer against one
+// nobody has. The two should not be told apart by time.
+//
+//	go test -run '^$' -bench TheftRefusal -count 5 ./image
+func BenchmarkTheftRefusal(b *testing.B) {
+	s := openStoreB(b)
+	secret := imagetest.BusyboxImage(b, imagetest.WithLayer(imagetest.File("secret.txt", 0o600, "acme\n")))
+	p := imagetest.WriteOCIArchive(b, filepath.Join(b.TempDir(), "a.tar"), imagetest.LayoutEntry{Image: secret})
+	f, _ := os.Open(p)
+	if _, err := s.Import(b.Context(), ownerA, f); err != nil {
+		b.Fatal(err)
+	}
+	f.Close()
+	unknown := imagetest.BusyboxImage(b, imagetest.WithLayer(imagetest.File("secret.txt", 0o600, "nobody\n")))
+	for _, c := range []struct {
+		name string
+		img  v1.Image
+	}{{"existing", secret}, {"unknown", unknown}} {
+		archive, err := os.ReadFile(archiveWithoutB(b, c.img, 2))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := s.Import(b.Context(), ownerB, bytes.NewReader(archive)); err == nil {
+					b.Fatal("import succeeded")
+				}
+			}
+		})
+	}
+}
+
+func openStoreB(b *testing.B) *localStore {
+	st, err := NewLocalStoreWithOptions(b.TempDir(), nil, DefaultOptions())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st.(*localStore)
+}
+
+// archiveWithoutB is archiveWithout for benchmarks.
+func archiveWithoutB(b *testing.B, img v1.Image, drop int) string {
+	dir := b.TempDir()
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := p.AppendImage(img); err != nil {
+		b.Fatal(err)
+	}
+	m, _ := img.Manifest()
+	os.Remove(filepath.Join(dir, "blobs", "sha256", m.Layers[drop-1].Digest.Hex))
+	out := filepath.Join(b.TempDir(), "img.tar")
+	imagetest.TarDir(b, dir, out)
+	return out
+}
