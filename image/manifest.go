@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
+	"path"
 	"slices"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -73,6 +76,9 @@ func (s *localStore) newCandidate(rawManifest []byte, want v1.Hash, rawConfig []
 	if err := checkPlatform(cf); err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", digest, err)
 	}
+	if err := checkRuntimeConfig(cf); err != nil {
+		return nil, fmt.Errorf("config %s: %w", cd, err)
+	}
 	if len(m.Layers) > maxLayers {
 		return nil, fmt.Errorf("manifest %s has %d layers, more than %d", digest, len(m.Layers), maxLayers)
 	}
@@ -99,6 +105,30 @@ func (s *localStore) newCandidate(rawManifest []byte, want v1.Hash, rawConfig []
 		}
 	}
 	return &candidate{digest: digest, rawManifest: rawManifest, manifest: m, rawConfig: rawConfig, config: cf}, nil
+}
+
+// checkRuntimeConfig refuses what an image may not ask of the runtime: a
+// NUL byte in any string (which C-string APIs would cut), or a working
+// directory that is not an absolute clean path or lies in /proc (a
+// process started in /proc/self/... reaches the host's view of itself).
+func checkRuntimeConfig(cf *v1.ConfigFile) error {
+	c := cf.Config
+	for _, group := range [][]string{c.Entrypoint, c.Cmd, c.Env, {c.WorkingDir, c.User}, slices.Collect(maps.Keys(c.ExposedPorts))} {
+		for _, v := range group {
+			if strings.IndexByte(v, 0) >= 0 {
+				return fmt.Errorf("a string holds a NUL byte: %q", v)
+			}
+		}
+	}
+	if w := c.WorkingDir; w != "" {
+		if !path.IsAbs(w) || path.Clean(w) != w {
+			return fmt.Errorf("working directory %q is not an absolute clean path", w)
+		}
+		if w == "/proc" || strings.HasPrefix(w, "/proc/") {
+			return fmt.Errorf("working directory %q is in /proc", w)
+		}
+	}
+	return nil
 }
 
 // checkPlatform accepts linux/amd64 configs (and ones that do not say).
