@@ -115,6 +115,9 @@ func FuzzManifest(f *testing.F) {
 		if c.manifest.Config.Digest.Hex != hex.EncodeToString(csum[:]) || c.manifest.Config.Size != int64(len(config)) {
 			t.Fatalf("accepted a config that is not the one the manifest names")
 		}
+		if err := checkRuntimeConfig(c.config); err != nil {
+			t.Fatalf("accepted a config the runtime may not use: %v", err)
+		}
 		if len(c.config.RootFS.DiffIDs) != len(c.manifest.Layers) || len(c.manifest.Layers) > maxLayers {
 			t.Fatalf("accepted %d layers with %d DiffIDs", len(c.manifest.Layers), len(c.config.RootFS.DiffIDs))
 		}
