@@ -29,6 +29,10 @@ type admission struct {
 	// layers are the facts of every layer of the image, owned or staged.
 	// Protected by mu.
 	layers map[v1.Hash]ownedBlob
+	// charged is what the reservation holds for this image that its grant
+	// turns into owned bytes: staged blobs, uncompressed layers, and a
+	// pull's manifest and config. Protected by mu.
+	charged int64
 }
 
 func (s *localStore) newAdmission(res *reservation) *admission {
@@ -130,6 +134,7 @@ func (a *admission) measure(ctx context.Context, digest v1.Hash, size int64, pat
 	defer a.mu.Unlock()
 	a.layers[digest] = ownedBlob{Size: size, DiffID: diffID.String(), Unpacked: n}
 	a.staged[digest] = path
+	a.charged += size + n
 	return nil
 }
 
@@ -240,6 +245,10 @@ func (s *localStore) admit(ctx context.Context, a *admission, c *candidate, ref 
 	if err := s.grant(a.res, grant, c.digest, unpacked); err != nil {
 		return Image{}, fmt.Errorf("commit image %s: %w", c.digest, err)
 	}
+	// Now owned, so counted in the tenant's usage: no longer reserved
+	// (the next image of the same archive must not count it twice).
+	a.res.sub(a.charged)
+	a.charged = 0
 	if ref != "" {
 		img.Ref = ref
 	}

@@ -184,6 +184,17 @@ func (r *reservation) add(n int64) error {
 	return nil
 }
 
+// sub gives back n reserved bytes (what a grant just made owned).
+func (r *reservation) sub(n int64) {
+	r.s.quotaMu.Lock()
+	defer r.s.quotaMu.Unlock()
+	n = min(n, r.n)
+	if st, ok := r.s.owners[r.owner.Tenant]; ok {
+		st.reserved -= n
+	}
+	r.n -= n
+}
+
 // release gives back everything reserved.
 func (r *reservation) release() {
 	r.s.quotaMu.Lock()

@@ -116,6 +116,7 @@ func (s *localStore) Pull(ctx context.Context, owner Owner, ref string, opts Pul
 	}
 
 	a := s.newAdmission(res)
+	a.charged = int64(len(rawManifest) + len(rawConfig))
 	defer a.discard()
 	var missing []v1.Descriptor
 	for _, l := range c.manifest.Layers {

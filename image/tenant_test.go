@@ -518,3 +518,32 @@ func archiveWithoutB(b *testing.B, img v1.Image, drop int) string {
 	imagetest.TarDir(b, dir, out)
 	return out
 }
+
+// TestQuotaMultiImage: an archive of two images fits a quota that its
+// final usage fits: the first image, once stored, is not also counted as
+// reserved while the second one is admitted.
+func TestQuotaMultiImage(t *testing.T) {
+	noise := func() string {
+		b := make([]byte, 512<<10)
+		rand.Read(b)
+		return string(b)
+	}
+	one := imagetest.BusyboxImage(t, imagetest.WithLayer(imagetest.File("one", 0o644, noise())))
+	two := imagetest.BusyboxImage(t, imagetest.WithLayer(imagetest.File("two", 0o644, noise())))
+	p := imagetest.WriteOCIArchive(t, filepath.Join(t.TempDir(), "two.tar"), imagetest.LayoutEntry{Image: one}, imagetest.LayoutEntry{Image: two})
+	s := newStore(t)
+	probe := Owner{Tenant: "probe"}
+	if _, err := importAs(t, s, probe, p); err != nil {
+		t.Fatal(err)
+	}
+	need, _ := s.Usage(t.Context(), probe.Tenant)
+	// The slack covers the archive's own small files (index.json,
+	// manifests, configs) while it is extracted.
+	fit := Owner{Tenant: "fit", Quota: need + 64<<10}
+	if imgs, err := importAs(t, s, fit, p); err != nil || len(imgs) != 2 {
+		t.Errorf("Import(two images) under a quota its usage fits = %d images, %v; want both", len(imgs), err)
+	}
+	if n, _ := s.Usage(t.Context(), fit.Tenant); n != need {
+		t.Errorf("Usage() = %d; want %d as for the probe", n, need)
+	}
+}
