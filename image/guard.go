@@ -208,11 +208,13 @@ type cappedBody struct {
 	host string
 }
 
+// Read passes at most left bytes, reading one more to tell a body of
+// exactly the cap from a longer one.
 func (b *cappedBody) Read(p []byte) (int, error) {
-	if b.left <= 0 {
+	if b.left < 0 {
 		return 0, fmt.Errorf("registry %s sent a response over the %s limit for manifests", b.host, humanSize(maxMetadataSize))
 	}
-	if int64(len(p)) > b.left {
+	if int64(len(p)) > b.left+1 {
 		p = p[:b.left+1]
 	}
 	n, err := b.rc.Read(p)

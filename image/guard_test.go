@@ -2,6 +2,7 @@ package image
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -181,5 +182,19 @@ func TestPullManifestCap(t *testing.T) {
 				t.Errorf("the registry wrote all %d bytes of the manifest; want the pull to stop reading at the cap", n)
 			}
 		})
+	}
+}
+
+// TestCappedBody: a body of exactly the cap passes, one byte more fails.
+func TestCappedBody(t *testing.T) {
+	for _, tt := range []struct {
+		n  int
+		ok bool
+	}{{maxMetadataSize, true}, {maxMetadataSize + 1, false}, {0, true}} {
+		b := &cappedBody{rc: io.NopCloser(strings.NewReader(strings.Repeat("x", tt.n))), left: maxMetadataSize, host: "r"}
+		got, err := io.ReadAll(b)
+		if (err == nil) != tt.ok || (tt.ok && len(got) != tt.n) {
+			t.Errorf("read a %d-byte body: %d bytes, %v; want ok=%v", tt.n, len(got), err, tt.ok)
+		}
 	}
 }
