@@ -76,5 +76,5 @@ func quotaMessage(err error) string {
 
 // putTenant applies a tenant request's weight and quotas.
 func (s *Server) putTenant(ctx context.Context, req v1.TenantRequest) error {
-	return s.store.PutTenant(ctx, store.Tenant{Name: req.Name, Weight: req.Weight, Quotas: req.Quotas, Created: s.cfg.Now().UTC()})
+	return s.store.PutTenant(ctx, store.Tenant{Name: req.Name, Weight: req.Weight, Quotas: req.Quotas, ImageStorage: req.ImageStorage, Created: s.cfg.Now().UTC()})
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -35,12 +36,25 @@ type Config struct {
 	// NodeSocketDir is where local node agents' unix sockets may be
 	// (`cube up`'s data dir); empty: node addresses must be TCP.
 	NodeSocketDir string
+	// RegistryAllow lists registries ("host:port") a tenant may pull from
+	// although they resolve to loopback, link-local or platform addresses
+	// (`cube up --registry-allow`).
+	RegistryAllow []string
+	// RegistryDeny lists more prefixes a tenant's pull may not reach (the
+	// instance network), on top of loopback, link-local and this host's
+	// and the nodes' addresses.
+	RegistryDeny []netip.Prefix
 }
 
 // Validate checks the config.
 func (c *Config) Validate() error {
 	if c.Listen == "" || c.Store == nil || c.Images == nil || c.Log == nil {
 		return errors.New("apiserver: Listen, Store, Images and Log are required")
+	}
+	for _, a := range c.RegistryAllow {
+		if h, p, err := net.SplitHostPort(a); err != nil || h == "" || p == "" {
+			return fmt.Errorf("apiserver: registry allow %q: want HOST:PORT as in image references, e.g. 127.0.0.1:5000", a)
+		}
 	}
 	if c.Now == nil {
 		c.Now = time.Now

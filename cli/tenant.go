@@ -14,6 +14,7 @@ func newTenantCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "tenant", Short: "Manage tenants (admin tenant only)"}
 	var weight float64
 	var quotas []string
+	var imageStorage string
 	create := &cobra.Command{
 		Use:   "create NAME [--weight W] [--quota BAND=cpu=C,memory=M,instances=N]...",
 		Short: "Create (or update) a tenant and print a new API token for it (shown once)",
@@ -31,7 +32,7 @@ at once with HTTP 429 and never waits in the queue.`,
 			if err != nil {
 				return err
 			}
-			req := v1.TenantRequest{Name: args[0], Weight: weight, Quotas: map[string]v1.Quota{}}
+			req := v1.TenantRequest{Name: args[0], Weight: weight, Quotas: map[string]v1.Quota{}, ImageStorage: imageStorage}
 			for _, q := range quotas {
 				band, spec, ok := strings.Cut(q, "=")
 				if !ok {
@@ -67,6 +68,7 @@ at once with HTTP 429 and never waits in the queue.`,
 	}
 	create.Flags().Float64Var(&weight, "weight", 1, "fair-share weight")
 	create.Flags().StringArrayVar(&quotas, "quota", nil, "quota of one band: BAND=cpu=C,memory=M,instances=N (repeatable)")
+	create.Flags().StringVar(&imageStorage, "image-storage", "", "image storage quota, blobs and unpacked layers (default 10Gi)")
 	cmd.AddCommand(create)
 	return cmd
 }

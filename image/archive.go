@@ -22,6 +22,18 @@ import (
 // file inside the archive becomes a hard link in the staging directory;
 // every other link is refused.
 
+const (
+	// maxArchiveEntries caps the entries of an import archive: blobs,
+	// index.json, manifest.json and a few directories. A layer with a
+	// million files is one entry.
+	maxArchiveEntries = 100_000
+	// maxArchiveLinks caps the link entries, which are resolved in passes
+	// (quadratic at worst); old `docker save` writes one per repeated layer.
+	maxArchiveLinks = 1024
+	// entryOverhead is what an entry is charged beyond its bytes.
+	entryOverhead = 512
+)
+
 // countingReader counts bytes and fails past limit.
 type countingReader struct {
 	r     io.Reader
@@ -39,8 +51,9 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 // extractArchive extracts the tar stream r (optionally gzip-compressed) into
-// the existing, empty directory dir.
-func extractArchive(ctx context.Context, r io.Reader, dir string, limit int64) error {
+// the existing, empty directory dir, charging every byte written to res. On
+// error, dir may hold a partial extraction: the caller removes it.
+func extractArchive(ctx context.Context, r io.Reader, dir string, limit int64, res *reservation) error {
 	cr := &countingReader{r: ctxReader{ctx, r}, limit: limit}
 	br := bufio.NewReader(cr)
 	var src io.Reader = br
@@ -78,6 +91,13 @@ func extractArchive(ctx context.Context, r io.Reader, dir string, limit int64) e
 			return fmt.Errorf("%w: not a readable tar archive: %v", ErrInvalidArchive, err)
 		}
 		entries++
+		if entries > maxArchiveEntries {
+			return fmt.Errorf("%w: more than %d entries; an image archive holds blobs and a few metadata files", ErrInvalidArchive, maxArchiveEntries)
+		}
+		// Every entry costs an inode and a directory entry.
+		if err := res.add(entryOverhead); err != nil {
+			return err
+		}
 		name, err := archivePath(hdr.Name)
 		if err != nil {
 			return err
@@ -90,8 +110,8 @@ func extractArchive(ctx context.Context, r io.Reader, dir string, limit int64) e
 				}
 			}
 		case tar.TypeReg:
-			if err := extractFile(root, name, tr); err != nil {
-				if errors.Is(err, ErrInvalidArchive) || ctx.Err() != nil {
+			if err := extractFile(root, name, tr, res); err != nil {
+				if errors.Is(err, ErrInvalidArchive) || errors.Is(err, ErrStorageQuota) || ctx.Err() != nil {
 					return err
 				}
 				return fmt.Errorf("%w: entry %q: %v", ErrInvalidArchive, hdr.Name, err)
@@ -118,6 +138,9 @@ func extractArchive(ctx context.Context, r io.Reader, dir string, limit int64) e
 	}
 	if entries == 0 {
 		return fmt.Errorf("%w: the archive is empty", ErrInvalidArchive)
+	}
+	if len(links) > maxArchiveLinks {
+		return fmt.Errorf("%w: more than %d links", ErrInvalidArchive, maxArchiveLinks)
 	}
 	// Links may come before their targets and may chain; resolve until no
 	// progress.
@@ -165,7 +188,7 @@ func archivePath(name string) (string, error) {
 	return clean, nil
 }
 
-func extractFile(root *os.Root, name string, r io.Reader) error {
+func extractFile(root *os.Root, name string, r io.Reader, res *reservation) error {
 	if dir := path.Dir(name); dir != "." {
 		if err := root.MkdirAll(dir, 0o700); err != nil {
 			return err
@@ -176,7 +199,7 @@ func extractFile(root *os.Root, name string, r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(f, r); err != nil {
+	if _, err := io.Copy(chargeWriter{res, f}, r); err != nil {
 		f.Close()
 		return err
 	}

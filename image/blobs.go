@@ -17,8 +17,8 @@ import (
 
 // Blobs are content-addressed and shared by every image (and so by every
 // tenant) on the node, so a blob is only ever written after its content was
-// hashed and matched its name; an existing blob is trusted and never
-// rewritten.
+// hashed and matched its name. Who may use a blob is owner.go's business:
+// that a blob exists here grants nobody anything.
 
 func (s *localStore) blobPath(h v1.Hash) string {
 	return filepath.Join(s.blobDir, h.Hex)
@@ -72,26 +72,19 @@ func (s *localStore) putBytes(ctx context.Context, want v1.Hash, b []byte) error
 	return s.putBlob(ctx, want, int64(len(b)), bytes.NewReader(b))
 }
 
-// ingestFile hashes the file at path (in tmp, on the store's file system)
-// and moves it into the blob store under its digest, which it returns with
-// the size. path is gone afterwards either way.
-func (s *localStore) ingestFile(ctx context.Context, path string) (v1.Hash, int64, error) {
+// hashFile returns the digest and size of the file at path.
+func hashFile(ctx context.Context, path string) (v1.Hash, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return v1.Hash{}, 0, err
 	}
-	defer os.Remove(path) // no-op after the rename
 	defer f.Close()
 	hh := sha256.New()
 	n, err := io.Copy(hh, ctxReader{ctx, f})
 	if err != nil {
 		return v1.Hash{}, 0, err
 	}
-	h := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(hh.Sum(nil))}
-	if s.hasBlob(h) {
-		return h, n, nil
-	}
-	return h, n, s.adopt(f, h)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(hh.Sum(nil))}, n, nil
 }
 
 // adopt makes the fully written temp file f the blob h.

@@ -1,11 +1,18 @@
 // Package image imports and pulls OCI images into a content-addressed store
 // on local disk and unpacks each image once into a shared, read-only root
-// filesystem. It knows nothing of tenants, the API or etcd: callers keep
-// their own name→digest records and address images here by digest.
+// filesystem. It knows nothing of the API or etcd: callers keep their own
+// name→digest records per tenant and address images here by digest.
 //
 // Archives, registries and layers are untrusted input: blobs are verified
-// against their digests before they are stored, and layers are unpacked
-// without ever following a symlink (see unpack.go for the rules).
+// against their digests before they are stored, layers against the DiffIDs
+// of their config, and layers are unpacked without ever following a
+// symlink (see unpack.go for the rules).
+//
+// The store is shared by tenants who do not trust each other, so every
+// import and pull is made for an Owner (owner.go): a tenant may use a blob
+// only if it supplied the blob's bytes, now or before, and everything it
+// stores counts against its image-storage quota while it is written. No
+// answer depends on what other tenants stored.
 //
 // The package must not depend on the control plane (store, apiserver,
 // scheduler, controller), the node agent, sandbox backends or networking;
@@ -39,6 +46,11 @@ var (
 	// ErrInvalidArchive: the tar is neither an OCI layout nor a docker-archive,
 	// or it is unsafe, corrupt or too large.
 	ErrInvalidArchive error = &classError{"invalid image archive", errdefs.ErrInvalid}
+	// ErrStorageQuota: the owner's image-storage quota would be exceeded.
+	ErrStorageQuota error = &classError{"image storage quota exceeded", errdefs.ErrQuotaExceeded}
+	// ErrRegistryRefused: the registry's address is one a restricted pull
+	// may not reach (see NetGuard).
+	ErrRegistryRefused error = &classError{"registry address refused", errdefs.ErrForbidden}
 )
 
 // classError is a sentinel with its own message that unwraps to an errdefs
@@ -54,9 +66,10 @@ func (e *classError) Unwrap() error { return e.class }
 // Image is one stored image.
 type Image struct {
 	// Ref is the normalized reference (see NormalizeRef), e.g.
-	// "docker.io/library/busybox:latest" or "127.0.0.1:5000/app:v1". An
-	// image imported without a usable name has its Digest as Ref. When one
-	// digest is stored under several names, the last one stored wins.
+	// "docker.io/library/busybox:latest" or "127.0.0.1:5000/app:v1", as
+	// the caller of Import or Pull named it. An image imported without a
+	// usable name has its Digest as Ref. Names belong to tenants, so the
+	// store keeps none: Get and List always give the Digest as Ref.
 	Ref string `json:"ref"`
 	// Digest is the manifest digest ("sha256:..."): the image's identity.
 	Digest string `json:"digest"`
@@ -65,6 +78,10 @@ type Image struct {
 	// Created is the image config's creation time (zero when absent).
 	Created time.Time `json:"created,omitzero"`
 	Config  Config    `json:"config"`
+	// Unpacked is the sum of the uncompressed layer sizes: what the image
+	// was charged for its root filesystem, and the bound its unpack may
+	// not exceed. Zero for images stored before it was recorded.
+	Unpacked int64 `json:"unpacked,omitempty"`
 }
 
 // Config is the part of the OCI image config a runtime needs.
@@ -83,18 +100,25 @@ type PullOptions struct {
 	Insecure bool
 	// Progress, when set, receives human-readable progress lines.
 	Progress io.Writer
+	// Guard, when set, vets every address the pull dials, redirects
+	// included; nil dials anything (the admin's pulls).
+	Guard *NetGuard
 }
 
 // Store is the node-local image store.
 type Store interface {
 	// Import reads an OCI image-layout tar or a `docker save` tar and stores
-	// every image in it; it returns what it stored.
-	Import(ctx context.Context, r io.Reader) ([]Image, error)
-	// Pull fetches ref (linux/amd64) from its registry.
-	Pull(ctx context.Context, ref string, opts PullOptions) (Image, error)
-	// Get returns a stored image by digest.
+	// every image in it for owner; it returns what it stored.
+	Import(ctx context.Context, owner Owner, r io.Reader) ([]Image, error)
+	// Pull fetches ref (linux/amd64) from its registry for owner.
+	Pull(ctx context.Context, owner Owner, ref string, opts PullOptions) (Image, error)
+	// Usage returns the image-storage bytes charged to tenant.
+	Usage(ctx context.Context, tenant string) (int64, error)
+	// Get returns a stored image by digest, whoever stored it. Only trusted
+	// callers (the node agent) may use it: tenants reach images through
+	// their own name records.
 	Get(ctx context.Context, digest string) (Image, error)
-	// List returns every stored image.
+	// List returns every stored image (for the node agent).
 	List(ctx context.Context) ([]Image, error)
 	// RootFS unpacks the image once (safely) and returns the path of its
 	// shared read-only root filesystem. Concurrent calls unpack once.

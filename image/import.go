@@ -38,33 +38,43 @@ import (
 // same digest.
 //
 // Import returns one Image per name (and per unnamed image): an image
-// stored under two names appears twice with the same Digest, while the
-// store keeps one record per digest whose Ref is the last name committed
-// (index.json order, then RepoTags order).
-// Blobs are verified against their digests; any inconsistency fails the
-// whole import with ErrInvalidArchive, but images committed before the
-// failure stay stored.
-func (s *localStore) Import(ctx context.Context, r io.Reader) ([]Image, error) {
+// stored under two names appears twice with the same Digest. Names are the
+// archive's own, never one another import gave the same digest.
+//
+// Every layer a manifest names must be in the archive unless owner already
+// owns it (see owner.go); blobs are verified against their digests and
+// layers against the config's DiffIDs; any inconsistency fails the whole
+// import with ErrInvalidArchive, but images committed before the failure
+// stay stored, and are returned with the error. The extracted archive and the decompressed layers count
+// against owner's quota while they are written.
+func (s *localStore) Import(ctx context.Context, owner Owner, r io.Reader) ([]Image, error) {
+	res, err := s.newReservation(owner)
+	if err != nil {
+		return nil, err
+	}
+	defer res.release()
 	dir, err := os.MkdirTemp(s.tmpDir, "import-")
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	if err := extractArchive(ctx, r, dir, s.opts.MaxImageSize); err != nil {
+	if err := extractArchive(ctx, r, dir, s.opts.MaxImageSize, res); err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
 	var imgs []Image
 	switch {
 	case isFile(filepath.Join(dir, "index.json")):
-		imgs, err = s.importLayout(ctx, dir)
+		imgs, err = s.importLayout(ctx, res, dir)
 	case isFile(filepath.Join(dir, "manifest.json")):
-		imgs, err = s.importDockerArchive(ctx, dir)
+		imgs, err = s.importDockerArchive(ctx, res, dir)
 	default:
 		err = fmt.Errorf("%w: found neither index.json (OCI image layout) nor manifest.json (docker save); "+
 			"make one with `docker save IMAGE -o image.tar` or `skopeo copy docker://IMAGE oci-archive:image.tar`", ErrInvalidArchive)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("import: %w", err)
+		// The images committed before the failure are stored and
+		// charged: the caller records them as well as the error.
+		return imgs, fmt.Errorf("import: %w", err)
 	}
 	return imgs, nil
 }
@@ -74,25 +84,21 @@ func isFile(p string) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
-// readLocal reads a small file named by the archive itself (so untrusted).
+// readLocal reads a small file named by the archive itself (so untrusted):
+// a regular file inside dir, at most maxMetadataSize bytes.
 func readLocal(dir, name string) ([]byte, error) {
 	if !filepath.IsLocal(name) {
 		return nil, fmt.Errorf("%w: %q is not a path inside the archive", ErrInvalidArchive, name)
 	}
-	f, err := os.Open(filepath.Join(dir, name))
+	b, err := ReadFileInRoot(dir, name, maxMetadataSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s is missing from the archive", ErrInvalidArchive, name)
 	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxMetadataSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxMetadataSize {
+	if errors.Is(err, ErrFileTooLarge) {
 		return nil, fmt.Errorf("%w: %s is larger than %s", ErrInvalidArchive, name, humanSize(maxMetadataSize))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidArchive, name, err)
 	}
 	return b, nil
 }
@@ -102,12 +108,12 @@ func layoutBlobName(h v1.Hash) string {
 }
 
 // importLayout imports the images of an OCI image layout extracted in dir.
-func (s *localStore) importLayout(ctx context.Context, dir string) ([]Image, error) {
+func (s *localStore) importLayout(ctx context.Context, res *reservation, dir string) ([]Image, error) {
 	raw, err := readLocal(dir, "index.json")
 	if err != nil {
 		return nil, err
 	}
-	idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+	idx, err := parseIndex(raw)
 	if err != nil {
 		return nil, fmt.Errorf("%w: index.json: %v", ErrInvalidArchive, err)
 	}
@@ -115,7 +121,10 @@ func (s *localStore) importLayout(ctx context.Context, dir string) ([]Image, err
 		imgs    []Image
 		skipped []string
 	)
-	for _, d := range idx.Manifests {
+	if len(idx.Manifests) > maxIndexEntries {
+		return nil, fmt.Errorf("%w: index.json lists %d entries, more than %d", ErrInvalidArchive, len(idx.Manifests), maxIndexEntries)
+	}
+	for n, d := range idx.Manifests {
 		ref := refFromAnnotations(d.Annotations)
 		md, err := s.pickFromLayout(dir, d, 0)
 		if errors.Is(err, errWrongPlatform) {
@@ -125,7 +134,7 @@ func (s *localStore) importLayout(ctx context.Context, dir string) ([]Image, err
 		if err != nil {
 			return imgs, err
 		}
-		img, err := s.importLayoutImage(ctx, dir, md, ref)
+		img, err := s.importLayoutImage(ctx, res, dir, md, n+1, ref)
 		if errors.Is(err, errWrongPlatform) {
 			skipped = append(skipped, err.Error())
 			continue
@@ -167,19 +176,13 @@ func (s *localStore) pickFromLayout(dir string, d v1.Descriptor, depth int) (v1.
 		if got, _, _ := v1.SHA256(bytes.NewReader(raw)); got != d.Digest {
 			return v1.Descriptor{}, fmt.Errorf("%w: index %s has digest %s (corrupt or tampered)", ErrInvalidArchive, d.Digest, got)
 		}
-		child, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+		child, err := parseIndex(raw)
 		if err != nil {
 			return v1.Descriptor{}, fmt.Errorf("%w: index %s: %v", ErrInvalidArchive, d.Digest, err)
 		}
-		var found []string
-		for _, c := range child.Manifests {
-			if c.Platform == nil || c.Platform.OS == "" {
-				continue // attestations and the like
-			}
-			if c.Platform.OS == "linux" && c.Platform.Architecture == "amd64" {
-				return s.pickFromLayout(dir, c, depth+1)
-			}
-			found = append(found, c.Platform.String())
+		c, found, ok := pickPlatform(child)
+		if ok {
+			return s.pickFromLayout(dir, c, depth+1)
 		}
 		return v1.Descriptor{}, fmt.Errorf("index %s has no linux/amd64 image (found %s): %w", d.Digest, strings.Join(found, ", "), errWrongPlatform)
 	default:
@@ -187,7 +190,8 @@ func (s *localStore) pickFromLayout(dir string, d v1.Descriptor, depth int) (v1.
 	}
 }
 
-func (s *localStore) importLayoutImage(ctx context.Context, dir string, d v1.Descriptor, ref string) (Image, error) {
+// importLayoutImage admits the image manifest d, entry n of index.json.
+func (s *localStore) importLayoutImage(ctx context.Context, res *reservation, dir string, d v1.Descriptor, n int, ref string) (Image, error) {
 	rawManifest, err := readLocal(dir, layoutBlobName(d.Digest))
 	if err != nil {
 		return Image{}, err
@@ -207,20 +211,30 @@ func (s *localStore) importLayoutImage(ctx context.Context, dir string, d v1.Des
 	if err != nil {
 		return Image{}, fmt.Errorf("%w: %v", ErrInvalidArchive, err)
 	}
-	for _, l := range s.missingLayers(c) {
+	a := s.newAdmission(res)
+	defer a.discard()
+	for i, l := range c.manifest.Layers {
+		owned, err := a.owned(l)
+		if err != nil {
+			return Image{}, err
+		}
+		if owned {
+			continue
+		}
+		if _, staged := a.staged[l.Digest]; staged {
+			continue
+		}
+		// The same answer whether or not anyone else stored this layer:
+		// no digests in the message, no look at the blob store.
 		p := filepath.Join(dir, layoutBlobName(l.Digest))
 		if !isFile(p) {
-			return Image{}, fmt.Errorf("%w: layer %s of manifest %s is missing from the archive", ErrInvalidArchive, l.Digest, c.digest)
+			return Image{}, fmt.Errorf("%w: layer %d of image %d is not in the archive; an archive must carry every layer its manifests name, except layers you imported or pulled before", ErrInvalidArchive, i+1, n)
 		}
-		got, n, err := s.ingestFile(ctx, p)
-		if err != nil {
-			return Image{}, fmt.Errorf("layer %s: %w", l.Digest, err)
-		}
-		if got != l.Digest || n != l.Size {
-			return Image{}, fmt.Errorf("%w: layer %s has digest %s and size %d, the manifest says size %d (corrupt or tampered)", ErrInvalidArchive, l.Digest, got, n, l.Size)
+		if err := a.fromFile(ctx, l, p); err != nil {
+			return Image{}, err
 		}
 	}
-	return s.finish(ctx, c, ref)
+	return s.admit(ctx, a, c, ref)
 }
 
 // appendImage adds img unless the same name and digest is already there.
@@ -233,7 +247,7 @@ func appendImage(imgs []Image, img Image) []Image {
 
 // importDockerArchive imports the images of a docker-archive extracted in
 // dir.
-func (s *localStore) importDockerArchive(ctx context.Context, dir string) ([]Image, error) {
+func (s *localStore) importDockerArchive(ctx context.Context, res *reservation, dir string) ([]Image, error) {
 	raw, err := readLocal(dir, "manifest.json")
 	if err != nil {
 		return nil, err
@@ -245,6 +259,9 @@ func (s *localStore) importDockerArchive(ctx context.Context, dir string) ([]Ima
 	if len(entries) == 0 {
 		return nil, fmt.Errorf("%w: manifest.json lists no image", ErrInvalidArchive)
 	}
+	if len(entries) > maxIndexEntries {
+		return nil, fmt.Errorf("%w: manifest.json lists %d images, more than %d", ErrInvalidArchive, len(entries), maxIndexEntries)
+	}
 	// A layer file shared by two entries is moved into the store by the
 	// first; remember what it was.
 	seen := map[string]v1.Descriptor{}
@@ -253,12 +270,14 @@ func (s *localStore) importDockerArchive(ctx context.Context, dir string) ([]Ima
 		skipped []string
 	)
 	for i, e := range entries {
-		c, err := s.dockerCandidate(ctx, dir, e, seen)
+		a := s.newAdmission(res)
+		c, err := s.dockerCandidate(ctx, a, dir, e, seen)
 		if errors.Is(err, errWrongPlatform) {
 			skipped = append(skipped, err.Error())
 			continue
 		}
 		if err != nil {
+			a.discard()
 			return imgs, fmt.Errorf("manifest.json entry %d: %w", i+1, err)
 		}
 		refs := []string{""}
@@ -267,18 +286,21 @@ func (s *localStore) importDockerArchive(ctx context.Context, dir string) ([]Ima
 			for _, t := range e.RepoTags {
 				ref, err := NormalizeRef(t)
 				if err != nil {
+					a.discard()
 					return imgs, fmt.Errorf("%w: manifest.json entry %d: RepoTag %q: %v", ErrInvalidArchive, i+1, t, err)
 				}
 				refs = append(refs, ref)
 			}
 		}
 		for _, ref := range refs {
-			img, err := s.finish(ctx, c, ref)
+			img, err := s.admit(ctx, a, c, ref)
 			if err != nil {
+				a.discard()
 				return imgs, err
 			}
 			imgs = appendImage(imgs, img)
 		}
+		a.discard()
 	}
 	if len(imgs) == 0 {
 		return nil, fmt.Errorf("%w: the archive holds no linux/amd64 image (%s)", ErrInvalidArchive, strings.Join(skipped, "; "))
@@ -288,7 +310,7 @@ func (s *localStore) importDockerArchive(ctx context.Context, dir string) ([]Ima
 
 // dockerCandidate stores the layers of one manifest.json entry and builds
 // the OCI manifest that describes them.
-func (s *localStore) dockerCandidate(ctx context.Context, dir string, e tarball.Descriptor, seen map[string]v1.Descriptor) (*candidate, error) {
+func (s *localStore) dockerCandidate(ctx context.Context, a *admission, dir string, e tarball.Descriptor, seen map[string]v1.Descriptor) (*candidate, error) {
 	rawConfig, err := readLocal(dir, e.Config)
 	if err != nil {
 		return nil, err
@@ -304,6 +326,9 @@ func (s *localStore) dockerCandidate(ctx context.Context, dir string, e tarball.
 	if err := checkPlatform(cf); err != nil {
 		return nil, fmt.Errorf("config %s: %w", cd, err)
 	}
+	if len(e.Layers) > maxLayers {
+		return nil, fmt.Errorf("%w: %d layers, more than %d", ErrInvalidArchive, len(e.Layers), maxLayers)
+	}
 	if len(cf.RootFS.DiffIDs) != len(e.Layers) {
 		return nil, fmt.Errorf("%w: %d layers but config %s lists %d", ErrInvalidArchive, len(e.Layers), e.Config, len(cf.RootFS.DiffIDs))
 	}
@@ -313,7 +338,7 @@ func (s *localStore) dockerCandidate(ctx context.Context, dir string, e tarball.
 		Config:        v1.Descriptor{MediaType: types.OCIConfigJSON, Size: cn, Digest: cd},
 	}
 	var total int64
-	for i, name := range e.Layers {
+	for _, name := range e.Layers {
 		d, ok := seen[name]
 		if !ok {
 			if !filepath.IsLocal(name) || !isFile(filepath.Join(dir, name)) {
@@ -324,17 +349,27 @@ func (s *localStore) dockerCandidate(ctx context.Context, dir string, e tarball.
 			if err != nil {
 				return nil, err
 			}
-			h, n, err := s.ingestFile(ctx, p)
+			h, n, err := hashFile(ctx, p)
 			if err != nil {
 				return nil, fmt.Errorf("layer %s: %w", name, err)
 			}
 			d = v1.Descriptor{MediaType: mt, Size: n, Digest: h}
 			seen[name] = d
 		}
-		// An uncompressed layer's digest is its DiffID: check it.
-		if d.MediaType == types.OCIUncompressedLayer && d.Digest != cf.RootFS.DiffIDs[i] {
-			return nil, fmt.Errorf("%w: layer %q has digest %s but the config expects %s", ErrInvalidArchive, name, d.Digest, cf.RootFS.DiffIDs[i])
+		// The layer is in the archive, so its bytes are supplied: admit
+		// it unless owned (or admitted for an earlier entry).
+		if owned, err := a.owned(d); err != nil {
+			return nil, err
+		} else if _, staged := a.staged[d.Digest]; !owned && !staged {
+			p := filepath.Join(dir, name)
+			if !isFile(p) {
+				return nil, fmt.Errorf("%w: layer %q is missing from the archive", ErrInvalidArchive, name)
+			}
+			if err := a.measure(ctx, d.Digest, d.Size, p); err != nil {
+				return nil, err
+			}
 		}
+		// The config's DiffIDs are checked when the image is admitted.
 		total += d.Size
 		m.Layers = append(m.Layers, d)
 	}

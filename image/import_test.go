@@ -3,6 +3,7 @@ package image
 import (
 	"bytes"
 	"compress/gzip"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -15,6 +16,29 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
+
+// unpackedSize is the Image.Unpacked the store must report for img.
+func unpackedSize(t *testing.T, img v1.Image) int64 {
+	t.Helper()
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, l := range ls {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += m
+	}
+	return n
+}
 
 // layerSize is the Image.Size the store must report for img.
 func layerSize(t *testing.T, img v1.Image) int64 {
@@ -56,16 +80,21 @@ func TestImportOCILayout(t *testing.T) {
 			User:         "nobody",
 			ExposedPorts: []string{"53/udp", "8080/tcp"},
 		},
+		Unpacked: unpackedSize(t, img),
 	}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("Import() = %+v; want %+v", got, want)
 	}
 	ctx := t.Context()
-	if g, err := s.Get(ctx, want[0].Digest); err != nil || !reflect.DeepEqual(g, want[0]) {
-		t.Errorf("Get(%s) = %+v, %v; want %+v", want[0].Digest, g, err, want[0])
+	// The store keeps no names (they are the tenants'): Get and List give
+	// the digest as Ref.
+	unnamed := want[0]
+	unnamed.Ref = unnamed.Digest
+	if g, err := s.Get(ctx, want[0].Digest); err != nil || !reflect.DeepEqual(g, unnamed) {
+		t.Errorf("Get(%s) = %+v, %v; want %+v", want[0].Digest, g, err, unnamed)
 	}
-	if l, err := s.List(ctx); err != nil || !reflect.DeepEqual(l, want) {
-		t.Errorf("List() = %+v, %v; want %+v", l, err, want)
+	if l, err := s.List(ctx); err != nil || !reflect.DeepEqual(l, []Image{unnamed}) {
+		t.Errorf("List() = %+v, %v; want %+v", l, err, unnamed)
 	}
 	// The store is itself an OCI layout that ggcr (and skopeo) can read.
 	stored, err := layout.Path(s.ociDir).Image(mustHash(t, want[0].Digest))
@@ -120,19 +149,21 @@ func TestImportTwoNames(t *testing.T) {
 	p := imagetest.WriteOCIArchive(t, filepath.Join(t.TempDir(), "img.tar"),
 		imagetest.LayoutEntry{Image: img, Annotations: imagetest.RefAnnotations("cube.test/a:v1")},
 		imagetest.LayoutEntry{Image: img, Annotations: imagetest.RefAnnotations("cube.test/b:v1")},
-		imagetest.LayoutEntry{Image: img}, // unnamed: keeps the name
+		imagetest.LayoutEntry{Image: img}, // unnamed: the digest, never an earlier name
 	)
 	got := importFile(t, s, p)
 	var refs []string
 	for _, g := range got {
 		refs = append(refs, g.Ref)
 	}
-	if want := []string{"cube.test/a:v1", "cube.test/b:v1"}; !reflect.DeepEqual(refs, want) {
+	digest := imagetest.Digest(t, img)
+	if want := []string{"cube.test/a:v1", "cube.test/b:v1", digest}; !reflect.DeepEqual(refs, want) {
 		t.Errorf("Import() refs = %q; want %q", refs, want)
 	}
+	// The store keeps no names: they belong to the tenants' records.
 	l, err := s.List(t.Context())
-	if err != nil || len(l) != 1 || l[0].Ref != "cube.test/b:v1" {
-		t.Errorf("List() = %+v, %v; want one image named cube.test/b:v1 (the last name)", l, err)
+	if err != nil || len(l) != 1 || l[0].Ref != digest {
+		t.Errorf("List() = %+v, %v; want one image named by its digest %s", l, err, digest)
 	}
 }
 
@@ -180,7 +211,7 @@ func TestImportGzipped(t *testing.T) {
 	zw := gzip.NewWriter(&buf)
 	zw.Write(raw)
 	zw.Close()
-	imgs, err := newStore(t).Import(t.Context(), &buf)
+	imgs, err := newStore(t).Import(t.Context(), testOwner, &buf)
 	if err != nil || len(imgs) != 1 || imgs[0].Ref != imagetest.DefaultRef {
 		t.Errorf("Import(gzipped docker-archive) = %+v, %v; want %s", imgs, err, imagetest.DefaultRef)
 	}
@@ -327,7 +358,7 @@ func TestImportInvalidArchive(t *testing.T) {
 			if err := os.Remove(firstLayer(t, ld, img)); err != nil {
 				t.Fatal(err)
 			}
-		}), []string{"missing from the archive"}},
+		}), []string{"layer 1 of image 1 is not in the archive"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -85,7 +85,7 @@ func importPath(t *testing.T, s Store, path string) ([]Image, error) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	return s.Import(context.Background(), f)
+	return s.Import(context.Background(), testOwner, f)
 }
 
 // wantErr checks that err wraps class and mentions every fragment.
@@ -108,3 +108,6 @@ func requireRoot(t *testing.T) {
 		t.Skip("needs root (run the tests as root to check ownership and run busybox in a chroot)")
 	}
 }
+
+// testOwner is the tenant the package's tests import and pull for.
+var testOwner = Owner{Tenant: "t1"}

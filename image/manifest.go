@@ -2,17 +2,28 @@ package image
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"path"
 	"slices"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// maxMetadataSize caps a manifest, index or config read into memory.
-const maxMetadataSize = 16 << 20
+// Bounds on untrusted metadata, checked before it is parsed or used.
+const (
+	// maxMetadataSize caps a manifest, index or config read into memory,
+	// from an archive or a registry.
+	maxMetadataSize = 4 << 20
+	// maxLayers caps the layers of one image (Docker's own limit is 127
+	// for overlay; OCI sets none).
+	maxLayers = 256
+	// maxIndexEntries caps the entries of an index (or of index.json, or
+	// of a docker-archive's manifest.json).
+	maxIndexEntries = 1024
+)
 
 // errWrongPlatform marks an image for another OS or CPU; Import skips such
 // images and Pull reports them.
@@ -31,6 +42,9 @@ type candidate struct {
 // newCandidate checks a manifest (whose digest must be want, unless want is
 // zero) and its config. Errors are plain; callers add the class.
 func (s *localStore) newCandidate(rawManifest []byte, want v1.Hash, rawConfig []byte) (*candidate, error) {
+	if len(rawManifest) > maxMetadataSize || len(rawConfig) > maxMetadataSize {
+		return nil, fmt.Errorf("manifest or config over the %s limit", humanSize(maxMetadataSize))
+	}
 	digest, _, err := v1.SHA256(bytes.NewReader(rawManifest))
 	if err != nil {
 		return nil, err
@@ -52,7 +66,7 @@ func (s *localStore) newCandidate(rawManifest []byte, want v1.Hash, rawConfig []
 	if err != nil {
 		return nil, err
 	}
-	if cd != m.Config.Digest {
+	if cd != m.Config.Digest || int64(len(rawConfig)) != m.Config.Size {
 		return nil, fmt.Errorf("config %s: content has digest %s (corrupt or tampered)", m.Config.Digest, cd)
 	}
 	cf, err := v1.ParseConfigFile(bytes.NewReader(rawConfig))
@@ -61,6 +75,12 @@ func (s *localStore) newCandidate(rawManifest []byte, want v1.Hash, rawConfig []
 	}
 	if err := checkPlatform(cf); err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", digest, err)
+	}
+	if err := checkRuntimeConfig(cf); err != nil {
+		return nil, fmt.Errorf("config %s: %w", cd, err)
+	}
+	if len(m.Layers) > maxLayers {
+		return nil, fmt.Errorf("manifest %s has %d layers, more than %d", digest, len(m.Layers), maxLayers)
 	}
 	if n := len(cf.RootFS.DiffIDs); n != len(m.Layers) {
 		return nil, fmt.Errorf("manifest %s has %d layers but its config lists %d", digest, len(m.Layers), n)
@@ -87,60 +107,28 @@ func (s *localStore) newCandidate(rawManifest []byte, want v1.Hash, rawConfig []
 	return &candidate{digest: digest, rawManifest: rawManifest, manifest: m, rawConfig: rawConfig, config: cf}, nil
 }
 
-// missingLayers returns the layers of c not yet in the blob store, once
-// each.
-func (s *localStore) missingLayers(c *candidate) []v1.Descriptor {
-	var out []v1.Descriptor
-	for _, l := range c.manifest.Layers {
-		if !s.hasBlob(l.Digest) && !slices.ContainsFunc(out, func(d v1.Descriptor) bool { return d.Digest == l.Digest }) {
-			out = append(out, l)
+// checkRuntimeConfig refuses what an image may not ask of the runtime: a
+// NUL byte in any string (which C-string APIs would cut), or a working
+// directory that is not an absolute clean path or lies in /proc (a
+// process started in /proc/self/... reaches the host's view of itself).
+func checkRuntimeConfig(cf *v1.ConfigFile) error {
+	c := cf.Config
+	for _, group := range [][]string{c.Entrypoint, c.Cmd, c.Env, {c.WorkingDir, c.User}, slices.Collect(maps.Keys(c.ExposedPorts))} {
+		for _, v := range group {
+			if strings.IndexByte(v, 0) >= 0 {
+				return fmt.Errorf("a string holds a NUL byte: %q", v)
+			}
 		}
 	}
-	return out
-}
-
-// finish stores c's config and manifest (its layers must be stored) and
-// commits the image under ref ("" means unnamed: the digest is the Ref).
-func (s *localStore) finish(ctx context.Context, c *candidate, ref string) (Image, error) {
-	for _, l := range c.manifest.Layers {
-		if !s.hasBlob(l.Digest) {
-			return Image{}, fmt.Errorf("manifest %s: layer %s was not stored", c.digest, l.Digest)
+	if w := c.WorkingDir; w != "" {
+		if !path.IsAbs(w) || path.Clean(w) != w {
+			return fmt.Errorf("working directory %q is not an absolute clean path", w)
+		}
+		if w == "/proc" || strings.HasPrefix(w, "/proc/") {
+			return fmt.Errorf("working directory %q is in /proc", w)
 		}
 	}
-	if err := s.putBytes(ctx, c.manifest.Config.Digest, c.rawConfig); err != nil {
-		return Image{}, err
-	}
-	if err := s.putBytes(ctx, c.digest, c.rawManifest); err != nil {
-		return Image{}, err
-	}
-	img := Image{
-		Ref:     ref,
-		Digest:  c.digest.String(),
-		Created: c.config.Created.Time.UTC(),
-		Config:  configOf(c.config),
-	}
-	if img.Ref == "" {
-		img.Ref = img.Digest
-	}
-	for _, l := range c.manifest.Layers {
-		img.Size += l.Size
-	}
-	mt := c.manifest.MediaType
-	if mt == "" {
-		mt = types.OCIManifestSchema1
-	}
-	desc := v1.Descriptor{
-		MediaType: mt,
-		Size:      int64(len(c.rawManifest)),
-		Digest:    c.digest,
-		Platform:  &v1.Platform{OS: "linux", Architecture: "amd64"},
-	}
-	img, err := s.commit(img, desc)
-	if err != nil {
-		return Image{}, fmt.Errorf("commit image %s: %w", c.digest, err)
-	}
-	s.log.Info("stored image", "ref", img.Ref, "digest", img.Digest, "size", img.Size, "layers", len(c.manifest.Layers))
-	return img, nil
+	return nil
 }
 
 // checkPlatform accepts linux/amd64 configs (and ones that do not say).
@@ -165,4 +153,45 @@ func configOf(cf *v1.ConfigFile) Config {
 	}
 	slices.Sort(c.ExposedPorts)
 	return c
+}
+
+// parseIndex parses an OCI image index or a Docker manifest list (the same
+// JSON), bounded first: at most maxMetadataSize bytes and maxIndexEntries
+// entries.
+func parseIndex(raw []byte) (*v1.IndexManifest, error) {
+	if len(raw) > maxMetadataSize {
+		return nil, fmt.Errorf("index is %d bytes, over the %s limit", len(raw), humanSize(maxMetadataSize))
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, err
+	}
+	if idx.SchemaVersion != 2 {
+		return nil, fmt.Errorf("index schema version %d is not supported (only 2)", idx.SchemaVersion)
+	}
+	if idx.MediaType != "" && !idx.MediaType.IsIndex() {
+		return nil, fmt.Errorf("media type %q is not an image index", idx.MediaType)
+	}
+	if len(idx.Manifests) > maxIndexEntries {
+		return nil, fmt.Errorf("index lists %d entries, more than %d", len(idx.Manifests), maxIndexEntries)
+	}
+	return idx, nil
+}
+
+// pickPlatform returns the index entry of the linux/amd64 image (or
+// nested index), skipping entries without a platform (attestations). When
+// there is none, it returns the platforms it found.
+func pickPlatform(idx *v1.IndexManifest) (v1.Descriptor, []string, bool) {
+	var found []string
+	for _, m := range idx.Manifests {
+		if m.Platform == nil || m.Platform.OS == "" || m.Platform.OS == "unknown" {
+			continue
+		}
+		if m.Platform.OS == linuxAMD64.OS && m.Platform.Architecture == linuxAMD64.Architecture &&
+			(m.MediaType.IsImage() || m.MediaType.IsIndex()) {
+			return m, nil, true
+		}
+		found = append(found, m.Platform.String())
+	}
+	return v1.Descriptor{}, found, false
 }

@@ -21,7 +21,7 @@ import (
 // newTransports returns the registry transports: ggcr's default (proxy from
 // the environment, dial and TLS timeouts) plus a response-header timeout,
 // and a copy that skips TLS verification for insecure pulls.
-func newTransports(opts Options) (secure, insecure http.RoundTripper) {
+func newTransports(opts Options) (secure, insecure *http.Transport) {
 	base := remote.DefaultTransport.(*http.Transport).Clone()
 	base.ResponseHeaderTimeout = opts.RegistryResponseTimeout
 	ins := base.Clone()
@@ -34,11 +34,16 @@ func newTransports(opts Options) (secure, insecure http.RoundTripper) {
 
 var linuxAMD64 = v1.Platform{OS: "linux", Architecture: "amd64"}
 
-// Pull fetches the linux/amd64 image ref from its registry, anonymously.
-// Layers already in the store are not downloaded again. The pull is bounded
-// by ctx; a registry that stops answering fails it after
+// Pull fetches the linux/amd64 image ref from its registry, anonymously,
+// for owner. Layers the owner already owns are not downloaded again; every
+// other layer is downloaded and verified even when another tenant stored
+// it. Manifests, indexes and configs are capped at 4 MiB. With
+// opts.Guard, every connection is vetted (see NetGuard). Errors name the
+// registry and the HTTP status, never what the registry sent.
+//
+// The pull is bounded by ctx; a registry that stops answering fails it after
 // Options.RegistryResponseTimeout.
-func (s *localStore) Pull(ctx context.Context, ref string, opts PullOptions) (Image, error) {
+func (s *localStore) Pull(ctx context.Context, owner Owner, ref string, opts PullOptions) (Image, error) {
 	var nopts []name.Option
 	if opts.Insecure {
 		nopts = append(nopts, name.Insecure)
@@ -47,16 +52,27 @@ func (s *localStore) Pull(ctx context.Context, ref string, opts PullOptions) (Im
 	if err != nil {
 		return Image{}, err
 	}
+	res, err := s.newReservation(owner)
+	if err != nil {
+		return Image{}, err
+	}
+	defer res.release()
 	normal := normalForm(r)
 	progress := &lockedWriter{w: opts.Progress}
-	tr := s.transport
+	base := s.transport
 	if opts.Insecure {
-		tr = s.insecureTransport
+		base = s.insecureTransport
+	}
+	var tr http.RoundTripper = base
+	if opts.Guard != nil {
+		gt := guardedTransport(base, opts.Guard)
+		defer gt.CloseIdleConnections()
+		tr = gt
 	}
 	ropts := []remote.Option{
 		remote.WithContext(ctx),
 		remote.WithPlatform(linuxAMD64),
-		remote.WithTransport(tr),
+		remote.WithTransport(cappedTransport{tr}),
 		remote.WithUserAgent("cube"),
 	}
 	progress.printf("pulling %s\n", normal)
@@ -73,6 +89,13 @@ func (s *localStore) Pull(ctx context.Context, ref string, opts PullOptions) (Im
 	if err != nil {
 		return Image{}, s.pullError(ctx, r, normal, err)
 	}
+	m, err := v1.ParseManifest(bytes.NewReader(rawManifest))
+	if err != nil {
+		return Image{}, fmt.Errorf("pull %s: registry %s served an invalid manifest: %w", normal, registryOf(r), err)
+	}
+	if m.Config.Size < 0 || m.Config.Size > maxMetadataSize {
+		return Image{}, fmt.Errorf("pull %s: registry %s served a manifest whose config is %d bytes, over the %s limit", normal, registryOf(r), m.Config.Size, humanSize(maxMetadataSize))
+	}
 	rawConfig, err := img.RawConfigFile()
 	if err != nil {
 		return Image{}, s.pullError(ctx, r, normal, err)
@@ -88,11 +111,24 @@ func (s *localStore) Pull(ctx context.Context, ref string, opts PullOptions) (Im
 	if err != nil {
 		return Image{}, fmt.Errorf("pull %s: registry %s served an invalid image: %w", normal, registryOf(r), err)
 	}
+	if err := res.add(int64(len(rawManifest) + len(rawConfig))); err != nil {
+		return Image{}, fmt.Errorf("pull %s: %w", normal, err)
+	}
 
-	missing := s.missingLayers(c)
+	a := s.newAdmission(res)
+	a.charged = int64(len(rawManifest) + len(rawConfig))
+	defer a.discard()
+	var missing []v1.Descriptor
 	for _, l := range c.manifest.Layers {
-		if !containsDigest(missing, l.Digest) {
+		owned, err := a.owned(l)
+		if err != nil {
+			return Image{}, err
+		}
+		switch {
+		case owned:
 			progress.printf("already have %s\n", short(l.Digest))
+		case !containsDigest(missing, l.Digest):
+			missing = append(missing, l)
 		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
@@ -109,7 +145,7 @@ func (s *localStore) Pull(ctx context.Context, ref string, opts PullOptions) (Im
 				return fmt.Errorf("layer %s: %w", l.Digest, err)
 			}
 			defer rc.Close()
-			if err := s.putBlob(gctx, l.Digest, l.Size, rc); err != nil {
+			if err := a.fromReader(gctx, l, rc); err != nil {
 				return fmt.Errorf("layer %s: %w", l.Digest, err)
 			}
 			progress.printf("pulled %s\n", short(l.Digest))
@@ -119,9 +155,12 @@ func (s *localStore) Pull(ctx context.Context, ref string, opts PullOptions) (Im
 	if err := g.Wait(); err != nil {
 		// Not pullError: a missing blob is a broken registry, not a
 		// missing image.
-		return Image{}, fmt.Errorf("pull %s from registry %s: %w", normal, registryOf(r), err)
+		if errors.Is(err, ErrStorageQuota) || errors.Is(err, ErrUnsafeLayer) {
+			return Image{}, fmt.Errorf("pull %s: %w", normal, err)
+		}
+		return Image{}, fmt.Errorf("pull %s from registry %s: %w", normal, registryOf(r), scrub(err))
 	}
-	stored, err := s.finish(ctx, c, normal)
+	stored, err := s.admit(ctx, a, c, normal)
 	if err != nil {
 		return Image{}, fmt.Errorf("pull %s: %w", normal, err)
 	}
@@ -147,29 +186,32 @@ func (s *localStore) resolve(ctx context.Context, r name.Reference, normal strin
 	if err != nil {
 		return nil, s.pullError(ctx, r, normal, err)
 	}
-	im, err := idx.IndexManifest()
+	raw, err := idx.RawManifest()
 	if err != nil {
 		return nil, s.pullError(ctx, r, normal, err)
 	}
-	var found []string
-	for _, m := range im.Manifests {
-		if m.Platform == nil || m.Platform.OS == "" || m.Platform.OS == "unknown" {
-			continue // attestations
-		}
-		if m.Platform.OS == linuxAMD64.OS && m.Platform.Architecture == linuxAMD64.Architecture {
-			img, err := idx.Image(m.Digest)
-			if err != nil {
-				return nil, s.pullError(ctx, r, normal, err)
-			}
-			return img, nil
-		}
-		found = append(found, m.Platform.String())
+	im, err := parseIndex(raw)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: registry %s served an invalid index: %w", normal, registryOf(r), err)
 	}
-	return nil, fmt.Errorf("%w: image %q has no linux/amd64 variant (found %s); cube runs linux/amd64 images",
-		ErrNotFound, normal, strings.Join(found, ", "))
+	m, found, ok := pickPlatform(im)
+	if !ok {
+		return nil, fmt.Errorf("%w: image %q has no linux/amd64 variant (found %s); cube runs linux/amd64 images",
+			ErrNotFound, normal, strings.Join(found, ", "))
+	}
+	if !m.MediaType.IsImage() {
+		return nil, fmt.Errorf("pull %s: registry %s served an index whose linux/amd64 entry is another index; cube does not follow nested indexes from registries", normal, registryOf(r))
+	}
+	img, err := idx.Image(m.Digest)
+	if err != nil {
+		return nil, s.pullError(ctx, r, normal, err)
+	}
+	return img, nil
 }
 
-// pullError classifies a registry error.
+// pullError classifies a registry error. What the registry sent (an error
+// body, an HTML page, its error messages) is never repeated: a tenant could
+// otherwise read any service the registry name points at.
 func (s *localStore) pullError(ctx context.Context, r name.Reference, normal string, err error) error {
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		return fmt.Errorf("pull %s: %w", normal, err)
@@ -185,10 +227,50 @@ func (s *localStore) pullError(ctx context.Context, r name.Reference, normal str
 			return fmt.Errorf("%w: image %q not found in registry %s, or it needs credentials (cube pulls anonymously)", ErrNotFound, normal, reg)
 		}
 	}
-	if strings.Contains(err.Error(), "http: server gave HTTP response to HTTPS client") {
-		return fmt.Errorf("pull %s: registry %s speaks plain HTTP; pull with the insecure option if that is intended: %w", normal, reg, err)
+	if errors.Is(err, ErrRegistryRefused) {
+		return fmt.Errorf("pull %s: %w", normal, guardError(err))
 	}
-	return fmt.Errorf("pull %s from registry %s: %w", normal, reg, err)
+	if terr != nil {
+		return fmt.Errorf("pull %s from registry %s: %w", normal, reg, scrub(err))
+	}
+	if strings.Contains(err.Error(), "http: server gave HTTP response to HTTPS client") {
+		return fmt.Errorf("pull %s: registry %s speaks plain HTTP; pull with the insecure option if that is intended", normal, reg)
+	}
+	return fmt.Errorf("pull %s from registry %s: %w", normal, reg, scrub(err))
+}
+
+// guardError digs the NetGuard refusal out of the transport's wrapping.
+func guardError(err error) error {
+	for e := err; e != nil; {
+		if strings.HasPrefix(e.Error(), ErrRegistryRefused.Error()) {
+			return e
+		}
+		u, ok := e.(interface{ Unwrap() error })
+		if !ok {
+			break
+		}
+		e = u.Unwrap()
+	}
+	return err
+}
+
+// scrub replaces a registry's answer by its status: the body and the
+// registry's own messages stay out of the error.
+func scrub(err error) error {
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		host := "the registry"
+		if terr.Request != nil && terr.Request.URL != nil {
+			host = terr.Request.URL.Host
+		}
+		safe := fmt.Sprintf("%s answered HTTP %d %s", host, terr.StatusCode, http.StatusText(terr.StatusCode))
+		// Keep the context the error was wrapped in ("layer sha256:…: ").
+		if msg, raw := err.Error(), terr.Error(); strings.Contains(msg, raw) {
+			return errors.New(strings.Replace(msg, raw, safe, 1))
+		}
+		return errors.New(safe)
+	}
+	return err
 }
 
 func hasCode(e *transport.Error, codes ...transport.ErrorCode) bool {

@@ -24,16 +24,17 @@ func TestPull(t *testing.T) {
 
 	s := newStore(t)
 	var progress bytes.Buffer
-	got, err := s.Pull(t.Context(), ref, PullOptions{Progress: &progress})
+	got, err := s.Pull(t.Context(), testOwner, ref, PullOptions{Progress: &progress})
 	if err != nil {
 		t.Fatalf("Pull(%s) = %v", ref, err)
 	}
 	want := Image{
-		Ref:     ref,
-		Digest:  imagetest.Digest(t, img),
-		Size:    layerSize(t, img),
-		Created: imagetest.Epoch,
-		Config:  Config{Cmd: []string{"echo", "pulled"}, Env: []string{imagetest.DefaultPath}},
+		Ref:      ref,
+		Digest:   imagetest.Digest(t, img),
+		Size:     layerSize(t, img),
+		Created:  imagetest.Epoch,
+		Config:   Config{Cmd: []string{"echo", "pulled"}, Env: []string{imagetest.DefaultPath}},
+		Unpacked: unpackedSize(t, img),
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Pull(%s) = %+v; want %+v", ref, got, want)
@@ -51,7 +52,7 @@ func TestPull(t *testing.T) {
 	// A second pull (by digest this time) downloads nothing new.
 	progress.Reset()
 	byDigest := reg + "/cube/busybox@" + want.Digest
-	again, err := s.Pull(t.Context(), byDigest, PullOptions{Progress: &progress})
+	again, err := s.Pull(t.Context(), testOwner, byDigest, PullOptions{Progress: &progress})
 	if err != nil || again.Digest != want.Digest || again.Ref != byDigest {
 		t.Errorf("Pull(%s) = %+v, %v; want %s named %s", byDigest, again, err, want.Digest, byDigest)
 	}
@@ -72,13 +73,13 @@ func TestPullMultiPlatform(t *testing.T) {
 	imagetest.Push(t, arm, reg+"/cube/armimage:v1")
 
 	s := newStore(t)
-	got, err := s.Pull(t.Context(), reg+"/cube/multi:v1", PullOptions{})
+	got, err := s.Pull(t.Context(), testOwner, reg+"/cube/multi:v1", PullOptions{})
 	if err != nil || got.Digest != imagetest.Digest(t, amd) {
 		t.Errorf("Pull(multi-platform) = %+v, %v; want the amd64 image %s", got, err, imagetest.Digest(t, amd))
 	}
-	_, err = s.Pull(t.Context(), reg+"/cube/armonly:v1", PullOptions{})
+	_, err = s.Pull(t.Context(), testOwner, reg+"/cube/armonly:v1", PullOptions{})
 	wantErr(t, "Pull(arm64-only index)", err, ErrNotFound, "no linux/amd64 variant", "linux/arm64")
-	_, err = s.Pull(t.Context(), reg+"/cube/armimage:v1", PullOptions{})
+	_, err = s.Pull(t.Context(), testOwner, reg+"/cube/armimage:v1", PullOptions{})
 	wantErr(t, "Pull(arm64 image)", err, ErrNotFound, "linux/arm64", "cube runs linux/amd64 images")
 }
 
@@ -106,12 +107,12 @@ func TestPullErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := s.Pull(tt.ctx, tt.ref, PullOptions{})
+			_, err := s.Pull(tt.ctx, testOwner, tt.ref, PullOptions{})
 			wantErr(t, "Pull("+tt.ref+")", err, tt.class, tt.want...)
 		})
 	}
 	// The API edge sees the errdefs class.
-	_, err := s.Pull(t.Context(), reg+"/nope/missing:v1", PullOptions{})
+	_, err := s.Pull(t.Context(), testOwner, reg+"/nope/missing:v1", PullOptions{})
 	wantErr(t, "Pull(missing)", err, errdefs.ErrNotFound)
 	if l, err := s.List(t.Context()); err != nil || len(l) != 0 {
 		t.Errorf("List() = %+v, %v after failed pulls; want nothing", l, err)
@@ -123,7 +124,7 @@ func TestPullUnreachable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	// Port 1 on loopback: nothing listens there.
-	_, err := s.Pull(ctx, "127.0.0.1:1/cube/busybox:v1", PullOptions{Insecure: true})
+	_, err := s.Pull(ctx, testOwner, "127.0.0.1:1/cube/busybox:v1", PullOptions{Insecure: true})
 	if err == nil || errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Errorf("Pull(unreachable registry) = %v; want a connection error naming the registry", err)
 	}

@@ -126,9 +126,20 @@ func (s *localStore) unpack(ctx context.Context, h v1.Hash) (path string, err er
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", fmt.Errorf("unpack image %s: %w", h, err)
 	}
-	u, err := newUnpacker(tmp, s.opts, s.log)
+	// The image was admitted for the uncompressed size of its layers, and
+	// its files cannot hold more: that is the unpack's bound.
+	uopts := s.opts
+	if rec, err := s.get(h); err == nil && rec.Unpacked > 0 && rec.Unpacked < uopts.MaxRootFSSize {
+		uopts.MaxRootFSSize = rec.Unpacked
+	}
+	u, err := newUnpacker(tmp, uopts, s.log)
 	if err != nil {
 		return "", fmt.Errorf("unpack image %s: %w", h, err)
+	}
+	if rec, err := s.get(h); err == nil && rec.Unpacked > 0 {
+		// The exact uncompressed length measured when it was admitted
+		// (the drain of each layer's trailer included).
+		u.streamLeft = rec.Unpacked + 1
 	}
 	defer u.close()
 	for i, l := range m.Layers {
@@ -171,7 +182,8 @@ func (s *localStore) applyLayer(ctx context.Context, u *unpacker, l v1.Descripto
 		return err
 	}
 	// Drain: a gzip trailer (and its checksum) follows the tar end marker.
-	_, err = io.Copy(io.Discard, ctxReader{ctx, r})
+	// What follows the tar counts against the unpack's stream bound too.
+	_, err = io.Copy(io.Discard, ctxReader{ctx, unpackBound(u, r)})
 	return err
 }
 
@@ -191,7 +203,9 @@ func decompress(r io.Reader) (io.Reader, func(), error) {
 		}
 		return zr, func() { zr.Close() }, nil
 	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
+		// A frame may ask for any window; 128 MiB is zstd --long's
+		// largest default and bounds what one layer can make us allocate.
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(128<<20), zstd.WithDecoderMaxMemory(1<<30))
 		if err != nil {
 			return nil, nil, fmt.Errorf("zstd: %w", err)
 		}

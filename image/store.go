@@ -30,6 +30,7 @@ import (
 //	                          presence is what makes an image "stored"
 //	root/rootfs/HEX/          the unpacked root filesystem of manifest sha256:HEX;
 //	                          it only ever appears complete (atomic rename)
+//	root/owners/HEX.json      what tenant HEX (hex of its name) owns (owner.go)
 //	root/tmp/                 staging for imports, downloads and unpacks;
 //	                          emptied by NewLocalStore
 //
@@ -48,13 +49,14 @@ type localStore struct {
 	imagesDir string
 	rootfsDir string
 	tmpDir    string
+	ownersDir string
 	opts      Options
 	log       *slog.Logger
 
 	// transport and insecureTransport carry registry traffic; the insecure
 	// one skips TLS verification (PullOptions.Insecure).
-	transport         http.RoundTripper
-	insecureTransport http.RoundTripper
+	transport         *http.Transport
+	insecureTransport *http.Transport
 
 	// unpacks counts unpacks started, for tests and logs.
 	unpacks atomic.Int64
@@ -64,6 +66,11 @@ type localStore struct {
 	// flights are the unpacks under way, keyed by manifest digest hex.
 	// Protected by mu.
 	flights map[string]*flight
+
+	// quotaMu guards owners; it is taken after mu, never before.
+	quotaMu sync.Mutex
+	// owners are the loaded owner records by tenant. Protected by quotaMu.
+	owners map[string]*ownerState
 }
 
 var _ Store = (*localStore)(nil)
@@ -95,9 +102,11 @@ func NewLocalStoreWithOptions(root string, log *slog.Logger, opts Options) (Stor
 		imagesDir: filepath.Join(abs, imagesDirName),
 		rootfsDir: filepath.Join(abs, rootfsDirName),
 		tmpDir:    filepath.Join(abs, tmpDirName),
+		ownersDir: filepath.Join(abs, ownersDirName),
 		opts:      opts,
 		log:       log.With("component", "image"),
 		flights:   make(map[string]*flight),
+		owners:    make(map[string]*ownerState),
 	}
 	s.transport, s.insecureTransport = newTransports(opts)
 	// 0711: container runtimes and user-namespaced mounters can traverse to
@@ -107,7 +116,7 @@ func NewLocalStoreWithOptions(root string, log *slog.Logger, opts Options) (Stor
 		perm os.FileMode
 	}{
 		{s.root, 0o711}, {s.ociDir, 0o700}, {s.blobDir, 0o700},
-		{s.imagesDir, 0o700}, {s.rootfsDir, 0o711},
+		{s.imagesDir, 0o700}, {s.rootfsDir, 0o711}, {s.ownersDir, 0o700},
 	} {
 		if err := os.MkdirAll(d.path, d.perm); err != nil {
 			return nil, fmt.Errorf("image store %s: %w", abs, err)
@@ -201,37 +210,27 @@ func (s *localStore) List(ctx context.Context) ([]Image, error) {
 	return imgs, nil
 }
 
-// commit makes an image visible: its blobs are already in place, so add it
-// to index.json and write its record (the commit point). It returns the
-// record as stored. A later commit of the same digest replaces the Ref (the
-// most recent name wins), except that an unnamed commit keeps an existing
-// name.
-func (s *localStore) commit(img Image, desc v1.Descriptor) (Image, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if img.Ref == img.Digest {
-		if old, err := s.get(desc.Digest); err == nil {
-			img.Ref = old.Ref
-		}
-	}
+// commitLocked makes an image visible: its blobs are already in place, so
+// add it to index.json and write its record (the commit point). The record
+// carries no name: names belong to tenants and live with the caller.
+// Preconditions: mu held.
+func (s *localStore) commitLocked(img Image, desc v1.Descriptor) error {
+	img.Ref = img.Digest
 	idx, err := s.readIndex()
 	if err != nil {
-		return Image{}, err
+		return err
 	}
 	idx.Manifests = slices.DeleteFunc(idx.Manifests, func(d v1.Descriptor) bool { return d.Digest == desc.Digest })
 	desc.Annotations = nil
-	if img.Ref != img.Digest {
-		desc.Annotations = map[string]string{AnnotationContainerdName: img.Ref, AnnotationRefName: img.Ref}
-	}
 	idx.Manifests = append(idx.Manifests, desc)
 	if err := s.writeIndex(idx); err != nil {
-		return Image{}, err
+		return err
 	}
 	b, err := json.MarshalIndent(img, "", "  ")
 	if err != nil {
-		return Image{}, err
+		return err
 	}
-	return img, writeFileAtomic(s.imagesDir, desc.Digest.Hex+".json", b, 0o600)
+	return writeFileAtomic(s.imagesDir, desc.Digest.Hex+".json", b, 0o600)
 }
 
 // readIndex reads index.json. Preconditions: mu held (or no writer yet).

@@ -3,6 +3,7 @@ package image
 import (
 	"archive/tar"
 	"fmt"
+	"io"
 	"path"
 	"strings"
 	"time"
@@ -45,6 +46,29 @@ const (
 	whiteoutPrefix = ".wh."
 	whiteoutOpaque = ".wh..wh..opq"
 )
+
+// defaultStreamLimit bounds the uncompressed layer bytes one unpack reads
+// when the image's admitted size is not known: file data is bounded by
+// MaxRootFSSize, and tar headers and padding rarely double it.
+func defaultStreamLimit(o Options) int64 { return 2*o.MaxRootFSSize + 64<<20 }
+
+// streamBound fails reads once *left bytes were read.
+type streamBound struct {
+	r    io.Reader
+	left *int64
+}
+
+func (b *streamBound) Read(p []byte) (int, error) {
+	if *b.left <= 0 {
+		return 0, unsafeLayer("the layers uncompress to more than the image was admitted for")
+	}
+	if int64(len(p)) > *b.left {
+		p = p[:*b.left]
+	}
+	n, err := b.r.Read(p)
+	*b.left -= int64(n)
+	return n, err
+}
 
 func unsafeLayer(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrUnsafeLayer}, args...)...)

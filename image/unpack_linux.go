@@ -28,6 +28,11 @@ type unpacker struct {
 	chown bool
 	// total is the file bytes written so far (MaxRootFSSize).
 	total int64
+	// streamLeft is how many more bytes of uncompressed layer stream the
+	// unpacker reads, over all layers: entries whose data is skipped
+	// (a symlink or directory "holding" gigabytes) cost decompression
+	// too.
+	streamLeft int64
 }
 
 const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
@@ -37,7 +42,7 @@ func newUnpacker(dir string, opts Options, log *slog.Logger) (*unpacker, error) 
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: dir, Err: err}
 	}
-	return &unpacker{rootfd: fd, opts: opts, log: log, chown: os.Geteuid() == 0}, nil
+	return &unpacker{rootfd: fd, opts: opts, log: log, chown: os.Geteuid() == 0, streamLeft: defaultStreamLimit(opts)}, nil
 }
 
 func (u *unpacker) close() error { return unix.Close(u.rootfd) }
@@ -48,7 +53,7 @@ func (u *unpacker) sync() error { return unix.Syncfs(u.rootfd) }
 // apply unpacks one uncompressed layer tar.
 func (u *unpacker) apply(ctx context.Context, r io.Reader) error {
 	st := newLayerState()
-	tr := tar.NewReader(r)
+	tr := tar.NewReader(unpackBound(u, r))
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -281,3 +286,6 @@ func (u *unpacker) setDirTimes(st *layerState) {
 		}
 	}
 }
+
+// unpackBound counts r against u's stream bound.
+func unpackBound(u *unpacker, r io.Reader) io.Reader { return &streamBound{r: r, left: &u.streamLeft} }

@@ -74,6 +74,9 @@ func TestUnpackRefusals(t *testing.T) {
 		layers    [][]imagetest.Entry
 		offending string
 		want      string
+		// atImport: refused when admitted (the uncompressed layers are
+		// measured then), before any unpack.
+		atImport bool
 	}{
 		{
 			name:      "symlink parent inside the rootfs",
@@ -116,7 +119,7 @@ func TestUnpackRefusals(t *testing.T) {
 			name:      "rootfs over MaxRootFSSize",
 			edit:      func(o *Options) { o.MaxRootFSSize = int64(len(imagetest.Busybox(t))) + 1000 },
 			layers:    [][]imagetest.Entry{{F("a", 0o644, strings.Repeat("x", 600)), F("b", 0o644, strings.Repeat("x", 600))}},
-			offending: "b", want: "root filesystem limit",
+			offending: "b", want: "root filesystem limit", atImport: true,
 		},
 	}
 	for _, tt := range tests {
@@ -129,7 +132,17 @@ func TestUnpackRefusals(t *testing.T) {
 			if tt.edit != nil {
 				edits = append(edits, tt.edit)
 			}
-			wantRefused(t, newStore(t, edits...), imagetest.BuildBusybox(t, "", opts...), tt.offending, tt.want)
+			s := newStore(t, edits...)
+			p := imagetest.BuildBusybox(t, "", opts...)
+			if tt.atImport {
+				_, err := importPath(t, s, p)
+				wantErr(t, "Import()", err, ErrUnsafeLayer, tt.want)
+				if l, _ := s.List(t.Context()); len(l) != 0 {
+					t.Errorf("a refused import stored %+v", l)
+				}
+			} else {
+				wantRefused(t, s, p, tt.offending, tt.want)
+			}
 			sentinel.Check(t)
 		})
 	}
@@ -276,7 +289,7 @@ func TestLegacyDockerSave(t *testing.T) {
 		imagetest.File("bbb/layer.tar", 0o644, string(imagetest.LayerTar(t, imagetest.File("x", 0o644, "x")))),
 	)
 	_, err := importPath(t, newStore(t), bad)
-	wantErr(t, "Import(layer not matching diff_id)", err, ErrInvalidArchive, "but the config expects")
+	wantErr(t, "Import(layer not matching diff_id)", err, ErrInvalidArchive, "but the config's rootfs.diff_ids[1] is")
 }
 
 // Check that imagetest's layers really are the tar types they claim.

@@ -43,6 +43,9 @@ type Tenant struct {
 	// Quotas per priority band; a band without an entry is unlimited.
 	Quotas  map[string]v1.Quota `json:"quotas,omitempty"`
 	Created time.Time           `json:"created"`
+	// ImageStorage caps the tenant's image storage ("10Gi"); empty means
+	// the API server's default.
+	ImageStorage string `json:"imageStorage,omitempty"`
 }
 
 // TenantKey is where a tenant is stored.

@@ -345,6 +345,9 @@ type TenantRequest struct {
 	Weight float64 `json:"weight,omitempty"`
 	// Quotas per priority band; a band without an entry is unlimited.
 	Quotas map[string]Quota `json:"quotas,omitempty"`
+	// ImageStorage caps the bytes of images the tenant may store, blobs
+	// and unpacked layers ("20Gi"); empty means the default (10Gi).
+	ImageStorage string `json:"imageStorage,omitempty"`
 }
 
 // Quota limits what a tenant may hold in one band at once (admitted, not

@@ -196,6 +196,11 @@ func (t *TenantRequest) Validate() error {
 	if t.Weight < 0 {
 		return &FieldError{"weight", "must not be negative"}
 	}
+	if t.ImageStorage != "" {
+		if n, err := ParseMemory(t.ImageStorage); err != nil || n <= 0 {
+			return &FieldError{"imageStorage", fmt.Sprintf("%q is not a positive size such as 20Gi", t.ImageStorage)}
+		}
+	}
 	for band, q := range t.Quotas {
 		f := "quotas." + band
 		switch band {

@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,7 +65,10 @@ type Config struct {
 	ClientConfig string
 	// ShimCommand runs a shim (default: this executable + "shim --config").
 	ShimCommand []string
-	Log         *slog.Logger
+	// RegistryAllow lists registries ("host:port") tenants may pull from
+	// although they are on loopback, link-local or platform addresses.
+	RegistryAllow []string
+	Log           *slog.Logger
 }
 
 // Platform is a running `cube up`.
@@ -152,7 +156,17 @@ func Start(ctx context.Context, cfg Config) (*Platform, error) {
 		}},
 		{"apiserver", func() error {
 			var err error
+			// Tenants' pulls may not reach the instance network either.
+			subnet := network.DefaultConfig().Subnet
+			if cfg.Subnet != "" {
+				subnet = cfg.Subnet
+			}
+			var deny []netip.Prefix
+			if pfx, err := netip.ParsePrefix(subnet); err == nil {
+				deny = append(deny, pfx.Masked())
+			}
 			api, err = apiserver.New(apiserver.Config{Listen: cfg.Listen, Store: st, Images: images, Log: cfg.Log,
+				RegistryAllow: cfg.RegistryAllow, RegistryDeny: deny,
 				NodeSocketDir: filepath.Dir(NodeSocket(cfg.DataDir))})
 			if err != nil {
 				return err

@@ -19,7 +19,7 @@ func FuzzReadFrame(f *testing.F) {
 	_ = w.WriteFrame(CloseStdin, nil)
 	f.Add(seed.Bytes())
 	f.Add([]byte{byte(Stdout), 0xff, 0xff, 0xff, 0xff}) // claims 4 GiB
-	f.Add([]byte{byte(Exit), 0, 0, 0, 9, '1'})           // short payload
+	f.Add([]byte{byte(Exit), 0, 0, 0, 9, '1'})          // short payload
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
 		var again bytes.Buffer
