@@ -1,11 +1,11 @@
 package node
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -268,14 +268,17 @@ func resolveUser(rootfs, user string) (string, error) {
 	if _, err := strconv.Atoi(name); err == nil && (group == "" || isNum(group)) {
 		return user, nil
 	}
-	f, err := os.Open(filepath.Join(rootfs, "etc", "passwd"))
-	if err != nil {
-		return "", fmt.Errorf("image user %q: no /etc/passwd in the image to resolve it", user)
+	// The image is hostile: read its passwd through ReadImageFile, which
+	// never leaves the rootfs, never blocks on a FIFO and caps the size.
+	b, err := sandbox.ReadImageFile(rootfs, "/etc/passwd")
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("image user %q: no /etc/passwd in the image to resolve it; use a numeric uid", user)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Split(sc.Text(), ":")
+	if err != nil {
+		return "", fmt.Errorf("image user %q: %w", user, err)
+	}
+	for line := range strings.Lines(string(b)) {
+		fields := strings.Split(strings.TrimRight(line, "\n"), ":")
 		if len(fields) >= 4 && (fields[0] == name || fields[2] == name) {
 			if group == "" {
 				return fields[2] + ":" + fields[3], nil
