@@ -28,6 +28,14 @@ type Spec struct {
 	// CgroupParent is the cgroup path under which each container gets its own
 	// cgroup, e.g. "/cube/<id>".
 	CgroupParent string `json:"cgroupParent"`
+	// PidsLimit caps the processes and threads of the whole sandbox: all
+	// its containers and execs together (a fork bomb stops there). 0: the
+	// backend's default.
+	PidsLimit int64 `json:"pidsLimit,omitempty"`
+	// DiskBytes bounds the sandbox's writable layer: all its containers'
+	// writes share it, and a write past it fails with ENOSPC. 0: the
+	// backend's default.
+	DiskBytes int64 `json:"diskBytes,omitempty"`
 	// Containers of the instance, started in order.
 	Containers []ContainerSpec `json:"containers"`
 }
