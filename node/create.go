@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -70,7 +71,14 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 		Hostname:     in.Metadata.Name,
 		StateDir:     filepath.Join(w.dir, "sandbox"),
 		CgroupParent: "/cube/" + w.uid,
+		PidsLimit:    cmp.Or(in.Spec.Pids, v1.DefaultPids),
 	}
+	// An instance stored before spec.disk existed gets the default too.
+	disk, err := v1.ParseMemory(cmp.Or(in.Spec.Disk, v1.DefaultDisk))
+	if err != nil {
+		return nil, fmt.Errorf("spec.disk: %w: %w", err, errdefs.ErrInvalid)
+	}
+	spec.DiskBytes = disk
 	var ports []network.PortMapping
 	for _, c := range in.Spec.Containers {
 		cs, err := w.containerSpec(ctx, c)
