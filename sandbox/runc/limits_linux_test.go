@@ -31,7 +31,10 @@ func pidsFile(t *testing.T, spec sandbox.Spec, name string) string {
 // runs meanwhile.
 func TestForkBombStopsAtPidsLimit(t *testing.T) {
 	if _, err := os.Stat("/sys/fs/cgroup/pids"); err != nil {
-		t.Skip("no cgroup v1 pids hierarchy at /sys/fs/cgroup/pids; this test reads it")
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no cgroup v1 pids hierarchy at /sys/fs/cgroup/pids but CI=true")
+		}
+		t.Skip("no cgroup v1 pids hierarchy at /sys/fs/cgroup/pids; this test reads it (cgroup v2 only hosts are not covered yet)")
 	}
 	const limit = 64
 	sb, spec := newTestSandboxWith(t, func(s *sandbox.Spec) { s.PidsLimit = limit },
@@ -86,6 +89,9 @@ func TestForkBombStopsAtPidsLimit(t *testing.T) {
 
 // TestDefaultPidsLimit: a spec without a limit gets DefaultPidsLimit.
 func TestDefaultPidsLimit(t *testing.T) {
+	if _, err := os.Stat("/sys/fs/cgroup/pids"); err != nil {
+		t.Skip("no cgroup v1 pids hierarchy at /sys/fs/cgroup/pids; this test reads it")
+	}
 	_, spec := newTestSandbox(t, shell("c", "true"))
 	if got := pidsFile(t, spec, "pids.max"); got != strconv.Itoa(DefaultPidsLimit) {
 		t.Errorf("pids.max = %q; want the default %d", got, DefaultPidsLimit)
