@@ -202,3 +202,23 @@ func TestDiskBoundsWritableLayer(t *testing.T) {
 		t.Errorf("the node's disk lost %d bytes after Destroy; want them back", lost)
 	}
 }
+
+// BenchmarkWritableLayer measures what the disk adds to a sandbox's
+// Create (mkfs.ext4 of a 1 GiB sparse file, loop attach, mount) and to
+// its Destroy (unmount, loop detach).
+func BenchmarkWritableLayer(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root (loop devices, mounts)")
+	}
+	ctx := context.Background()
+	for b.Loop() {
+		dir := b.TempDir()
+		d := disk{file: filepath.Join(dir, "disk.img"), mount: filepath.Join(dir, "disk"), size: DefaultDiskBytes}
+		if err := d.ensure(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if err := unmountAll(d.mount); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
