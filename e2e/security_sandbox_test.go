@@ -151,6 +151,43 @@ func TestSecuritySandbox(t *testing.T) {
 		if out := c.mustCube("exec", "calm", "--", "sh", "-c", "rm /fill && echo ok > /after && cat /after"); strings.TrimSpace(out) != "ok" {
 			t.Errorf("after freeing space the container wrote %q; want ok", out)
 		}
+
+		// The layer survives its shim's SIGKILL: the new shim adopts it,
+		// with no second loop device.
+		uid, _ := c.sandboxDir(t, "calm")
+		pidFile := filepath.Join(c.dataDir, "node", "instances", uid, "shim.pid")
+		old, err := strconv.Atoi(readTrim(t, pidFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		c.eventually(60*time.Second, "a new shim runs calm", func() error {
+			b, _ := os.ReadFile(pidFile)
+			now, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			in, err := c.client.GetInstance(ctx, "calm")
+			if err != nil {
+				return err
+			}
+			if now == old || !alive(now) || in.Status.Phase != v1.PhaseRunning || in.Status.Containers[0].State != v1.ContainerRunning {
+				return fmt.Errorf("shim %d, status %+v", now, in.Status)
+			}
+			return nil
+		})
+		if out := c.mustCube("exec", "calm", "--", "cat", "/after"); strings.TrimSpace(out) != "ok" {
+			t.Errorf("after the shim was replaced /after reads %q; want ok", out)
+		}
+		loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+		n := 0
+		for _, l := range loops {
+			if b, err := os.ReadFile(l); err == nil && strings.TrimSpace(string(b)) == img {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d loop devices back the instance's disk after the shim was replaced; want 1", n)
+		}
 		c.mustCube("rm", "--force", "calm")
 		c.eventually(30*time.Second, "the disk file is removed", func() error {
 			if _, err := os.Stat(img); !os.IsNotExist(err) {
