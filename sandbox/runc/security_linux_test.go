@@ -120,6 +120,11 @@ func TestSeccompAndCapsRefuseEscapes(t *testing.T) {
 		if got["tcp-socket"] != 0 {
 			t.Errorf("%s: an ordinary TCP socket failed with errno %d; the filter is too tight", where, got["tcp-socket"])
 		}
+		// ping without CAP_NET_RAW: an ICMP datagram socket, allowed by
+		// the sandbox's net.ipv4.ping_group_range.
+		if errno, ok := got["icmp-dgram-socket"]; !ok || errno != 0 {
+			t.Errorf("%s: an ICMP datagram socket (unprivileged ping) failed with errno %d (present %v); want it allowed", where, errno, ok)
+		}
 	}
 	// And the shell tool a tenant would reach for.
 	var unshareErr syncBuffer

@@ -99,6 +99,11 @@ func ociSpec(sb sandbox.Spec, c sandbox.ContainerSpec, f sharedFiles, memsw bool
 				{Type: specs.IPCNamespace, Path: f.ipcNS},
 				{Type: specs.UTSNamespace, Path: f.utsNS},
 			},
+			// Without CAP_NET_RAW, ping needs ICMP datagram sockets, which
+			// build their own headers and so cannot spoof (Docker's default
+			// since it dropped CAP_NET_RAW). The value is per network
+			// namespace: the instance's own.
+			Sysctl:        map[string]string{"net.ipv4.ping_group_range": "0 2147483647"},
 			Resources:     resources(c, memsw),
 			MaskedPaths:   maskedPaths(),
 			ReadonlyPaths: readonlyPaths,

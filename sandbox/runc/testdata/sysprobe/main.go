@@ -61,6 +61,13 @@ func main() {
 			}
 			return err
 		}},
+		{"icmp-dgram-socket", func() error { // unprivileged ping
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_ICMP)
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		}},
 		{"tcp-socket", func() error { // the control: an allowed syscall
 			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 			if err == nil {
