@@ -222,3 +222,28 @@ func BenchmarkWritableLayer(b *testing.B) {
 		}
 	}
 }
+
+// TestSharedEtcFilesAreBounded writes without end to /etc/hosts,
+// /etc/hostname and /etc/resolv.conf, which every container gets
+// bind-mounted writable: they live on the sandbox's disk, so the writes
+// stop with ENOSPC at its size and the node's disk loses no more. A short
+// write to /etc/hosts works: the files are still writable.
+func TestSharedEtcFilesAreBounded(t *testing.T) {
+	const bound = 32 << 20
+	node := smallFS(t, 256<<20)
+	before := freeBytes(t, node)
+	script := `echo "10.0.0.9 extra" >> /etc/hosts && grep -q extra /etc/hosts && echo appended; ` +
+		`for f in /etc/hosts /etc/hostname /etc/resolv.conf; do dd if=/dev/zero of=$f bs=1M count=48 2>&1 | grep -q "No space left" && echo bounded $f; done`
+	sb, _ := newTestSandboxWith(t, func(s *sandbox.Spec) {
+		s.StateDir = filepath.Join(node, "state")
+		s.DiskBytes = bound
+	}, shell("c", script))
+	_, out, errOut := runToExit(t, sb, "c")
+	want := "appended\nbounded /etc/hosts\nbounded /etc/hostname\nbounded /etc/resolv.conf\n"
+	if out != want {
+		t.Errorf("output %q (stderr %q); want %q", out, errOut, want)
+	}
+	if lost := before - freeBytes(t, node); lost > bound+(4<<20) {
+		t.Errorf("the node's disk lost %d bytes; want at most the bound %d", lost, bound)
+	}
+}

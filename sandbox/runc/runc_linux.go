@@ -104,11 +104,14 @@ func New(spec sandbox.Spec, opts Options) (sandbox.Sandbox, error) {
 	if netNS == "" {
 		netNS = s.pins.net
 	}
+	// The /etc files are bind-mounted writable into every container: they
+	// live on the sandbox's disk, so that writing to them is bounded too.
+	etc := filepath.Join(s.disk.mount, "etc")
 	s.files = sharedFiles{
 		ipcNS: s.pins.ipc, utsNS: s.pins.uts, netNS: netNS,
-		hosts:      filepath.Join(spec.StateDir, "etc", "hosts"),
-		hostname:   filepath.Join(spec.StateDir, "etc", "hostname"),
-		resolvConf: filepath.Join(spec.StateDir, "etc", "resolv.conf"),
+		hosts:      filepath.Join(etc, "hosts"),
+		hostname:   filepath.Join(etc, "hostname"),
+		resolvConf: filepath.Join(etc, "resolv.conf"),
 		shm:        filepath.Join(spec.StateDir, "shm"),
 	}
 	for _, c := range spec.Containers {
@@ -196,7 +199,7 @@ func (s *runcSandbox) Create(ctx context.Context) (err error) {
 			err = fmt.Errorf("sandbox %s: create: %w", s.spec.ID, err)
 		}
 	}()
-	for _, dir := range []string{s.runc.root, s.runc.logDir, filepath.Dir(s.pins.ipc), filepath.Dir(s.files.hosts), s.files.shm} {
+	for _, dir := range []string{s.runc.root, s.runc.logDir, filepath.Dir(s.pins.ipc), s.files.shm} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
@@ -260,6 +263,9 @@ func (s *runcSandbox) writeEtc() error {
 	}
 	resolv, err := hostResolvConf(s.resolv)
 	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(s.files.hosts), 0o755); err != nil {
 		return err
 	}
 	for path, data := range map[string]string{s.files.hosts: hosts, s.files.hostname: name + "\n", s.files.resolvConf: resolv} {
