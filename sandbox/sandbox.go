@@ -23,7 +23,8 @@ type Spec struct {
 	// NetNS is the path of a pinned network namespace prepared by the node
 	// (network package) that all containers join. Empty: a fresh, unconnected one.
 	NetNS string `json:"netns,omitempty"`
-	// StateDir is private to the backend (bundles, pinned ipc/uts, upper dirs).
+	// StateDir is private to the backend (bundles, pinned ipc/uts, the
+	// writable layer).
 	StateDir string `json:"stateDir"`
 	// CgroupParent is the cgroup path under which each container gets its own
 	// cgroup, e.g. "/cube/<id>".
