@@ -159,3 +159,17 @@ func TestOpenAPIMatchesTypes(t *testing.T) {
 		}
 	}
 }
+
+// TestSandboxDefaults: an instance that leaves spec.pids and spec.disk out
+// gets the defaults, and one that sets them keeps its values.
+func TestSandboxDefaults(t *testing.T) {
+	in := valid()
+	if in.Spec.Pids != DefaultPids || in.Spec.Disk != DefaultDisk {
+		t.Errorf("defaults: pids %d disk %q; want %d and %q", in.Spec.Pids, in.Spec.Disk, DefaultPids, DefaultDisk)
+	}
+	in.Spec.Pids, in.Spec.Disk = 64, "4Gi"
+	in.SetDefaults()
+	if in.Spec.Pids != 64 || in.Spec.Disk != "4Gi" {
+		t.Errorf("after SetDefaults: pids %d disk %q; want 64 and 4Gi kept", in.Spec.Pids, in.Spec.Disk)
+	}
+}
