@@ -139,6 +139,10 @@ func TestSecuritySandbox(t *testing.T) {
 			t.Errorf("dd of 128 MiB into a 64Mi disk: exit %d stderr %q; want ENOSPC", code, errOut)
 		}
 		img := filepath.Join(dir, "disk.img")
+		// The node makes each size's empty filesystem once and copies it.
+		if tpls, _ := filepath.Glob(filepath.Join(c.dataDir, "node", "sandbox-cache", "ext4-*.img")); len(tpls) == 0 {
+			t.Errorf("no cached empty filesystem under %s/node/sandbox-cache", c.dataDir)
+		}
 		var st syscall.Stat_t
 		if err := syscall.Stat(img, &st); err != nil {
 			t.Fatalf("stat the instance's disk: %v", err)

@@ -72,6 +72,7 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 		StateDir:     filepath.Join(w.dir, "sandbox"),
 		CgroupParent: "/cube/" + w.uid,
 		PidsLimit:    cmp.Or(in.Spec.Pids, v1.DefaultPids),
+		CacheDir:     filepath.Join(w.a.cfg.StateDir, "sandbox-cache"),
 	}
 	// An instance stored before spec.disk existed gets the default too.
 	disk, err := v1.ParseMemory(cmp.Or(in.Spec.Disk, v1.DefaultDisk))

@@ -37,6 +37,11 @@ type Spec struct {
 	// writes share it, and a write past it fails with ENOSPC. 0: the
 	// backend's default.
 	DiskBytes int64 `json:"diskBytes,omitempty"`
+	// CacheDir is a node-wide directory, shared by every sandbox of the
+	// node, where the backend may keep files it only ever copies, such as
+	// an empty filesystem image for the writable layer. Empty: none; the
+	// backend makes each from scratch.
+	CacheDir string `json:"cacheDir,omitempty"`
 	// Containers of the instance, started in order.
 	Containers []ContainerSpec `json:"containers"`
 }

@@ -204,22 +204,74 @@ func TestDiskBoundsWritableLayer(t *testing.T) {
 }
 
 // BenchmarkWritableLayer measures what the disk adds to a sandbox's
-// Create (mkfs.ext4 of a 1 GiB sparse file, loop attach, mount) and to
-// its Destroy (unmount, loop detach).
+// Create (a 1 GiB sparse file made by mkfs.ext4, or copied from the
+// node's cache; loop attach; mount) and to its Destroy (unmount, loop
+// detach).
 func BenchmarkWritableLayer(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root (loop devices, mounts)")
 	}
 	ctx := context.Background()
-	for b.Loop() {
-		dir := b.TempDir()
-		d := disk{file: filepath.Join(dir, "disk.img"), mount: filepath.Join(dir, "disk"), size: DefaultDiskBytes}
+	for name, cache := range map[string]string{"mkfs": "", "cached": b.TempDir()} {
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				dir := b.TempDir()
+				d := disk{file: filepath.Join(dir, "disk.img"), mount: filepath.Join(dir, "disk"), size: DefaultDiskBytes, cache: cache}
+				if err := d.ensure(ctx); err != nil {
+					b.Fatal(err)
+				}
+				if err := unmountAll(d.mount); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestDiskFromCache makes two sandboxes' disks from the node's cache: the
+// empty filesystem is made once, each disk is a sparse copy that mounts
+// on its own loop device, what one writes the other does not see, and the
+// cached file is never changed.
+func TestDiskFromCache(t *testing.T) {
+	requireRunc(t)
+	cache := t.TempDir()
+	ctx := testCtx(t)
+	var disks []disk
+	for i := range 2 {
+		dir := t.TempDir()
+		d := disk{file: filepath.Join(dir, "disk.img"), mount: filepath.Join(dir, "disk"), size: 64 << 20, cache: cache}
 		if err := d.ensure(ctx); err != nil {
-			b.Fatal(err)
+			t.Fatalf("disk %d: %v", i, err)
 		}
-		if err := unmountAll(d.mount); err != nil {
-			b.Fatal(err)
+		t.Cleanup(func() { unmountAll(d.mount) })
+		disks = append(disks, d)
+	}
+	tpl := filepath.Join(cache, "ext4-67108864-v1.img")
+	before, err := os.ReadFile(tpl)
+	if err != nil {
+		t.Fatalf("the cached filesystem: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(disks[0].mount, "mine"), []byte("0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(disks[1].mount, "mine")); !os.IsNotExist(err) {
+		t.Errorf("a file written to disk 0 shows on disk 1: %v", err)
+	}
+	for i, d := range disks {
+		if loops := loopsBacking(t, d.file); len(loops) != 1 {
+			t.Errorf("disk %d: loop devices %v; want one", i, loops)
 		}
+		var st unix.Stat_t
+		if err := unix.Stat(d.file, &st); err != nil || st.Blocks*512 > 8<<20 {
+			t.Errorf("disk %d allocates %d bytes (%v); want a sparse copy", i, st.Blocks*512, err)
+		}
+	}
+	unix.Sync()
+	if after, err := os.ReadFile(tpl); err != nil || string(after) != string(before) {
+		t.Errorf("the cached filesystem changed (%v)", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(cache, ".disk-*")); len(left) > 0 {
+		t.Errorf("temp files left in the cache: %v", left)
 	}
 }
 

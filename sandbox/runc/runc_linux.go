@@ -95,6 +95,7 @@ func New(spec sandbox.Spec, opts Options) (sandbox.Sandbox, error) {
 		file:  filepath.Join(spec.StateDir, "disk.img"),
 		mount: filepath.Join(spec.StateDir, "disk"),
 		size:  cmp.Or(spec.DiskBytes, DefaultDiskBytes),
+		cache: spec.CacheDir,
 	}
 	s.pids = cmp.Or(spec.PidsLimit, DefaultPidsLimit)
 	if spec.NetNS == "" {
@@ -140,6 +141,9 @@ func validate(spec sandbox.Spec) error {
 	}
 	if len(spec.Containers) == 0 {
 		return fmt.Errorf("sandbox/runc: sandbox %s has no containers", spec.ID)
+	}
+	if spec.CacheDir != "" && !filepath.IsAbs(spec.CacheDir) {
+		return fmt.Errorf("sandbox/runc: sandbox %s: cache dir %q must be an absolute path", spec.ID, spec.CacheDir)
 	}
 	if spec.PidsLimit < 0 {
 		return fmt.Errorf("sandbox/runc: sandbox %s: pids limit %d is negative", spec.ID, spec.PidsLimit)
