@@ -7,12 +7,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/cube-platform/cube/errdefs"
@@ -269,5 +272,21 @@ func TestHostileImagePasswd(t *testing.T) {
 				t.Errorf("Create = %v; want errdefs.ErrInvalid naming /etc/passwd, without the host file", err)
 			}
 		})
+	}
+}
+
+// TestSeccompArchitectures: the filter covers the native ABI and i386 with
+// Docker's rules, and leaves x32 out (refused outright).
+func TestSeccompArchitectures(t *testing.T) {
+	spec, err := ociSpec(sandbox.Spec{ID: "x", CgroupParent: "/x"}, sandbox.ContainerSpec{Name: "c", Args: []string{"true"}}, sharedFiles{}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec := spec.Linux.Seccomp
+	if sec == nil || sec.DefaultAction != specs.ActErrno || len(sec.Syscalls) < 10 {
+		t.Fatalf("seccomp = %+v; want Docker's profile", sec)
+	}
+	if runtime.GOARCH == "amd64" && !slices.Equal(sec.Architectures, []specs.Arch{specs.ArchX86_64, specs.ArchX86}) {
+		t.Errorf("architectures = %v; want x86_64 and x86 without x32", sec.Architectures)
 	}
 }

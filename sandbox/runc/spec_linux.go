@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -117,6 +118,13 @@ func ociSpec(sb sandbox.Spec, c sandbox.ContainerSpec, f sharedFiles, memsw bool
 	if err != nil {
 		return nil, fmt.Errorf("build the default seccomp profile: %w", err)
 	}
+	// Docker's profile also covers the x32 ABI on amd64. Without it the
+	// filter runc compiles at every create and exec is a third smaller
+	// (measured: 56 ms of CPU for runc run with it, 43 ms without, 30 ms
+	// with no filter), and an x32 syscall kills the thread where it would
+	// have been allowed: no image uses that ABI, and most kernels (this
+	// one too) have it off. The i386 ABI keeps Docker's rules.
+	sec.Architectures = slices.DeleteFunc(sec.Architectures, func(a specs.Arch) bool { return a == specs.ArchX32 })
 	s.Linux.Seccomp = sec
 	return s, nil
 }
