@@ -7,7 +7,7 @@ BIN      := bin/cube
 PREFIX   ?= /usr/local
 # Debian packages Cube runs with (runc, CNI plugins, iptables) and tests
 # with (a real OCI registry, busybox for test images).
-RUN_PKGS  := runc containernetworking-plugins iptables iproute2 nftables
+RUN_PKGS  := runc containernetworking-plugins iptables iproute2 nftables e2fsprogs
 TEST_PKGS := docker-registry busybox-static
 GOFLAGS_TEST ?= -count=1 -timeout 45m
 

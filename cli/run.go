@@ -20,6 +20,9 @@ type runFlags struct {
 	name, cpu, memory, restart, workdir, entrypoint, priority string
 	env, envFiles, ports, labels                              []string
 	detach, attach, interactive, tty, rm                      bool
+
+	pids int64  // spec.pids (0: the server's default)
+	disk string // spec.disk
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -82,6 +85,9 @@ skipped, and one pair of matching quotes around a value is stripped.`,
 	fl.StringVarP(&f.workdir, "workdir", "w", "", "working directory inside the container")
 	fl.StringVar(&f.priority, "priority", "", "priority band: system|production|batch|best-effort (default production)")
 	fl.StringVar(&f.entrypoint, "entrypoint", "", "override the image's entrypoint")
+	fl.Int64Var(&f.pids, "pids", 0, "cap on the processes and threads of the whole instance (default 1024, 16 to 16384)")
+	fl.Int64Var(&f.pids, "pids-limit", 0, "alias of --pids (Docker's spelling)")
+	fl.StringVar(&f.disk, "disk", "", "size of the instance's writable layer, e.g. 512Mi, 4Gi (default 1Gi, 16Mi to 256Gi)")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "accepted for Docker habits; run always returns once created")
 	fl.BoolVarP(&f.attach, "attach", "a", false, "stream the output and exit with the instance's exit code")
 	fl.BoolVarP(&f.interactive, "interactive", "i", false, "with -t: attach (see --attach)")
@@ -220,6 +226,7 @@ func (f *runFlags) instance(args []string) (*v1.Instance, error) {
 		Metadata: v1.ObjectMeta{Name: name, Labels: labels},
 		Spec:     v1.InstanceSpec{Containers: []v1.Container{c}, RestartPolicy: restart, MaxRestarts: maxRestarts, Priority: f.priority},
 	}
+	in.Spec.Pids, in.Spec.Disk = f.pids, f.disk
 	return in, nil
 }
 

@@ -70,6 +70,8 @@ type cluster struct {
 	logPath string
 	cmd     *exec.Cmd
 	client  *client.Client
+	// upFlags are extra `cube up` flags, kept across restarts.
+	upFlags []string
 }
 
 func freePort(t testing.TB) int {
@@ -116,8 +118,8 @@ func (c *cluster) start() {
 		c.t.Fatal(err)
 	}
 	defer logf.Close()
-	c.cmd = exec.Command(cubeBin, "up", "--data-dir", c.dataDir, "--listen", c.listen, "--config", c.config,
-		"--subnet", c.subnet, "--bridge", c.bridge, "--node-name", "e2e", "--log-level", "debug")
+	c.cmd = exec.Command(cubeBin, append([]string{"up", "--data-dir", c.dataDir, "--listen", c.listen, "--config", c.config,
+		"--subnet", c.subnet, "--bridge", c.bridge, "--node-name", "e2e", "--log-level", "debug"}, c.upFlags...)...)
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := c.cmd.Start(); err != nil {
@@ -220,26 +222,62 @@ func (c *cluster) destroy() {
 	_ = os.RemoveAll(c.dataDir)
 }
 
-// cube runs the CLI against this cluster and returns stdout, stderr and
-// the exit code.
+// cube runs the CLI against this cluster as the admin and returns stdout,
+// stderr and the exit code.
 func (c *cluster) cube(stdin string, args ...string) (string, string, int) {
+	c.t.Helper()
+	return c.runCLI("", stdin, args...)
+}
+
+// cubeAs runs the CLI as the tenant whose token is given.
+func (c *cluster) cubeAs(token string, args ...string) (string, string, int) {
+	c.t.Helper()
+	return c.runCLI(token, "", args...)
+}
+
+// mustCubeAs is cubeAs that fails the test on a non-zero exit.
+func (c *cluster) mustCubeAs(token string, args ...string) string {
+	c.t.Helper()
+	out, errOut, code := c.cubeAs(token, args...)
+	if code != 0 {
+		c.t.Fatalf("cube %s (as a tenant): exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// runCLI runs cube with the cluster's config, and token (when set) in
+// CUBE_TOKEN. Safe to call from goroutines: a CLI that cannot run at all
+// is an Errorf and exit code -1.
+func (c *cluster) runCLI(token, stdin string, args ...string) (string, string, int) {
 	c.t.Helper()
 	cmd := exec.Command(cubeBin, args...)
 	cmd.Env = append(os.Environ(), "CUBE_CONFIG="+c.config)
+	if token != "" {
+		cmd.Env = append(cmd.Env, "CUBE_TOKEN="+token)
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
 	}
 	err := cmd.Run()
-	code := 0
 	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		c.t.Fatalf("cube %v: %v", args, err)
+	switch {
+	case errors.As(err, &ee):
+		return out.String(), errb.String(), ee.ExitCode()
+	case err != nil:
+		c.t.Errorf("cube %v: %v", args, err)
+		return out.String(), errb.String(), -1
 	}
-	return out.String(), errb.String(), code
+	return out.String(), errb.String(), 0
+}
+
+// restartWith starts `cube up` again on c's data dir, with extra flags
+// added to the ones it had, and waits until it is up.
+func (c *cluster) restartWith(extra ...string) {
+	c.t.Helper()
+	c.upFlags = append(c.upFlags, extra...)
+	c.start()
 }
 
 // mustCube runs the CLI and fails the test on a non-zero exit.

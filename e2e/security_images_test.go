@@ -1,19 +1,13 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/cube-platform/cube/client"
 	"github.com/cube-platform/cube/image/imagetest"
@@ -22,35 +16,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
 
-// cubeAs runs the CLI against c with another tenant's token.
-func (c *cluster) cubeAs(token string, args ...string) (string, string, int) {
-	c.t.Helper()
-	cmd := exec.Command(cubeBin, args...)
-	cmd.Env = append(os.Environ(), "CUBE_CONFIG="+c.config, "CUBE_TOKEN="+token)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		c.t.Fatalf("cube %v: %v", args, err)
-	}
-	return out.String(), errb.String(), code
-}
-
-func (c *cluster) mustCubeAs(token string, args ...string) string {
-	c.t.Helper()
-	out, errOut, code := c.cubeAs(token, args...)
-	if code != 0 {
-		c.t.Fatalf("cube %s (as another tenant): exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
-	}
-	return out
-}
-
-// layoutWithout writes img as an OCI layout tar named ref, less the blob
-// of layer n (1-based): a manifest naming a layer it does not carry.
 func layoutWithout(t *testing.T, img v1.Image, ref string, n int) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -200,31 +165,4 @@ func TestSecurityImagesPullGuard(t *testing.T) {
 	if out := c.mustCubeAs(tok, "image", "ls"); !strings.Contains(out, "busybox") {
 		t.Errorf("tenant image ls after an allowed pull = %q; want busybox", out)
 	}
-}
-
-// restartWith starts `cube up` again on c's data dir with extra flags (the
-// harness's start, plus flags), and waits until the API answers.
-func (c *cluster) restartWith(extra ...string) {
-	c.t.Helper()
-	logf, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer logf.Close()
-	args := append([]string{"up", "--data-dir", c.dataDir, "--listen", c.listen, "--config", c.config,
-		"--subnet", c.subnet, "--bridge", c.bridge, "--node-name", "e2e", "--log-level", "debug"}, extra...)
-	c.cmd = exec.Command(cubeBin, args...)
-	c.cmd.Stdout, c.cmd.Stderr = logf, logf
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := c.cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
-	c.eventually(90*time.Second, "cube up answers again", func() error {
-		resp, err := http.Get("http://" + c.listen + "/healthz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
 }

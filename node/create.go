@@ -1,11 +1,12 @@
 package node
 
 import (
-	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -70,7 +71,15 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 		Hostname:     in.Metadata.Name,
 		StateDir:     filepath.Join(w.dir, "sandbox"),
 		CgroupParent: "/cube/" + w.uid,
+		PidsLimit:    cmp.Or(in.Spec.Pids, v1.DefaultPids),
+		CacheDir:     filepath.Join(w.a.cfg.StateDir, "sandbox-cache"),
 	}
+	// An instance stored before spec.disk existed gets the default too.
+	disk, err := v1.ParseMemory(cmp.Or(in.Spec.Disk, v1.DefaultDisk))
+	if err != nil {
+		return nil, fmt.Errorf("spec.disk: %w: %w", err, errdefs.ErrInvalid)
+	}
+	spec.DiskBytes = disk
 	var ports []network.PortMapping
 	for _, c := range in.Spec.Containers {
 		cs, err := w.containerSpec(ctx, c)
@@ -268,14 +277,17 @@ func resolveUser(rootfs, user string) (string, error) {
 	if _, err := strconv.Atoi(name); err == nil && (group == "" || isNum(group)) {
 		return user, nil
 	}
-	f, err := os.Open(filepath.Join(rootfs, "etc", "passwd"))
-	if err != nil {
-		return "", fmt.Errorf("image user %q: no /etc/passwd in the image to resolve it", user)
+	// The image is hostile: read its passwd through ReadImageFile, which
+	// never leaves the rootfs, never blocks on a FIFO and caps the size.
+	b, err := sandbox.ReadImageFile(rootfs, "/etc/passwd")
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("image user %q: no /etc/passwd in the image to resolve it; use a numeric uid", user)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Split(sc.Text(), ":")
+	if err != nil {
+		return "", fmt.Errorf("image user %q: %w", user, err)
+	}
+	for line := range strings.Lines(string(b)) {
+		fields := strings.Split(strings.TrimRight(line, "\n"), ":")
 		if len(fields) >= 4 && (fields[0] == name || fields[2] == name) {
 			if group == "" {
 				return fields[2] + ":" + fields[3], nil

@@ -23,11 +23,25 @@ type Spec struct {
 	// NetNS is the path of a pinned network namespace prepared by the node
 	// (network package) that all containers join. Empty: a fresh, unconnected one.
 	NetNS string `json:"netns,omitempty"`
-	// StateDir is private to the backend (bundles, pinned ipc/uts, upper dirs).
+	// StateDir is private to the backend (bundles, pinned ipc/uts, the
+	// writable layer).
 	StateDir string `json:"stateDir"`
 	// CgroupParent is the cgroup path under which each container gets its own
 	// cgroup, e.g. "/cube/<id>".
 	CgroupParent string `json:"cgroupParent"`
+	// PidsLimit caps the processes and threads of the whole sandbox: all
+	// its containers and execs together (a fork bomb stops there). 0: the
+	// backend's default.
+	PidsLimit int64 `json:"pidsLimit,omitempty"`
+	// DiskBytes bounds the sandbox's writable layer: all its containers'
+	// writes share it, and a write past it fails with ENOSPC. 0: the
+	// backend's default.
+	DiskBytes int64 `json:"diskBytes,omitempty"`
+	// CacheDir is a node-wide directory, shared by every sandbox of the
+	// node, where the backend may keep files it only ever copies, such as
+	// an empty filesystem image for the writable layer. Empty: none; the
+	// backend makes each from scratch.
+	CacheDir string `json:"cacheDir,omitempty"`
 	// Containers of the instance, started in order.
 	Containers []ContainerSpec `json:"containers"`
 }

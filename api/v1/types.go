@@ -65,6 +65,14 @@ type InstanceSpec struct {
 	Service string `json:"service,omitempty"`
 	// MaxPerNode bounds the replicas of Service on one node (0: no bound).
 	MaxPerNode int `json:"maxPerNode,omitempty"`
+	// Pids caps the processes and threads of the whole instance, all its
+	// containers and execs together: a fork bomb stops there. Default
+	// 1024, from 16 to 16384.
+	Pids int64 `json:"pids,omitempty"`
+	// Disk is the size of the instance's writable layer, shared by its
+	// containers ("1Gi"); a write past it fails with ENOSPC. Default 1Gi,
+	// from 16Mi to 256Gi.
+	Disk string `json:"disk,omitempty"`
 }
 
 // Priority bands, highest first.

@@ -23,6 +23,20 @@ const (
 	MinMemory = 4 << 20
 )
 
+// Bounds of an instance's sandbox (spec.pids, spec.disk).
+const (
+	DefaultPids = 1024
+	// MinPids leaves room for each container's init and a shell; MaxPids
+	// keeps one instance far from a node's pid space (32768 by default).
+	MinPids     = 16
+	MaxPids     = 16384
+	DefaultDisk = "1Gi"
+	// MinDisk is what ext4 needs for itself; MaxDisk bounds what one
+	// instance may claim of a node's disk.
+	MinDisk = 16 << 20
+	MaxDisk = 256 << 30
+)
+
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 var envRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
 var labelKeyRE = regexp.MustCompile(`^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$`)
@@ -43,6 +57,12 @@ func (in *Instance) SetDefaults() {
 	}
 	if in.Spec.Priority == "" {
 		in.Spec.Priority = PriorityProduction
+	}
+	if in.Spec.Pids == 0 {
+		in.Spec.Pids = DefaultPids
+	}
+	if in.Spec.Disk == "" {
+		in.Spec.Disk = DefaultDisk
 	}
 	for i := range in.Spec.Containers {
 		c := &in.Spec.Containers[i]
@@ -108,6 +128,14 @@ func (in *Instance) Validate() error {
 	}
 	if in.Spec.MaxPerNode > 0 && in.Spec.Service == "" {
 		return &FieldError{"spec.maxPerNode", "needs spec.service to name the replicas it bounds"}
+	}
+	if in.Spec.Pids < MinPids || in.Spec.Pids > MaxPids {
+		return &FieldError{"spec.pids", fmt.Sprintf("%d is out of bounds: want %d to %d processes", in.Spec.Pids, MinPids, MaxPids)}
+	}
+	if disk, err := ParseMemory(in.Spec.Disk); err != nil {
+		return &FieldError{"spec.disk", strings.Replace(err.Error(), "memory", "disk", 1)}
+	} else if disk < MinDisk || disk > MaxDisk {
+		return &FieldError{"spec.disk", fmt.Sprintf("%s is out of bounds: want 16Mi to 256Gi", in.Spec.Disk)}
 	}
 	if len(in.Spec.Containers) == 0 {
 		return &FieldError{"spec.containers", "at least one container is required"}

@@ -35,6 +35,15 @@ func TestValidate(t *testing.T) {
 			in.Spec.RestartPolicy, in.Spec.MaxRestarts = RestartOnFailure, -1
 		}, "spec.maxRestarts"},
 		{"max restarts without OnFailure", func(in *Instance) { in.Spec.MaxRestarts = 3 }, "spec.maxRestarts"},
+		{"pids at the bounds", func(in *Instance) { in.Spec.Pids = MaxPids }, ""},
+		{"too few pids", func(in *Instance) { in.Spec.Pids = MinPids - 1 }, "spec.pids"},
+		{"negative pids", func(in *Instance) { in.Spec.Pids = -1 }, "spec.pids"},
+		{"too many pids", func(in *Instance) { in.Spec.Pids = MaxPids + 1 }, "spec.pids"},
+		{"disk at the bound", func(in *Instance) { in.Spec.Disk = "256Gi" }, ""},
+		{"disk too large", func(in *Instance) { in.Spec.Disk = "257Gi" }, "spec.disk"},
+		{"disk too small", func(in *Instance) { in.Spec.Disk = "1Mi" }, "spec.disk"},
+		{"disk not a size", func(in *Instance) { in.Spec.Disk = "lots" }, "spec.disk"},
+		{"negative disk", func(in *Instance) { in.Spec.Disk = "-1Gi" }, "spec.disk"},
 		{"bad port", func(in *Instance) { in.Spec.Containers[0].Ports[0].ContainerPort = 70000 }, "spec.containers[0].ports[0].containerPort"},
 		{"bad env", func(in *Instance) { in.Spec.Containers[0].Env = []EnvVar{{Name: "1X"}} }, "spec.containers[0].env[0].name"},
 		{"duplicate container", func(in *Instance) {
@@ -148,5 +157,19 @@ func TestOpenAPIMatchesTypes(t *testing.T) {
 		if _, ok := doc["paths"].(map[string]any)[p]; !ok {
 			t.Errorf("paths lack %s", p)
 		}
+	}
+}
+
+// TestSandboxDefaults: an instance that leaves spec.pids and spec.disk out
+// gets the defaults, and one that sets them keeps its values.
+func TestSandboxDefaults(t *testing.T) {
+	in := valid()
+	if in.Spec.Pids != DefaultPids || in.Spec.Disk != DefaultDisk {
+		t.Errorf("defaults: pids %d disk %q; want %d and %q", in.Spec.Pids, in.Spec.Disk, DefaultPids, DefaultDisk)
+	}
+	in.Spec.Pids, in.Spec.Disk = 64, "4Gi"
+	in.SetDefaults()
+	if in.Spec.Pids != 64 || in.Spec.Disk != "4Gi" {
+		t.Errorf("after SetDefaults: pids %d disk %q; want 64 and 4Gi kept", in.Spec.Pids, in.Spec.Disk)
 	}
 }

@@ -50,3 +50,48 @@ func writeCgroupFile(dir, name, value string) error {
 	}
 	return nil
 }
+
+// setPidsLimit creates the sandbox's parent cgroup (path, relative to the
+// hierarchy roots) in the pids hierarchy and caps it at limit tasks. The
+// limit covers every container cgroup runc makes below it, and so every
+// exec. On cgroup v1 that is the pids hierarchy; on v2 the unified one,
+// where the pids controller is enabled down from the root as runc does.
+// It fails if no hierarchy has the pids controller: an unbounded sandbox
+// would let a fork bomb take the node.
+func setPidsLimit(path string, limit int64) error {
+	ms, err := cgroupMounts()
+	if err != nil {
+		return err
+	}
+	value := strconv.FormatInt(limit, 10)
+	for _, m := range ms {
+		if m.fstype == "cgroup" && hasOpt(m.superOpts, "pids") {
+			dir := filepath.Join(m.point, path)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return fmt.Errorf("create pids cgroup %s: %w", path, err)
+			}
+			return writeCgroupFile(dir, "pids.max", value)
+		}
+	}
+	for _, m := range ms {
+		if m.fstype != "cgroup2" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(m.point, "cgroup.controllers"))
+		if err != nil || !slices.Contains(strings.Fields(string(b)), "pids") {
+			continue
+		}
+		dir := m.point
+		for part := range strings.SplitSeq(strings.Trim(path, "/"), "/") {
+			if err := writeCgroupFile(dir, "cgroup.subtree_control", "+pids"); err != nil {
+				return err
+			}
+			dir = filepath.Join(dir, part)
+			if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
+				return fmt.Errorf("create cgroup %s: %w", dir, err)
+			}
+		}
+		return writeCgroupFile(dir, "pids.max", value)
+	}
+	return fmt.Errorf("limit the processes of cgroup %s: no cgroup hierarchy has the pids controller (mount it, e.g. /sys/fs/cgroup/pids)", path)
+}

@@ -72,7 +72,7 @@ func buildBusyboxRootFS(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), src, 0o755); err != nil {
 		return err
 	}
-	for _, applet := range strings.Fields("sh echo cat sleep hostname ls id readlink nc tail head tr wc tty stty test true false kill ps env touch seq grep") {
+	for _, applet := range strings.Fields("sh echo cat sleep hostname ls id readlink nc tail head tr wc tty stty test true false kill ps env touch seq grep unshare dd df mkfifo") {
 		if err := os.Symlink("busybox", filepath.Join(dir, "bin", applet)); err != nil {
 			return err
 		}

@@ -2,6 +2,20 @@ package runc
 
 import "log/slog"
 
+// Defaults for a sandbox.Spec that leaves a bound at 0.
+const (
+	// DefaultPidsLimit caps the tasks (processes and threads) of a sandbox:
+	// ample for a service with thread pools, and a fork bomb in one
+	// instance leaves the rest of a node's pid space (32768 by default)
+	// to the others.
+	DefaultPidsLimit = 1024
+	// DefaultDiskBytes is the size of a sandbox's writable layer.
+	DefaultDiskBytes = 1 << 30
+	// MinDiskBytes is the smallest writable layer: ext4 needs a few MiB
+	// for itself.
+	MinDiskBytes = 16 << 20
+)
+
 // Options tune the runc backend. The zero value is usable.
 type Options struct {
 	// Runtime is the runc binary: a path, or a name looked up in PATH.

@@ -1,6 +1,7 @@
 package runc
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,6 +35,8 @@ type runcSandbox struct {
 	resolv string // host resolv.conf to copy
 	files  sharedFiles
 	pins   nsPins   // namespace files this sandbox created
+	disk   disk     // the writable layer of every container
+	pids   int64    // the sandbox's pids limit
 	order  []string // container names in spec order
 	byName map[string]*container
 
@@ -88,6 +91,13 @@ func New(spec sandbox.Spec, opts Options) (sandbox.Sandbox, error) {
 			uts: filepath.Join(spec.StateDir, "ns", "uts"),
 		},
 	}
+	s.disk = disk{
+		file:  filepath.Join(spec.StateDir, "disk.img"),
+		mount: filepath.Join(spec.StateDir, "disk"),
+		size:  cmp.Or(spec.DiskBytes, DefaultDiskBytes),
+		cache: spec.CacheDir,
+	}
+	s.pids = cmp.Or(spec.PidsLimit, DefaultPidsLimit)
 	if spec.NetNS == "" {
 		s.pins.net = filepath.Join(spec.StateDir, "ns", "net")
 	}
@@ -95,11 +105,14 @@ func New(spec sandbox.Spec, opts Options) (sandbox.Sandbox, error) {
 	if netNS == "" {
 		netNS = s.pins.net
 	}
+	// The /etc files are bind-mounted writable into every container: they
+	// live on the sandbox's disk, so that writing to them is bounded too.
+	etc := filepath.Join(s.disk.mount, "etc")
 	s.files = sharedFiles{
 		ipcNS: s.pins.ipc, utsNS: s.pins.uts, netNS: netNS,
-		hosts:      filepath.Join(spec.StateDir, "etc", "hosts"),
-		hostname:   filepath.Join(spec.StateDir, "etc", "hostname"),
-		resolvConf: filepath.Join(spec.StateDir, "etc", "resolv.conf"),
+		hosts:      filepath.Join(etc, "hosts"),
+		hostname:   filepath.Join(etc, "hostname"),
+		resolvConf: filepath.Join(etc, "resolv.conf"),
 		shm:        filepath.Join(spec.StateDir, "shm"),
 	}
 	for _, c := range spec.Containers {
@@ -128,6 +141,15 @@ func validate(spec sandbox.Spec) error {
 	}
 	if len(spec.Containers) == 0 {
 		return fmt.Errorf("sandbox/runc: sandbox %s has no containers", spec.ID)
+	}
+	if spec.CacheDir != "" && !filepath.IsAbs(spec.CacheDir) {
+		return fmt.Errorf("sandbox/runc: sandbox %s: cache dir %q must be an absolute path", spec.ID, spec.CacheDir)
+	}
+	if spec.PidsLimit < 0 {
+		return fmt.Errorf("sandbox/runc: sandbox %s: pids limit %d is negative", spec.ID, spec.PidsLimit)
+	}
+	if spec.DiskBytes != 0 && spec.DiskBytes < MinDiskBytes {
+		return fmt.Errorf("sandbox/runc: sandbox %s: disk of %d bytes is below the minimum of %d", spec.ID, spec.DiskBytes, MinDiskBytes)
 	}
 	seen := map[string]bool{}
 	for _, c := range spec.Containers {
@@ -181,7 +203,7 @@ func (s *runcSandbox) Create(ctx context.Context) (err error) {
 			err = fmt.Errorf("sandbox %s: create: %w", s.spec.ID, err)
 		}
 	}()
-	for _, dir := range []string{s.runc.root, s.runc.logDir, filepath.Dir(s.pins.ipc), filepath.Dir(s.files.hosts), s.files.shm} {
+	for _, dir := range []string{s.runc.root, s.runc.logDir, filepath.Dir(s.pins.ipc), s.files.shm} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
@@ -199,6 +221,14 @@ func (s *runcSandbox) Create(ctx context.Context) (err error) {
 		}
 	}
 	if err := s.removeLeftovers(ctx); err != nil {
+		return err
+	}
+	// Before any container exists: runc's per-container cgroups are made
+	// below this one, so the limit holds from their first process on.
+	if err := setPidsLimit(s.spec.CgroupParent, s.pids); err != nil {
+		return err
+	}
+	if err := s.disk.ensure(ctx); err != nil {
 		return err
 	}
 	if err := s.writeEtc(); err != nil {
@@ -239,6 +269,9 @@ func (s *runcSandbox) writeEtc() error {
 	if err != nil {
 		return err
 	}
+	if err := os.MkdirAll(filepath.Dir(s.files.hosts), 0o755); err != nil {
+		return err
+	}
 	for path, data := range map[string]string{s.files.hosts: hosts, s.files.hostname: name + "\n", s.files.resolvConf: resolv} {
 		if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
 			return err
@@ -273,7 +306,10 @@ func (s *runcSandbox) prepare(c *container, memsw bool) error {
 	if fi, err := os.Stat(c.spec.RootFS); err != nil || !fi.IsDir() {
 		return fmt.Errorf("image rootfs %s is not a directory (was the image mounted?): %v", c.spec.RootFS, err)
 	}
-	upper, work, merged := filepath.Join(c.dir, "upper"), filepath.Join(c.dir, "work"), filepath.Join(c.dir, "rootfs")
+	// The upper and work directories are on the sandbox's disk: its size
+	// bounds what the container writes.
+	layer := filepath.Join(s.disk.mount, "containers", c.spec.Name)
+	upper, work, merged := filepath.Join(layer, "upper"), filepath.Join(layer, "work"), filepath.Join(c.dir, "rootfs")
 	for _, d := range []string{upper, work, merged} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
@@ -331,6 +367,10 @@ func (s *runcSandbox) cleanup(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		cgroups = append(cgroups, c.cgroup)
+	}
+	// After the overlays on it: the unmount releases the loop device.
+	if err := unmountAll(s.disk.mount); err != nil {
+		errs = append(errs, err)
 	}
 	cgroups = append(cgroups, filepath.Clean(s.spec.CgroupParent))
 	if err := removeCgroups(cgroups...); err != nil {

@@ -20,6 +20,12 @@ import (
 // the busybox image; Destroy runs at cleanup (before the temp dir goes).
 func newTestSandbox(t *testing.T, containers ...sandbox.ContainerSpec) (sandbox.Sandbox, sandbox.Spec) {
 	t.Helper()
+	return newTestSandboxWith(t, nil, containers...)
+}
+
+// newTestSandboxWith is newTestSandbox with the spec changed by edit first.
+func newTestSandboxWith(t *testing.T, edit func(*sandbox.Spec), containers ...sandbox.ContainerSpec) (sandbox.Sandbox, sandbox.Spec) {
+	t.Helper()
 	requireRunc(t)
 	id := randomID(t)
 	for i := range containers {
@@ -31,6 +37,9 @@ func newTestSandbox(t *testing.T, containers ...sandbox.ContainerSpec) (sandbox.
 		StateDir:     filepath.Join(t.TempDir(), "state"),
 		CgroupParent: "/cube-test/" + id,
 		Containers:   containers,
+	}
+	if edit != nil {
+		edit(&spec)
 	}
 	sb, err := New(spec, Options{Logger: testLogger(t)})
 	if err != nil {
@@ -418,7 +427,7 @@ func TestCreateRunsNothingOfTheImage(t *testing.T) {
 		t.Errorf("processes in the container's cgroup after Create = %v; want runc's waiting init alone", procs)
 	}
 	time.Sleep(200 * time.Millisecond)
-	marker := filepath.Join(spec.StateDir, "containers", "c", "upper", "ran")
+	marker := filepath.Join(spec.StateDir, "disk", "containers", "c", "upper", "ran")
 	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the command ran before Start: stat %s = %v", marker, err)
 	}

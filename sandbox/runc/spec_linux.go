@@ -1,13 +1,16 @@
 package runc
 
 import (
-	"bufio"
+	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
+	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -20,21 +23,31 @@ const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 // cpuPeriod is the CFS period every container gets; the quota scales with it.
 const cpuPeriod = 100000
 
-// defaultCaps is docker's default capability set.
+// defaultCaps is docker's default capability set without CAP_NET_RAW:
+// raw sockets let a tenant forge packets (ARP and IP spoofing, and SYNs to
+// the host's 127.0.0.1 through a bridge with route_localnet, the
+// CVE-2020-8558 class), and nothing a service needs requires them.
 var defaultCaps = []string{
 	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
-	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
 	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 }
 
-// maskedPaths and readonlyPaths are runc's (and docker's) defaults.
+// maskedPaths and readonlyPaths are Docker's current defaults (a superset
+// of runc's spec example): /proc/interrupts and each CPU's thermal_throttle
+// were added for GHSA-6fw5-f8r9-fgfm, powercap for GHSA-jq35-85cj-fj4p
+// (the Platypus power side channel).
 var (
-	maskedPaths = []string{
-		"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
-		"/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-		"/proc/sched_debug", "/proc/scsi", "/sys/firmware",
-		"/sys/devices/virtual/powercap",
-	}
+	maskedPaths = sync.OnceValue(func() []string {
+		paths := []string{
+			"/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore",
+			"/proc/keys", "/proc/latency_stats", "/proc/sched_debug",
+			"/proc/scsi", "/proc/timer_list", "/proc/timer_stats",
+			"/sys/devices/virtual/powercap", "/sys/firmware",
+		}
+		cpus, _ := filepath.Glob("/sys/devices/system/cpu/cpu[0-9]*/thermal_throttle")
+		return append(paths, cpus...)
+	})
 	readonlyPaths = []string{
 		"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 	}
@@ -73,6 +86,9 @@ func ociSpec(sb sandbox.Spec, c sandbox.ContainerSpec, f sharedFiles, memsw bool
 				Bounding: caps, Effective: caps, Permitted: caps,
 			},
 			Rlimits: []specs.POSIXRlimit{nofile()},
+			// No setuid binary or file capability of the image raises
+			// privileges; exec inherits this process spec.
+			NoNewPrivileges: true,
 		},
 		Mounts: standardMounts(f),
 		Linux: &specs.Linux{
@@ -84,11 +100,32 @@ func ociSpec(sb sandbox.Spec, c sandbox.ContainerSpec, f sharedFiles, memsw bool
 				{Type: specs.IPCNamespace, Path: f.ipcNS},
 				{Type: specs.UTSNamespace, Path: f.utsNS},
 			},
+			// Without CAP_NET_RAW, ping needs ICMP datagram sockets, which
+			// build their own headers and so cannot spoof (Docker's default
+			// since it dropped CAP_NET_RAW). The value is per network
+			// namespace: the instance's own.
+			Sysctl:        map[string]string{"net.ipv4.ping_group_range": "0 2147483647"},
 			Resources:     resources(c, memsw),
-			MaskedPaths:   maskedPaths,
+			MaskedPaths:   maskedPaths(),
 			ReadonlyPaths: readonlyPaths,
 		},
 	}
+	// Docker's default profile, tailored to the capability set (it lets
+	// through the syscalls a granted capability covers, e.g. chroot for
+	// CAP_SYS_CHROOT). runc applies the container's filter to every
+	// `runc exec` too.
+	sec, err := seccomp.GetDefaultProfile(s)
+	if err != nil {
+		return nil, fmt.Errorf("build the default seccomp profile: %w", err)
+	}
+	// Docker's profile also covers the x32 ABI on amd64. Without it the
+	// filter runc compiles at every create and exec is a third smaller
+	// (measured: 56 ms of CPU for runc run with it, 43 ms without, 30 ms
+	// with no filter), and an x32 syscall kills the thread where it would
+	// have been allowed: no image uses that ABI, and most kernels (this
+	// one too) have it off. The i386 ABI keeps Docker's rules.
+	sec.Architectures = slices.DeleteFunc(sec.Architectures, func(a specs.Arch) bool { return a == specs.ArchX32 })
+	s.Linux.Seccomp = sec
 	return s, nil
 }
 
@@ -228,24 +265,34 @@ func parseUser(user, rootfs string) (uint32, uint32, error) {
 		}
 		return uint32(uid), uint32(gid), nil
 	}
-	return uint32(uid), primaryGID(rootfs, uint32(uid)), nil
+	gid, err := primaryGID(rootfs, uint32(uid))
+	if err != nil {
+		return 0, 0, fmt.Errorf("user %q: %w", user, err)
+	}
+	return uint32(uid), gid, nil
 }
 
-func primaryGID(rootfs string, uid uint32) uint32 {
-	f, err := os.Open(filepath.Join(rootfs, "etc", "passwd"))
-	if err != nil {
-		return 0
+// primaryGID looks uid up in the image's /etc/passwd, read through
+// sandbox.ReadImageFile (the image is hostile: a link out of it, a FIFO or
+// a huge file is refused). No /etc/passwd, or no entry, means gid 0, as
+// in runc and Docker.
+func primaryGID(rootfs string, uid uint32) (uint32, error) {
+	b, err := sandbox.ReadImageFile(rootfs, "/etc/passwd")
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Split(sc.Text(), ":")
-		if len(fields) < 4 || fields[2] != strconv.FormatUint(uint64(uid), 10) {
+	if err != nil {
+		return 0, err
+	}
+	want := strconv.FormatUint(uint64(uid), 10)
+	for line := range strings.Lines(string(b)) {
+		fields := strings.Split(strings.TrimRight(line, "\n"), ":")
+		if len(fields) < 4 || fields[2] != want {
 			continue
 		}
 		if gid, err := strconv.ParseUint(fields[3], 10, 32); err == nil {
-			return uint32(gid)
+			return uint32(gid), nil
 		}
 	}
-	return 0
+	return 0, nil
 }
