@@ -178,7 +178,9 @@ type InstanceStatus struct {
 
 // Preemption records why and when an instance was preempted.
 type Preemption struct {
-	// By is "tenant/name" of the instance that takes the room.
+	// By names the instance that takes the room when it belongs to the
+	// same tenant; it is empty when another tenant's instance does (no
+	// tenant learns another's names).
 	By      string    `json:"by"`
 	Message string    `json:"message"`
 	At      time.Time `json:"at"`
