@@ -19,6 +19,14 @@ func (s *Server) proxyToNode(kind string) http.HandlerFunc {
 			writeError(w, err)
 			return
 		}
+		if kind == "exec" || r.URL.Query().Get("follow") == "true" {
+			release, err := s.streams.acquire(r, "log follow or exec session")
+			if err != nil {
+				writeError(w, err)
+				return
+			}
+			defer release()
+		}
 		in, err := s.lookupInstance(r)
 		if err != nil {
 			writeError(w, err)

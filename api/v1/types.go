@@ -347,6 +347,16 @@ type TenantRequest struct {
 	Weight float64 `json:"weight,omitempty"`
 	// Quotas per priority band; a band without an entry is unlimited.
 	Quotas map[string]Quota `json:"quotas,omitempty"`
+	// AllowPriorities grants bands above production ("system").
+	AllowPriorities []string `json:"allowPriorities,omitempty"`
+	// AllowTolerations grants tolerations by taint key ("*": any key).
+	AllowTolerations []string `json:"allowTolerations,omitempty"`
+	// MaxInstances bounds the tenant's stored instances, Pending and
+	// finished ones included (0: the server's default, 100).
+	MaxInstances int `json:"maxInstances,omitempty"`
+	// TokenTTL is the first token's lifetime ("8760h" by default; "0":
+	// it never expires).
+	TokenTTL string `json:"tokenTTL,omitempty"`
 }
 
 // Quota limits what a tenant may hold in one band at once (admitted, not
@@ -361,4 +371,8 @@ type Quota struct {
 type TenantToken struct {
 	Name  string `json:"name"`
 	Token string `json:"token"`
+	// ID names the token in `cube token ls` and `cube token revoke`.
+	ID string `json:"id,omitempty"`
+	// Expires is when the token stops working; absent: never.
+	Expires *time.Time `json:"expires,omitempty"`
 }

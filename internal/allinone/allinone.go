@@ -127,7 +127,8 @@ func Start(ctx context.Context, cfg Config) (p *Platform, err error) {
 		}},
 		{"apiserver", func() error {
 			var err error
-			api, err = apiserver.New(apiserver.Config{Listen: cfg.Listen, Store: st, Images: images, Log: cfg.Log})
+			api, err = apiserver.New(apiserver.Config{Listen: cfg.Listen, Store: st, Images: images, Log: cfg.Log,
+				ReservedPorts: apiserver.PortsOf(cfg.Listen, cfg.NodeListen)})
 			if err != nil {
 				return err
 			}
