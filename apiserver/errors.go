@@ -26,7 +26,7 @@ func httpError(err error) (int, v1.ErrorDetail) {
 		return status, d
 	case errors.As(err, &tooLarge):
 		return http.StatusRequestEntityTooLarge, v1.ErrorDetail{Code: "TooLarge", Message: fmt.Sprintf(
-			"request body is larger than this endpoint's limit of %s: send less (a smaller spec, fewer or shorter env vars and args)", byteSize(tooLarge.Limit))}
+			"request body is larger than this endpoint's limit of %s: send a smaller one (for an instance: fewer or shorter env vars, args and labels)", byteSize(tooLarge.Limit))}
 	case isNoSpace(err):
 		return http.StatusServiceUnavailable, v1.ErrorDetail{Code: "Unavailable", Message: noSpaceMessage}
 	case errors.As(err, &fe):
