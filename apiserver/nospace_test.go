@@ -14,34 +14,15 @@ import (
 	"github.com/cube-platform/cube/store"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // TestNoSpace503: once etcd raises its NOSPACE alarm (a real embedded etcd
 // with a tiny backend quota, filled for real), writes are answered 503
 // with what the operator must do, reads still work, and nothing crashes.
 func TestNoSpace503(t *testing.T) {
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.Logger, cfg.LogLevel = "zap", "fatal"
-	cfg.QuotaBackendBytes = 2 << 20
-	cu := url.URL{Scheme: "http", Host: freeAddr(t)}
-	pu := url.URL{Scheme: "http", Host: freeAddr(t)}
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(60 * time.Second):
-		t.Fatal("etcd did not become ready in 60s")
-	}
-	cli := v3client.New(e.Server)
-	t.Cleanup(func() { cli.Close() })
+	e, cli := startEtcd(t, 2<<20)
 	ss := newSecServerOn(t, store.New(cli), nil)
 	acme := ss.tenant(v1.TenantRequest{Name: "acme"})
 	ss.must(http.StatusCreated, acme, "POST", "/v1/instances", inst("before", nil))
@@ -74,6 +55,41 @@ func TestNoSpace503(t *testing.T) {
 		t.Errorf("etcd failed: %v", err)
 	default:
 	}
+}
+
+// startEtcd starts an etcd of its own (quota: its backend quota, 0 for
+// etcd's default) and returns it with a gRPC client over loopback TCP.
+// Unlike the in-process v3client, a real gRPC stream does not deadlock
+// when many watches end at once (the v3client adapter's unbuffered
+// channels do: its run loop blocks sending a cancel while the server
+// blocks sending an event back).
+func startEtcd(t *testing.T, quota int64) (*embed.Etcd, *clientv3.Client) {
+	t.Helper()
+	cfg := embed.NewConfig()
+	cfg.Dir = t.TempDir()
+	cfg.Logger, cfg.LogLevel = "zap", "fatal"
+	cfg.QuotaBackendBytes = quota
+	cu := url.URL{Scheme: "http", Host: freeAddr(t)}
+	pu := url.URL{Scheme: "http", Host: freeAddr(t)}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(60 * time.Second):
+		t.Fatal("etcd did not become ready in 60s")
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cu.String()}, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return e, cli
 }
 
 func freeAddr(t *testing.T) string {

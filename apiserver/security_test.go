@@ -476,7 +476,8 @@ func TestObjectQuotaCountsPending(t *testing.T) {
 // TestStreamCap: a tenant's 33rd concurrent watch is 429 while another
 // tenant's watch still works; ending one frees its slot.
 func TestStreamCap(t *testing.T) {
-	ss := newSecServer(t, nil)
+	_, cli := startEtcd(t, 0)
+	ss := newSecServerOn(t, store.New(cli), nil)
 	acme := ss.tenant(v1.TenantRequest{Name: "acme"})
 	other := ss.tenant(v1.TenantRequest{Name: "other"})
 	hs := httptest.NewServer(ss.srv.Handler())
