@@ -13,8 +13,8 @@ import (
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/store"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"go.etcd.io/etcd/server/v3/embed"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
 
