@@ -17,6 +17,9 @@ const (
 	// DefaultMaxStreams bounds a tenant's open watches, waits, log follows
 	// and exec sessions.
 	DefaultMaxStreams = 32
+	// DefaultMaxTokens bounds a tenant's tokens (each is an etcd key that
+	// every request may read).
+	DefaultMaxTokens = 64
 )
 
 // checkGrants refuses what only the admin can grant: bands above

@@ -572,3 +572,22 @@ func TestHostPortPolicy(t *testing.T) {
 		t.Errorf("ephemeralRange() = %v; want a range above 1024", r)
 	}
 }
+
+// TestTokenMintingBounds: a tenant's token cannot mint one that outlives
+// it, nor more tokens than the bound.
+func TestTokenMintingBounds(t *testing.T) {
+	ss := newSecServer(t, func(c *Config) { c.MaxTokens = 4 })
+	ss.tenant(v1.TenantRequest{Name: "acme"})
+	var day v1.Token
+	_ = json.Unmarshal(ss.must(http.StatusCreated, ss.admin, "POST", "/v1/tokens", v1.TokenRequest{Tenant: "acme", TTL: "24h"}).body, &day)
+	wantRefusal(t, ss.do(day.Token, "POST", "/v1/tokens", v1.TokenRequest{TTL: "0"}), http.StatusForbidden, "ttl", "may not outlive")
+	wantRefusal(t, ss.do(day.Token, "POST", "/v1/tokens", v1.TokenRequest{TTL: "48h"}), http.StatusForbidden, "ttl", "may not outlive")
+	var child v1.Token
+	_ = json.Unmarshal(ss.must(http.StatusCreated, day.Token, "POST", "/v1/tokens", v1.TokenRequest{}).body, &child)
+	if child.Expires == nil || !child.Expires.Equal(*day.Expires) {
+		t.Errorf("a default token minted by a 24h token expires %v; want with it at %v", child.Expires, day.Expires)
+	}
+	ss.must(http.StatusCreated, day.Token, "POST", "/v1/tokens", v1.TokenRequest{TTL: "1h"}) // the 4th
+	wantRefusal(t, ss.do(day.Token, "POST", "/v1/tokens", v1.TokenRequest{TTL: "1h"}), http.StatusTooManyRequests, "", "tenant acme has 4 tokens")
+	wantRefusal(t, ss.do(ss.admin, "POST", "/v1/tokens", v1.TokenRequest{Tenant: "acme"}), http.StatusTooManyRequests, "", "revoke unused ones")
+}

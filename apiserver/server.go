@@ -46,6 +46,8 @@ type Config struct {
 	// MaxStreams bounds each tenant's concurrent watches, waits, log
 	// follows and exec sessions (default DefaultMaxStreams).
 	MaxStreams int
+	// MaxTokens bounds each tenant's tokens (default DefaultMaxTokens).
+	MaxTokens int
 }
 
 // Validate checks the config.
@@ -67,6 +69,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxStreams == 0 {
 		c.MaxStreams = DefaultMaxStreams
+	}
+	if c.MaxTokens == 0 {
+		c.MaxTokens = DefaultMaxTokens
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/errdefs"
@@ -72,6 +73,25 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 	tok := store.Token{Tenant: req.Tenant, Role: store.RoleTenant, Scope: store.Scope(req.Scope), Created: now}
 	if ttl > 0 {
 		tok.Expires = now.Add(ttl)
+	}
+	// A tenant's token cannot outlive the token that mints it: otherwise
+	// a token about to expire (or leaked for a day) would mint one that
+	// never does. Without an explicit ttl the new one expires with it.
+	if !isAdmin(c) && !c.Expires.IsZero() && (tok.Expires.IsZero() || tok.Expires.After(c.Expires)) {
+		if req.TTL != "" {
+			writeError(w, fieldErr(errdefs.ErrForbidden, "ttl", "a token may not outlive the token that mints it (which expires at %s): ask the admin for a longer one", c.Expires.UTC().Format(time.RFC3339)))
+			return
+		}
+		tok.Expires = c.Expires
+	}
+	have, err := s.store.ListTokens(r.Context(), req.Tenant)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if len(have) >= s.cfg.MaxTokens {
+		writeError(w, fmt.Errorf("%w: tenant %s has %d tokens, the most allowed: revoke unused ones with `cube token revoke ID` (see `cube token ls`)", errdefs.ErrQuotaExceeded, req.Tenant, len(have)))
+		return
 	}
 	plain, err := s.store.CreateToken(r.Context(), tok)
 	if err != nil {
