@@ -359,3 +359,23 @@ func TestHostPortConflictNamesNoOtherTenant(t *testing.T) {
 		t.Errorf("%d instances pending on the port; want 1", pending)
 	}
 }
+
+// TestPreemptorNamesNoOtherTenant: Preemption.By, which the victim's
+// tenant reads, names the preemptor only within one tenant.
+func TestPreemptorNamesNoOtherTenant(t *testing.T) {
+	for _, tt := range []struct{ preemptor, victimTenant, want string }{
+		{"acme/vip", "acme", "vip"},
+		{"acme/vip", "other", ""},
+		{"acme/vip", "acm", ""},
+	} {
+		if got := preemptorFor(tt.preemptor, tt.victimTenant); got != tt.want {
+			t.Errorf("preemptorFor(%q, %q) = %q; want %q", tt.preemptor, tt.victimTenant, got, tt.want)
+		}
+	}
+	if got := holderFor("acme/db", "other/web"); got != "another instance" {
+		t.Errorf("holderFor(another tenant's) = %q; want another instance", got)
+	}
+	if got := holderFor("acme/db", "acme/web"); got != "instance db" {
+		t.Errorf("holderFor(own tenant's) = %q; want instance db", got)
+	}
+}
