@@ -23,7 +23,7 @@ import (
 // the test moves and an admin token, for the misuse tests: each test makes
 // the misuse for real through the handler and reads the answer.
 type secServer struct {
-	t     *testing.T
+	t     testing.TB
 	st    *store.Store
 	srv   *Server
 	admin string
@@ -31,7 +31,7 @@ type secServer struct {
 	now   time.Time // protected by mu
 }
 
-func newSecServer(t *testing.T, edit func(*Config)) *secServer {
+func newSecServer(t testing.TB, edit func(*Config)) *secServer {
 	t.Helper()
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -43,7 +43,7 @@ func newSecServer(t *testing.T, edit func(*Config)) *secServer {
 	return newSecServerOn(t, store.New(e.Client), edit)
 }
 
-func newSecServerOn(t *testing.T, st *store.Store, edit func(*Config)) *secServer {
+func newSecServerOn(t testing.TB, st *store.Store, edit func(*Config)) *secServer {
 	t.Helper()
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
