@@ -1,11 +1,15 @@
 package apiserver
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 
+	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/store"
 )
@@ -26,6 +30,12 @@ func (s *Server) proxyToNode(kind string) http.HandlerFunc {
 				return
 			}
 			defer release()
+		}
+		if kind == "exec" {
+			if err := checkExecBody(r); err != nil {
+				writeError(w, err)
+				return
+			}
 		}
 		in, err := s.lookupInstance(r)
 		if err != nil {
@@ -63,4 +73,24 @@ func (s *Server) proxyToNode(kind string) http.HandlerFunc {
 		}
 		rp.ServeHTTP(w, r)
 	}
+}
+
+// checkExecBody reads the exec request (bounded by the route), refuses
+// NUL bytes and oversized commands as instance specs are refused, and
+// puts the bytes back for the node.
+func checkExecBody(r *http.Request) error {
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		return err // a *http.MaxBytesError is a 413
+	}
+	var req v1.ExecRequest
+	if err := json.Unmarshal(b, &req); err != nil {
+		return fmt.Errorf("%w: exec request is not a valid object: %v", errdefs.ErrInvalid, err)
+	}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.ContentLength = int64(len(b))
+	return nil
 }

@@ -591,3 +591,16 @@ func TestTokenMintingBounds(t *testing.T) {
 	wantRefusal(t, ss.do(day.Token, "POST", "/v1/tokens", v1.TokenRequest{TTL: "1h"}), http.StatusTooManyRequests, "", "tenant acme has 4 tokens")
 	wantRefusal(t, ss.do(ss.admin, "POST", "/v1/tokens", v1.TokenRequest{Tenant: "acme"}), http.StatusTooManyRequests, "", "revoke unused ones")
 }
+
+// TestExecBounds: an exec request with a NUL byte or an oversized command
+// is refused before anything reaches a node; a sound one goes on (to the
+// 404 of an instance that does not exist).
+func TestExecBounds(t *testing.T) {
+	ss := newSecServer(t, nil)
+	acme := ss.tenant(v1.TenantRequest{Name: "acme"})
+	wantRefusal(t, ss.do(acme, "POST", "/v1/instances/web/exec", v1.ExecRequest{Command: []string{"sh", "-c\x00"}}), 422, "command[1]", "NUL")
+	wantRefusal(t, ss.do(acme, "POST", "/v1/instances/web/exec", v1.ExecRequest{Command: []string{"sh"}, Env: []string{"A=\x00"}}), 422, "env[0]", "NUL")
+	wantRefusal(t, ss.do(acme, "POST", "/v1/instances/web/exec", v1.ExecRequest{Command: make([]string, 1025)}), 422, "command", "at most 1024")
+	wantRefusal(t, ss.do(acme, "POST", "/v1/instances/web/exec", []byte(`{"command":["`+strings.Repeat("x", maxExecBody)+`"]}`)), 413, "", "256 KiB")
+	wantRefusal(t, ss.do(acme, "POST", "/v1/instances/web/exec", v1.ExecRequest{Command: []string{"sh"}}), 404, "", "not found")
+}

@@ -166,3 +166,28 @@ func findNUL(v reflect.Value, at string) string {
 	}
 	return ""
 }
+
+// Validate bounds an exec request as a container's command is bounded.
+func (e *ExecRequest) Validate() error {
+	if f := findNUL(reflect.ValueOf(*e), "exec"); f != "" {
+		return &FieldError{strings.TrimPrefix(f, "exec."), "contains a NUL byte, which no name, value or path may hold"}
+	}
+	if len(e.Command) == 0 {
+		return &FieldError{"command", "a command is required"}
+	}
+	size := 0
+	for _, a := range e.Command {
+		size += len(a)
+	}
+	if len(e.Command) > MaxArgs || size > MaxArgBytes {
+		return &FieldError{"command", fmt.Sprintf("%d items, %d bytes; at most %d items and %d KiB are allowed", len(e.Command), size, MaxArgs, MaxArgBytes>>10)}
+	}
+	size = 0
+	for _, kv := range e.Env {
+		size += len(kv)
+	}
+	if len(e.Env) > MaxEnv || size > MaxEnvBytes {
+		return &FieldError{"env", fmt.Sprintf("%d variables, %d bytes; at most %d and %d KiB are allowed", len(e.Env), size, MaxEnv, MaxEnvBytes>>10)}
+	}
+	return nil
+}
