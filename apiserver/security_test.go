@@ -506,7 +506,7 @@ func TestStreamCap(t *testing.T) {
 			t.Fatalf("watch %d = %d; want 200", i+1, resp.StatusCode)
 		}
 	}
-	for _, p := range append(paths, "/v1/instances/none/wait?state=running") {
+	for _, p := range append(paths, "/v1/instances/none/wait?state=running", "/v1/instances/none/logs?follow=true") {
 		resp, cancel := open(acme, p)
 		body, _ := io.ReadAll(resp.Body)
 		cancel()
