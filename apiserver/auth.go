@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/store"
@@ -31,12 +32,22 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			writeError(w, fmt.Errorf("%w: missing bearer token: set CUBE_TOKEN or run `cube up` to write a client config", errdefs.ErrUnauthorized))
 			return
 		}
+		// No cache: every request reads the token, so a revocation holds
+		// from the very next request.
 		tok, err := s.store.LookupToken(r.Context(), plain)
 		if err != nil {
 			if err == errdefs.ErrUnauthorized {
-				err = fmt.Errorf("%w: the token is not valid (was the data dir reset? re-run `cube up` to write a new client config)", errdefs.ErrUnauthorized)
+				err = fmt.Errorf("%w: the token is not valid: it was revoked, or the data dir was reset (ask the admin for a new one, or re-run `cube up` to write a new client config)", errdefs.ErrUnauthorized)
 			}
 			writeError(w, err)
+			return
+		}
+		if !tok.Expires.IsZero() && !s.cfg.Now().Before(tok.Expires) {
+			writeError(w, fmt.Errorf("%w: token %s expired at %s: ask the admin for a new one (`cube token create --tenant %s`)", errdefs.ErrUnauthorized, tok.ID, tok.Expires.UTC().Format(time.RFC3339), tok.Tenant))
+			return
+		}
+		if tok.EffectiveScope() == store.ScopeReadOnly && r.Method != http.MethodGet && r.Method != http.MethodHead {
+			writeError(w, fmt.Errorf("%w: token %s is read-only: it may only read (GET); use a token of scope tenant to change anything", errdefs.ErrForbidden, tok.ID))
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller{tok})))
@@ -60,6 +71,19 @@ func tenantOf(r *http.Request) (string, error) {
 func requireRole(r *http.Request, role store.Role) error {
 	if callerFrom(r.Context()).Role != role {
 		return fmt.Errorf("%w: this call is for %s tokens", errdefs.ErrForbidden, role)
+	}
+	return nil
+}
+
+// isAdmin: the caller may manage tenants and tokens (an admin-scoped
+// token of the admin tenant).
+func isAdmin(c caller) bool {
+	return c.Role == store.RoleTenant && c.Tenant == AdminTenant && c.EffectiveScope() == store.ScopeAdmin
+}
+
+func requireAdmin(r *http.Request, what string) error {
+	if !isAdmin(callerFrom(r.Context())) {
+		return fmt.Errorf("%w: only an admin token of the %s tenant can %s", errdefs.ErrForbidden, AdminTenant, what)
 	}
 	return nil
 }

@@ -54,6 +54,12 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 			writeError(w, fmt.Errorf("%w: continue does not apply to watch=true: watch from the resourceVersion of the list instead", errdefs.ErrInvalid))
 			return
 		}
+		release, err := s.streams.acquire(r, "watch")
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		defer release()
 		streamWatch(w, r, events, prefix, func(ev store.Event[*v1.Event]) bool {
 			// Events only come and expire: an expiry is not news.
 			return ev.Type == v1.EventAdded && keep(ev.Object)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sort"
 	"strings"
@@ -17,13 +16,16 @@ import (
 	"github.com/cube-platform/cube/store"
 )
 
-// maxBody bounds JSON request bodies.
-const maxBody = 1 << 20
-
+// decodeBody reads one JSON object: within the route's limitBody, and
+// never more than maxBody.
 func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return err
+		}
 		return fmt.Errorf("%w: request body is not a valid object: %v", errdefs.ErrInvalid, err)
 	}
 	return nil
@@ -51,6 +53,19 @@ func (s *Server) createInstance(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	t, err := s.tenantRecord(r, tenant)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := checkGrants(t, &in); err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := s.checkHostPorts(tenant, &in); err != nil {
+		writeError(w, err)
+		return
+	}
 	for i := range in.Spec.Containers {
 		if err := s.resolveImage(r, tenant, i, &in.Spec.Containers[i]); err != nil {
 			writeError(w, err)
@@ -67,7 +82,7 @@ func (s *Server) createInstance(w http.ResponseWriter, r *http.Request) {
 	in.Metadata.CreationTimestamp = now
 	in.Metadata.DeletionTimestamp = nil
 	in.Status = v1.InstanceStatus{Phase: v1.PhasePending}
-	if err := s.admit(r.Context(), &in); err != nil {
+	if err := s.admit(r.Context(), t, &in); err != nil {
 		if errors.Is(err, errdefs.ErrAlreadyExists) {
 			err = fmt.Errorf("%w: instance %q already exists; pick another --name or remove it with `cube rm %s`", errdefs.ErrAlreadyExists, in.Metadata.Name, in.Metadata.Name)
 		}

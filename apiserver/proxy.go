@@ -1,8 +1,11 @@
 package apiserver
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -10,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/store"
 )
@@ -22,6 +26,20 @@ func (s *Server) proxyToNode(kind string) http.HandlerFunc {
 		if err := requireRole(r, store.RoleTenant); err != nil {
 			writeError(w, err)
 			return
+		}
+		if kind == "exec" || r.URL.Query().Get("follow") == "true" {
+			release, err := s.streams.acquire(r, "log follow or exec session")
+			if err != nil {
+				writeError(w, err)
+				return
+			}
+			defer release()
+		}
+		if kind == "exec" {
+			if err := checkExecBody(r); err != nil {
+				writeError(w, err)
+				return
+			}
 		}
 		in, err := s.lookupInstance(r)
 		if err != nil {
@@ -95,4 +113,24 @@ func (s *Server) nodeSocket(path string) (http.RoundTripper, error) {
 	}
 	got, _ := s.nodeTransports.LoadOrStore(path, t)
 	return got.(http.RoundTripper), nil
+}
+
+// checkExecBody reads the exec request (bounded by the route), refuses
+// NUL bytes and oversized commands as instance specs are refused, and
+// puts the bytes back for the node.
+func checkExecBody(r *http.Request) error {
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		return err // a *http.MaxBytesError is a 413
+	}
+	var req v1.ExecRequest
+	if err := json.Unmarshal(b, &req); err != nil {
+		return fmt.Errorf("%w: exec request is not a valid object: %v", errdefs.ErrInvalid, err)
+	}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.ContentLength = int64(len(b))
+	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -44,6 +45,22 @@ type Config struct {
 	// instance network), on top of loopback, link-local and this host's
 	// and the nodes' addresses.
 	RegistryDeny []netip.Prefix
+	// ReservedPorts are ports the platform listens on (the API, a node
+	// agent's); no instance may publish them as host ports.
+	ReservedPorts []int
+	// EphemeralPorts is the host's ephemeral range, refused as host ports;
+	// zero reads /proc/sys/net/ipv4/ip_local_port_range (32768-60999 when
+	// it cannot).
+	EphemeralPorts [2]int
+	// MaxInstances bounds each tenant's stored instances, Pending and
+	// finished ones included, unless the tenant has its own bound
+	// (default DefaultMaxInstances).
+	MaxInstances int
+	// MaxStreams bounds each tenant's concurrent watches, waits, log
+	// follows and exec sessions (default DefaultMaxStreams).
+	MaxStreams int
+	// MaxTokens bounds each tenant's tokens (default DefaultMaxTokens).
+	MaxTokens int
 }
 
 // Validate checks the config.
@@ -62,6 +79,18 @@ func (c *Config) Validate() error {
 	if c.NodeTTL == 0 {
 		c.NodeTTL = 15 * time.Second
 	}
+	if c.EphemeralPorts == [2]int{} {
+		c.EphemeralPorts = ephemeralRange()
+	}
+	if c.MaxInstances == 0 {
+		c.MaxInstances = DefaultMaxInstances
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = DefaultMaxStreams
+	}
+	if c.MaxTokens == 0 {
+		c.MaxTokens = DefaultMaxTokens
+	}
 	return nil
 }
 
@@ -76,6 +105,8 @@ type Server struct {
 	leases *leaseTable
 	// nodeTransports caches one transport per node socket path.
 	nodeTransports sync.Map
+	// streams counts each tenant's open long-lived requests.
+	streams *streamLimiter
 }
 
 // New builds a server; Start serves it.
@@ -83,7 +114,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, store: cfg.Store, log: cfg.Log.With("component", "apiserver"), errc: make(chan error, 1), leases: newLeaseTable()}
+	s := &Server{cfg: cfg, store: cfg.Store, log: cfg.Log.With("component", "apiserver"), errc: make(chan error, 1), leases: newLeaseTable(), streams: newStreamLimiter(cfg.MaxStreams)}
 	s.srv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
@@ -97,20 +128,27 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/openapi.json", s.openapi)
 
 	api := http.NewServeMux()
-	api.HandleFunc("POST /v1/instances", s.createInstance)
+	api.HandleFunc("POST /v1/instances", limitBody(maxBody, s.createInstance))
 	api.HandleFunc("GET /v1/instances", s.listInstances)
 	api.HandleFunc("GET /v1/instances/{name}", s.getInstance)
 	api.HandleFunc("DELETE /v1/instances/{name}", s.deleteInstance)
-	api.HandleFunc("PUT /v1/instances/{name}/status", s.updateInstanceStatus)
+	api.HandleFunc("PUT /v1/instances/{name}/status", limitBody(maxBody, s.updateInstanceStatus))
 	api.HandleFunc("GET /v1/instances/{name}/wait", s.waitInstance)
 	api.HandleFunc("GET /v1/instances/{name}/logs", s.proxyToNode("logs"))
-	api.HandleFunc("POST /v1/instances/{name}/exec", s.proxyToNode("exec"))
+	api.HandleFunc("POST /v1/instances/{name}/exec", limitBody(maxExecBody, s.proxyToNode("exec")))
 	api.HandleFunc("GET /v1/events", s.listEvents)
 	api.HandleFunc("GET /v1/nodes", s.listNodes)
 	api.HandleFunc("GET /v1/nodes/{name}", s.getNode)
-	api.HandleFunc("PUT /v1/nodes/{name}", s.registerNode)
-	api.HandleFunc("POST /v1/nodes/{name}/heartbeat", s.heartbeat)
-	api.HandleFunc("POST /v1/tenants", s.createTenant)
+	api.HandleFunc("PUT /v1/nodes/{name}", limitBody(maxBody, s.registerNode))
+	api.HandleFunc("POST /v1/nodes/{name}/heartbeat", limitBody(maxSmallBody, s.heartbeat))
+	api.HandleFunc("POST /v1/tenants", limitBody(maxSmallBody, s.createTenant))
+	api.HandleFunc("GET /v1/tenants", s.listTenants)
+	api.HandleFunc("GET /v1/tenants/{name}", s.getTenant)
+	api.HandleFunc("PATCH /v1/tenants/{name}", limitBody(maxSmallBody, s.updateTenant))
+	api.HandleFunc("DELETE /v1/tenants/{name}", s.deleteTenant)
+	api.HandleFunc("POST /v1/tokens", limitBody(maxSmallBody, s.createToken))
+	api.HandleFunc("GET /v1/tokens", s.listTokens)
+	api.HandleFunc("DELETE /v1/tokens/{id}", s.revokeToken)
 	api.HandleFunc("GET /v1/images", s.listImages)
 	api.HandleFunc("POST /v1/images/import", s.importImage)
 	api.HandleFunc("POST /v1/images/pull", s.pullImage)
@@ -125,6 +163,9 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w (is another `cube up` running? pick another --listen)", s.cfg.Listen, err)
 	}
 	s.ln = ln
+	// The server's own port is the platform's too (when Listen asked
+	// for any free port, it is known only now).
+	s.cfg.ReservedPorts = append(s.cfg.ReservedPorts, PortsOf(ln.Addr().String())...)
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.errc <- err
@@ -148,4 +189,20 @@ func (s *Server) Close() error {
 		return s.srv.Close()
 	}
 	return nil
+}
+
+// PortsOf returns the TCP ports of addresses ("host:port"), skipping
+// those without a fixed port (":0", unix sockets).
+func PortsOf(addrs ...string) []int {
+	var out []int
+	for _, a := range addrs {
+		_, p, err := net.SplitHostPort(a)
+		if err != nil {
+			continue
+		}
+		if n, err := strconv.Atoi(p); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
 }

@@ -19,6 +19,12 @@ import (
 // objects as ADDED (unless the client resumes from a resourceVersion), then
 // every change.
 func (s *Server) watchInstances(w http.ResponseWriter, r *http.Request, f filter) {
+	release, err := s.streams.acquire(r, "watch")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	defer release()
 	insts := s.store.Instances()
 	prefix := s.listPrefix(r)
 	streamWatch(w, r, insts, prefix, func(ev store.Event[*v1.Instance]) bool {
@@ -122,6 +128,12 @@ func (s *Server) waitInstance(w http.ResponseWriter, r *http.Request) {
 		}
 		timeout = min(d, 10*time.Minute)
 	}
+	release, err := s.streams.acquire(r, "wait")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	defer release()
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
 	in, err := s.lookupInstance(r)

@@ -74,7 +74,7 @@ Start everything on this machine with ` + "`cube up`" + `, then:
 	root.AddCommand(
 		newUpCmd(g), newRunCmd(g), newPsCmd(g), newGetCmd(g), newWaitCmd(g), newLogsCmd(g),
 		newExecCmd(g), newApplyCmd(g), newRmCmd(g), newNodesCmd(g), newImageCmd(g),
-		newBenchCmd(g), newTenantCmd(g), newEventsCmd(g), newShimCmd(),
+		newBenchCmd(g), newTenantCmd(g), newTokenCmd(g), newEventsCmd(g), newShimCmd(),
 	)
 	root.AddCommand(newDiffCmd(g), newConfigCmd(g))
 	return root

@@ -90,7 +90,7 @@ func (a *Applier) Apply(ctx context.Context, st *State, plan scheduler.Plan, byI
 			if !Holds(in) || in.Status.Node != p.Node {
 				return errSkip // already gone: its room is free anyway
 			}
-			in.Status.Preemption = &v1.Preemption{By: p.For, Message: p.Reason, At: plan.Time.UTC()}
+			in.Status.Preemption = &v1.Preemption{By: preemptorFor(p.For, in.Metadata.Tenant), Message: p.Reason, At: plan.Time.UTC()}
 			in.Status.Reason, in.Status.Message = "Preempted", p.Reason
 			return nil
 		})

@@ -317,3 +317,65 @@ func TestTaintsAndSelectorsThroughTheStore(t *testing.T) {
 		}
 	}
 }
+
+// TestHostPortConflictNamesNoOtherTenant: two tenants publish the same
+// host port on one node; the one left Pending is told the port is taken,
+// and never whose instance took it.
+func TestHostPortConflictNamesNoOtherTenant(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	fleet(t, st, 1, 0)
+	for _, id := range [][2]string{{"acme", "secret-db"}, {"other", "web"}} {
+		in := &v1.Instance{Metadata: v1.ObjectMeta{Name: id[1], Tenant: id[0], UID: id[1], CreationTimestamp: time.Now()},
+			Spec: v1.InstanceSpec{Containers: []v1.Container{{Name: "main", Image: "x", Resources: v1.Resources{CPU: "100m", Memory: "16Mi"},
+				Ports: []v1.ContainerPort{{ContainerPort: 80, HostPort: 8080}}}}}}
+		in.SetDefaults()
+		in.Status.Phase = v1.PhasePending
+		if err := st.Instances().Create(ctx, st.Instances().Key(id[0], id[1]), in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := newScheduling(t, st, "a").Pass(ctx, &Applier{Store: st, Log: quiet()}); err != nil {
+		t.Fatal(err)
+	}
+	var pending int
+	for _, id := range [][2]string{{"acme", "secret-db"}, {"other", "web"}} {
+		in, _ := st.Instances().Get(ctx, st.Instances().Key(id[0], id[1]))
+		if in.Status.Node != "" {
+			continue
+		}
+		pending++
+		want := "host port 8080/TCP is already published on node n0 by another instance"
+		if !strings.Contains(in.Status.Message, want) {
+			t.Errorf("%s/%s message %q; want it to contain %q", id[0], id[1], in.Status.Message, want)
+		}
+		for _, leak := range []string{"acme", "secret-db", "other/", "web"} {
+			if leak != id[0] && leak != id[1] && strings.Contains(in.Status.Message, leak) {
+				t.Errorf("%s/%s message %q names %q, another tenant's", id[0], id[1], in.Status.Message, leak)
+			}
+		}
+	}
+	if pending != 1 {
+		t.Errorf("%d instances pending on the port; want 1", pending)
+	}
+}
+
+// TestPreemptorNamesNoOtherTenant: Preemption.By, which the victim's
+// tenant reads, names the preemptor only within one tenant.
+func TestPreemptorNamesNoOtherTenant(t *testing.T) {
+	for _, tt := range []struct{ preemptor, victimTenant, want string }{
+		{"acme/vip", "acme", "vip"},
+		{"acme/vip", "other", ""},
+		{"acme/vip", "acm", ""},
+	} {
+		if got := preemptorFor(tt.preemptor, tt.victimTenant); got != tt.want {
+			t.Errorf("preemptorFor(%q, %q) = %q; want %q", tt.preemptor, tt.victimTenant, got, tt.want)
+		}
+	}
+	if got := holderFor("acme/db", "other/web"); got != "another instance" {
+		t.Errorf("holderFor(another tenant's) = %q; want another instance", got)
+	}
+	if got := holderFor("acme/db", "acme/web"); got != "instance db" {
+		t.Errorf("holderFor(own tenant's) = %q; want instance db", got)
+	}
+}

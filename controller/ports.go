@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"strings"
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/scheduler"
@@ -50,7 +51,7 @@ func dropPortConflicts(st *State, plan *scheduler.Plan, byID map[string]*v1.Inst
 		if in != nil {
 			for _, p := range hostPorts(in) {
 				if h, ok := claim(b.Node, p, b.RequestID); !ok && h != b.RequestID {
-					conflict = fmt.Sprintf("host port %s is already published on node %s (by %s)", p, b.Node, h)
+					conflict = fmt.Sprintf("host port %s is already published on node %s by %s", p, b.Node, holderFor(h, b.RequestID))
 					break
 				}
 			}
@@ -62,4 +63,26 @@ func dropPortConflicts(st *State, plan *scheduler.Plan, byID map[string]*v1.Inst
 		kept = append(kept, b)
 	}
 	plan.Bindings = kept
+}
+
+// holderFor names the holder of a host port as the requester may see it:
+// by name when both belong to one tenant, and anonymously otherwise, so
+// that no tenant learns another tenant's instance names.
+func holderFor(holder, requester string) string {
+	ht, hn, _ := strings.Cut(holder, "/")
+	rt, _, _ := strings.Cut(requester, "/")
+	if ht == rt {
+		return "instance " + hn
+	}
+	return "another instance"
+}
+
+// preemptorFor is Preemption.By as the victim's tenant may see it: the
+// preemptor's name when it is the same tenant's, empty otherwise.
+func preemptorFor(preemptor, victimTenant string) string {
+	t, name, _ := strings.Cut(preemptor, "/")
+	if t != victimTenant {
+		return ""
+	}
+	return name
 }

@@ -36,7 +36,7 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Fatalf("image ls = %q; want the pulled image", out)
 	}
 
-	port := freePort(t)
+	port := freeHostPort(t) // host ports may not be in the ephemeral range
 	script := `mkdir -p /www && echo hello-cube > /www/index.html && echo started $GREETING && exec httpd -f -p 80 -h /www`
 	name := strings.TrimSpace(c.mustCube("run", "--name", "web", "--cpu", "0.5", "--memory", "64Mi", "-e", "GREETING=hi",
 		"-p", fmt.Sprintf("%d:80", port), ref, "--", "sh", "-c", script))

@@ -84,6 +84,34 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// freeHostPort finds a free TCP port an instance may publish: below the
+// host's ephemeral range, which the API refuses for host ports (freePort's
+// kernel-chosen ports are all in it).
+func freeHostPort(t testing.TB) int {
+	t.Helper()
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		fmt.Sscanf(string(b), "%d", &lo)
+	}
+	start := 10000 + int(randByte())*37%max(lo-10000, 1)
+	for i := 0; i < lo-10000; i++ {
+		p := 10000 + (start-10000+i)%(lo-10000)
+		l, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", p))
+		if err == nil {
+			l.Close()
+			return p
+		}
+	}
+	t.Fatalf("no free port between 10000 and %d", lo)
+	return 0
+}
+
+func randByte() byte {
+	var b [1]byte
+	_, _ = rand.Read(b[:])
+	return b[0]
+}
+
 func randHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)

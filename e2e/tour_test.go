@@ -81,7 +81,7 @@ func TestTour(t *testing.T) {
 
 	// Two containers, one network namespace: the sidecar reads the web
 	// container over 127.0.0.1 (no pause container in between).
-	manifest := strings.ReplaceAll(mustRead(t, "../docs/examples/two-containers.yaml"), "hostPort: 8081", fmt.Sprintf("hostPort: %d", freePort(t)))
+	manifest := strings.ReplaceAll(mustRead(t, "../docs/examples/two-containers.yaml"), "hostPort: 8081", fmt.Sprintf("hostPort: %d", freeHostPort(t))) // not ephemeral
 	path := filepath.Join(t.TempDir(), "pair.yaml")
 	if err := os.WriteFile(path, []byte(manifest), 0o644); err != nil {
 		t.Fatal(err)

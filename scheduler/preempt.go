@@ -116,9 +116,8 @@ func (st *state) preempt(r *Request, ti int32, c *class, svc *service) bool {
 	if best.node < 0 {
 		return false
 	}
-	reason := "preempted by " + r.Tenant + "/" + r.ID + " (band " + r.Band.String() + ")"
 	for _, k := range best.victims {
-		st.evict(v, k, best.node, r, reason)
+		st.evict(v, k, best.node, r, preemptReason(r, st.snap.Running[k].Tenant))
 	}
 	st.gen++
 	st.preemptLog = append(st.preemptLog, best.node)
@@ -290,4 +289,15 @@ func (st *state) evict(v *victimIndex, k int32, i int32, r *Request, reason stri
 	st.plan.Preemptions = append(st.plan.Preemptions, Preemption{
 		Victim: ru.ID, Node: st.nodes[i].Name, Reason: reason, For: r.ID,
 	})
+}
+
+// preemptReason is the message the victim's tenant sees. It names the
+// preemptor only when both belong to one tenant: no tenant may learn
+// another tenant's instance names.
+func preemptReason(r *Request, victimTenant string) string {
+	band := " (band " + r.Band.String() + ")"
+	if r.Tenant != victimTenant {
+		return "preempted by a higher-priority instance" + band
+	}
+	return "preempted by " + strings.TrimPrefix(r.ID, r.Tenant+"/") + band
 }

@@ -130,7 +130,7 @@ func TestPreemption(t *testing.T) {
 					if pr.Node != tt.wantNode || pr.For != tt.request.ID {
 						t.Errorf("preemption %+v; want node %s for %s", pr, tt.wantNode, tt.request.ID)
 					}
-					want := "preempted by t/" + tt.request.ID + " (band " + tt.request.Band.String() + ")"
+					want := "preempted by a higher-priority instance (band " + tt.request.Band.String() + ")" // victims are tenant other
 					if pr.Reason != want {
 						t.Errorf("preemption reason = %q; want %q", pr.Reason, want)
 					}
@@ -179,5 +179,21 @@ func TestPreemptionDisabled(t *testing.T) {
 	p := schedule(t, cfg, snap, []scheduler.Request{req("p", "t", scheduler.BandSystem, 1000, 1, 0)})
 	if len(p.Preemptions) != 0 || reasonOf(p, "p") != "0/1 nodes: 1 insufficient memory" {
 		t.Errorf("plan = %+v; want p refused without preemption", p)
+	}
+}
+
+// TestPreemptReasonNamesNoOtherTenant: the victim's tenant reads the
+// reason, so it names the preemptor only within one tenant.
+func TestPreemptReasonNamesNoOtherTenant(t *testing.T) {
+	for _, tt := range []struct{ victimTenant, want string }{
+		{"other", "preempted by a higher-priority instance (band system)"},
+		{"acme", "preempted by vip (band system)"},
+	} {
+		snap := &scheduler.Snapshot{Nodes: []scheduler.Node{node("n1", 4, 8)}}
+		running(snap, "be", tt.victimTenant, scheduler.BandBestEffort, "n1", 4000, 8, t0)
+		p := schedule(t, scheduler.DefaultConfig(), snap, []scheduler.Request{req("acme/vip", "acme", scheduler.BandSystem, 1000, 1, 0)})
+		if len(p.Preemptions) != 1 || p.Preemptions[0].Reason != tt.want {
+			t.Errorf("victim of tenant %s: preemptions %+v; want one with reason %q", tt.victimTenant, p.Preemptions, tt.want)
+		}
 	}
 }

@@ -33,6 +33,14 @@ type Token struct {
 	Role    Role      `json:"role"`
 	Node    string    `json:"node,omitempty"`
 	Created time.Time `json:"created"`
+	// Scope of a tenant token (see Scope); empty in tokens minted before
+	// scopes, which EffectiveScope reads as before.
+	Scope Scope `json:"scope,omitempty"`
+	// Expires is when the token stops working; zero never.
+	Expires time.Time `json:"expires,omitzero"`
+	// ID names the token without revealing it (derived from its hash, so
+	// it is never stored); set by LookupToken and ListTokens.
+	ID string `json:"-"`
 }
 
 // Tenant is the owner of objects.
@@ -46,6 +54,14 @@ type Tenant struct {
 	// ImageStorage caps the tenant's image storage ("10Gi"); empty means
 	// the API server's default.
 	ImageStorage string `json:"imageStorage,omitempty"`
+	// AllowPriorities are the bands above production the admin granted.
+	AllowPriorities []string `json:"allowPriorities,omitempty"`
+	// AllowTolerations are the taint keys the tenant may tolerate ("*":
+	// every key, which a toleration without a key needs).
+	AllowTolerations []string `json:"allowTolerations,omitempty"`
+	// MaxInstances bounds the tenant's stored instances, every phase
+	// counted; 0 is the server's default.
+	MaxInstances int `json:"maxInstances,omitempty"`
 }
 
 // TenantKey is where a tenant is stored.
@@ -152,6 +168,7 @@ func (s *Store) LookupToken(ctx context.Context, plain string) (Token, error) {
 	if err := json.Unmarshal(resp.Kvs[0].Value, &t); err != nil {
 		return Token{}, fmt.Errorf("decode token: %w", err)
 	}
+	t.ID = tokenID(string(resp.Kvs[0].Key))
 	return t, nil
 }
 

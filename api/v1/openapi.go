@@ -11,13 +11,16 @@ import (
 // what the server encodes.
 func OpenAPI() map[string]any {
 	g := &schemaGen{defs: map[string]any{}}
-	for _, t := range []any{Instance{}, Node{}, Image{}, PullRequest{}, ErrorBody{}, ExecRequest{}, TenantRequest{}, TenantToken{}, Quota{}, Event{}} {
+	for _, t := range []any{Instance{}, Node{}, Image{}, PullRequest{}, ErrorBody{}, ExecRequest{}, TenantRequest{}, TenantToken{}, Quota{}, Event{},
+		Tenant{}, TenantUpdate{}, TokenRequest{}, Token{}} {
 		g.ref(reflect.TypeOf(t))
 	}
 	g.defs["InstanceList"] = listSchema("Instance")
 	g.defs["NodeList"] = listSchema("Node")
 	g.defs["ImageList"] = listSchema("Image")
 	g.defs["EventList"] = listSchema("Event")
+	g.defs["TenantList"] = listSchema("Tenant")
+	g.defs["TokenList"] = listSchema("Token")
 	g.defs["InstanceWatchEvent"] = map[string]any{"type": "object", "properties": map[string]any{
 		"type":   map[string]any{"type": "string", "enum": []string{"ADDED", "MODIFIED", "DELETED"}},
 		"object": map[string]any{"$ref": "#/components/schemas/Instance"},
@@ -103,7 +106,7 @@ func op(summary, okSchema string, params ...string) map[string]any {
 	var ps []any
 	for _, p := range params {
 		in := "query"
-		if p == "name" {
+		if p == "name" || p == "id" {
 			in = "path"
 		}
 		typ := "string"
@@ -144,8 +147,21 @@ func paths() map[string]any {
 		},
 		"/v1/nodes/{name}/heartbeat": map[string]any{"post": op("Renew a node's lease (node tokens only)", "", "name")},
 		"/v1/images":                 map[string]any{"get": op("List the tenant's images (paged with limit and continue)", "ImageList", "limit", "continue")},
-		"/v1/tenants":                map[string]any{"post": op("Create a tenant and a token for it (admin tenant only)", "TenantToken")},
-		"/v1/images/import":          map[string]any{"post": op("Import an OCI-layout or docker-archive tar (request body)", "ImageList")},
-		"/v1/images/pull":            map[string]any{"post": op("Pull an image from a registry", "Image")},
+		"/v1/tenants": map[string]any{
+			"get":  op("List tenants (admin tokens only)", "TenantList"),
+			"post": op("Create a tenant and a first token for it (admin tokens only; 409 if it exists)", "TenantToken"),
+		},
+		"/v1/tenants/{name}": map[string]any{
+			"get":    op("Read a tenant (admin tokens, or the tenant's own)", "Tenant", "name"),
+			"patch":  op("Change only the fields a TenantUpdate sets (admin tokens only)", "Tenant", "name"),
+			"delete": op("Remove a tenant and revoke its tokens; 409 while it has instances unless force=true, which deletes them (admin tokens only)", "", "name", "force"),
+		},
+		"/v1/tokens": map[string]any{
+			"get":  op("List tokens without secrets: the admin's every tenant's (tenant=NAME filters), others their own tenant's", "TokenList", "tenant"),
+			"post": op("Mint a token (TokenRequest); its secret is in this answer only", "Token"),
+		},
+		"/v1/tokens/{id}":   map[string]any{"delete": op("Revoke a token by ID; the next request with it is 401", "", "id")},
+		"/v1/images/import": map[string]any{"post": op("Import an OCI-layout or docker-archive tar (request body)", "ImageList")},
+		"/v1/images/pull":   map[string]any{"post": op("Pull an image from a registry", "Image")},
 	}
 }

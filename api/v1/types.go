@@ -186,7 +186,9 @@ type InstanceStatus struct {
 
 // Preemption records why and when an instance was preempted.
 type Preemption struct {
-	// By is "tenant/name" of the instance that takes the room.
+	// By names the instance that takes the room when it belongs to the
+	// same tenant; it is empty when another tenant's instance does (no
+	// tenant learns another's names).
 	By      string    `json:"by"`
 	Message string    `json:"message"`
 	At      time.Time `json:"at"`
@@ -356,6 +358,16 @@ type TenantRequest struct {
 	// ImageStorage caps the bytes of images the tenant may store, blobs
 	// and unpacked layers ("20Gi"); empty means the default (10Gi).
 	ImageStorage string `json:"imageStorage,omitempty"`
+	// AllowPriorities grants bands above production ("system").
+	AllowPriorities []string `json:"allowPriorities,omitempty"`
+	// AllowTolerations grants tolerations by taint key ("*": any key).
+	AllowTolerations []string `json:"allowTolerations,omitempty"`
+	// MaxInstances bounds the tenant's stored instances, Pending and
+	// finished ones included (0: the server's default, 100).
+	MaxInstances int `json:"maxInstances,omitempty"`
+	// TokenTTL is the first token's lifetime ("8760h" by default; "0":
+	// it never expires).
+	TokenTTL string `json:"tokenTTL,omitempty"`
 }
 
 // Quota limits what a tenant may hold in one band at once (admitted, not
@@ -370,4 +382,8 @@ type Quota struct {
 type TenantToken struct {
 	Name  string `json:"name"`
 	Token string `json:"token"`
+	// ID names the token in `cube token ls` and `cube token revoke`.
+	ID string `json:"id,omitempty"`
+	// Expires is when the token stops working; absent: never.
+	Expires *time.Time `json:"expires,omitempty"`
 }

@@ -87,6 +87,9 @@ func (in *Instance) SetDefaults() {
 // Validate checks a defaulted instance spec; the first problem is returned
 // as a *FieldError.
 func (in *Instance) Validate() error {
+	if err := in.validateBounds(); err != nil {
+		return err
+	}
 	if err := ValidateName("metadata.name", in.Metadata.Name); err != nil {
 		return err
 	}
@@ -250,5 +253,8 @@ func (t *TenantRequest) Validate() error {
 			return &FieldError{f + ".instances", "must not be negative"}
 		}
 	}
-	return nil
+	if _, err := ParseTTL(t.TokenTTL); err != nil {
+		return &FieldError{"tokenTTL", err.(*FieldError).Reason}
+	}
+	return validateGrants(t.AllowPriorities, t.AllowTolerations, t.MaxInstances)
 }

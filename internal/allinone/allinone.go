@@ -167,7 +167,8 @@ func Start(ctx context.Context, cfg Config) (*Platform, error) {
 			}
 			api, err = apiserver.New(apiserver.Config{Listen: cfg.Listen, Store: st, Images: images, Log: cfg.Log,
 				RegistryAllow: cfg.RegistryAllow, RegistryDeny: deny,
-				NodeSocketDir: filepath.Dir(NodeSocket(cfg.DataDir))})
+				NodeSocketDir: filepath.Dir(NodeSocket(cfg.DataDir)),
+				ReservedPorts: apiserver.PortsOf(cfg.Listen, cfg.NodeListen)})
 			if err != nil {
 				return err
 			}
