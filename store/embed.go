@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +15,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
+	"go.uber.org/zap"
 )
 
 // Embedded is an etcd server running inside this process.
@@ -30,13 +32,14 @@ const maxSocketPath = 100
 const SocketName = "etcd.sock"
 
 // StartEmbedded starts etcd with its data under dir (created if missing,
-// mode 0700) and returns a client that talks to it in process.
+// mode 0700) and returns a client that talks to it over its socket.
 //
 // The member opens no TCP port: a loopback port is open to every local
 // user, and etcd's data holds token hashes and node secrets. It has no
 // peer listener (a single member has no peers), and its only client
-// listener is a unix socket dir/etcd.sock, mode 0600 inside the 0700 dir,
-// for an operator's `etcdctl --endpoints unix://DIR/etcd.sock` as root.
+// listener is a unix socket dir/etcd.sock, mode 0600 inside the 0700 dir:
+// cube's own client, and an operator's `etcdctl --endpoints
+// unix://DIR/etcd.sock` as root.
 func StartEmbedded(ctx context.Context, dir string, log *slog.Logger) (*Embedded, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("etcd data dir: %w", err)
@@ -60,14 +63,12 @@ func StartEmbedded(ctx context.Context, dir string, log *slog.Logger) (*Embedded
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = nil, []url.URL{peer}
 	cfg.AdvertiseClientUrls = []url.URL{{Scheme: "http", Host: "127.0.0.1:2379"}}
 	cfg.ListenClientUrls = nil
-	sock := filepath.Join(dir, SocketName)
-	if len(sock) <= maxSocketPath {
-		_ = os.Remove(sock) // left by a crash; etcd refuses an existing socket
-		cfg.ListenClientUrls = []url.URL{{Scheme: "unix", Path: sock}}
-	} else {
-		log.Debug("embedded etcd: data dir path too long for a unix socket; in-process client only", "dir", dir)
-		sock = ""
+	sock, err := socketPath(dir)
+	if err != nil {
+		return nil, err
 	}
+	_ = os.Remove(sock) // left by a crash; etcd refuses an existing socket
+	cfg.ListenClientUrls = []url.URL{{Scheme: "unix", Path: sock}}
 	cfg.ListenClientHttpUrls = nil
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	// Compact history older than an hour; resumed watches and continue
@@ -90,15 +91,44 @@ func StartEmbedded(ctx context.Context, dir string, log *slog.Logger) (*Embedded
 		e.Close()
 		return nil, ctx.Err()
 	}
-	if sock != "" {
-		// The dir is 0700 already; the socket's own mode is a second lock.
-		if err := os.Chmod(sock, 0o600); err != nil {
-			e.Close()
-			return nil, fmt.Errorf("embedded etcd socket: %w", err)
-		}
+	// The dir is 0700 already; the socket's own mode is a second lock.
+	if err := os.Chmod(sock, 0o600); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd socket: %w", err)
+	}
+	// A gRPC client over the socket, not etcd's in-process v3client: with
+	// two dozen watches ending at once while events arrive, v3client's
+	// adapter deadlocks and every watch of the process stalls (a tenant
+	// can open that many), while a real gRPC stream does not.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + sock}, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd client: %w", err)
 	}
 	log.Info("embedded etcd ready", "dir", dir, "socket", sock)
-	return &Embedded{etcd: e, Client: v3client.New(e.Server)}, nil
+	return &Embedded{etcd: e, Client: cli}, nil
+}
+
+// socketPath is dir/etcd.sock, or, when dir's path is too long for a
+// unix socket, a socket named after dir in a 0700 dir under /run/cube.
+func socketPath(dir string) (string, error) {
+	sock := filepath.Join(dir, SocketName)
+	if len(sock) <= maxSocketPath {
+		return sock, nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(abs))
+	run := "/run/cube/etcd"
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		return "", fmt.Errorf("embedded etcd socket dir: %w", err)
+	}
+	if err := os.Chmod(run, 0o700); err != nil {
+		return "", fmt.Errorf("embedded etcd socket dir: %w", err)
+	}
+	return filepath.Join(run, hex.EncodeToString(sum[:8])+".sock"), nil
 }
 
 // legacyPeerURL is the peer URL a data dir recorded when the member still

@@ -3,11 +3,13 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -185,5 +187,48 @@ func TestEmbeddedOpensNoTCPPort(t *testing.T) {
 	})
 	if !errors.Is(err, os.ErrPermission) {
 		t.Errorf("nobody dialing %s: err = %v; want permission denied", sock, err)
+	}
+}
+
+// TestEmbeddedClientSurvivesWatchChurn: many watches ending at once while
+// events arrive (a tenant's 32 streams cut together, say) must not stall
+// the client. etcd's in-process v3client deadlocked here at 24 watches.
+func TestEmbeddedClientSurvivesWatchChurn(t *testing.T) {
+	e, err := StartEmbedded(context.Background(), t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	for round := 0; round < 5; round++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for i := 0; i < 48; i++ {
+			wch := e.Client.Watch(ctx, "/churn/", clientv3.WithPrefix())
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range wch {
+				}
+			}()
+		}
+		for i := 0; i < 20; i++ {
+			if _, err := e.Client.Put(context.Background(), fmt.Sprintf("/churn/%d", i), "v"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cancel()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("round %d: 48 watches did not end 20s after their context was canceled", round)
+		}
+	}
+	// And the client still serves.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := e.Client.Get(ctx, "/churn/0"); err != nil {
+		t.Fatalf("Get after the churn: %v", err)
 	}
 }
