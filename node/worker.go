@@ -28,6 +28,7 @@ type worker struct {
 
 	mu      sync.Mutex
 	latest  *v1.Instance       // protected by mu
+	removed bool               // the instance is gone without our teardown; protected by mu
 	shim    *shim.Client       // protected by mu
 	ip      string             // protected by mu
 	monitor context.CancelFunc // protected by mu
@@ -55,6 +56,15 @@ func (w *worker) observe(in *v1.Instance) {
 	w.mu.Unlock()
 }
 
+// remove tells the worker that its instance is gone from the control
+// plane: tear it down by UID and exit.
+func (w *worker) remove() {
+	w.mu.Lock()
+	w.removed = true
+	w.mu.Unlock()
+	w.kick1()
+}
+
 func (w *worker) kick1() {
 	select {
 	case w.kick <- struct{}{}:
@@ -77,13 +87,29 @@ func (w *worker) run(ctx context.Context) {
 		case <-w.kick:
 		}
 		in := w.current()
+		w.mu.Lock()
+		removed := w.removed
+		w.mu.Unlock()
+		if removed {
+			w.stopMonitor()
+			if err := w.a.teardown(ctx, w.uid); err != nil {
+				if ctx.Err() == nil {
+					w.a.log.Warn("teardown of a removed instance failed; will retry", "uid", w.uid, "err", err)
+					go func() { sleep(ctx, 2*time.Second); w.kick1() }()
+				}
+				continue
+			}
+			w.a.log.Info("instance removed without this node's teardown; torn down", "uid", w.uid, "tenant", in.Metadata.Tenant, "name", in.Metadata.Name)
+			w.a.forget(w.uid, false)
+			return
+		}
 		done, err := w.reconcile(ctx, in)
 		if err != nil && ctx.Err() == nil {
 			w.a.log.Warn("reconcile failed; will retry", "tenant", in.Metadata.Tenant, "name", in.Metadata.Name, "err", err)
 			go func() { sleep(ctx, 2*time.Second); w.update(w.current()) }()
 		}
 		if done {
-			w.a.forget(w.uid)
+			w.a.forget(w.uid, true)
 			return
 		}
 	}
