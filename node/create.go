@@ -58,7 +58,9 @@ func lostShimOf(in *v1.Instance) *lostShim {
 // lost, if set, is what the shim takes over from a lost one.
 func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*shim.Client, error) {
 	start := time.Now()
-	if err := os.MkdirAll(w.dir, 0o700); err != nil {
+	// The logs directory exists before the shim does, so a follower that
+	// comes early watches it for the first line instead of polling.
+	if err := os.MkdirAll(filepath.Join(w.dir, "logs"), 0o700); err != nil {
 		return nil, err
 	}
 	meta, _ := json.Marshal(instanceMeta{Tenant: in.Metadata.Tenant, Name: in.Metadata.Name, UID: in.Metadata.UID})
