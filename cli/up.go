@@ -68,6 +68,7 @@ next cube up on the same --data-dir adopts them. Needs root.`,
 				}
 				cfg.NodeTaints = append(cfg.NodeTaints, v1.Taint{Key: k, Value: v, Effect: effect})
 			}
+			cfg.ShimCommand = defaultShimCommand()
 			cfg.ClientConfig = g.configPath
 			if cfg.ClientConfig == "" {
 				cfg.ClientConfig = client.DefaultConfigPath()
