@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -77,14 +79,18 @@ func (c *cluster) controlPlaneOnly(t *testing.T) func() {
 // its shims keep running; while the node's lease has lapsed the instance
 // is force-deleted, which the API does at once, without the node. When
 // the node comes back, every trace of that UID goes: no ghost shim,
-// container process, network namespace, cgroup or state.
+// container process, network namespace, cgroup or state. The same holds
+// for an instance whose shim was SIGKILLed meanwhile, leaving its
+// container running with no shim.
 func TestForceDeleteWhileNodeDown(t *testing.T) {
 	c := startCluster(t)
 	ref := pushBusybox(t)
 	c.mustCube("image", "pull", ref, "--insecure")
-	c.mustCube("run", "--name", "ghost", ref, "--", "sh", "-c", "while true; do sleep 1; done")
-	c.mustCube("run", "--name", "keep", ref, "--", "sh", "-c", "while true; do sleep 1; done")
+	c.mustCube("run", "--name", "ghost", "--cpu", "0.1", ref, "--", "sh", "-c", "while true; do sleep 1; done")
+	c.mustCube("run", "--name", "keep", "--cpu", "0.1", ref, "--", "sh", "-c", "while true; do sleep 1; done")
+	c.mustCube("run", "--name", "orphan", "--cpu", "0.1", ref, "--", "sh", "-c", "while true; do sleep 1; done")
 	c.mustCube("wait", "ghost", "--for", "running", "--timeout", "60s")
+	c.mustCube("wait", "orphan", "--for", "running", "--timeout", "60s")
 	c.mustCube("wait", "keep", "--for", "running", "--timeout", "60s")
 	ctx := context.Background()
 	ghost, err := c.client.GetInstance(ctx, "ghost")
@@ -95,16 +101,43 @@ func TestForceDeleteWhileNodeDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	orphan, err := c.client.GetInstance(ctx, "orphan")
+	if err != nil {
+		t.Fatal(err)
+	}
 	uid := ghost.Metadata.UID
 	// Positive control: the checker sees a live instance's traces.
-	before := instanceTraces(c.dataDir, uid)
-	for _, want := range []string{"node/instances/" + uid, network.DefaultNetNSDir, "/cube/" + uid, "process "} {
-		if !strings.Contains(strings.Join(before, "\n"), want) {
-			t.Fatalf("traces of a running instance %v; want one with %q", before, want)
+	for _, u := range []string{uid, orphan.Metadata.UID} {
+		before := instanceTraces(c.dataDir, u)
+		for _, want := range []string{"node/instances/" + u, network.DefaultNetNSDir, "/cube/" + u, "process "} {
+			if !strings.Contains(strings.Join(before, "\n"), want) {
+				t.Fatalf("traces of a running instance %v; want one with %q", before, want)
+			}
 		}
 	}
 
 	c.kill9()
+	// The orphan's shim dies too; its container goes on without it.
+	pidb, err := os.ReadFile(filepath.Join(c.dataDir, "node", "instances", orphan.Metadata.UID, "shim.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shimPid, err := strconv.Atoi(strings.TrimSpace(string(pidb)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(shimPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	c.eventually(10*time.Second, "the orphan's shim is gone", func() error {
+		if alive(shimPid) {
+			return fmt.Errorf("shim %d still alive", shimPid)
+		}
+		return nil
+	})
+	if left := strings.Join(instanceTraces(c.dataDir, orphan.Metadata.UID), "\n"); !strings.Contains(left, "process ") {
+		t.Fatalf("the orphan's container did not outlive its shim (traces %s); the test proves nothing", left)
+	}
 	stopCP := c.controlPlaneOnly(t)
 	c.eventually(60*time.Second, "node e2e's lease lapses", func() error {
 		nodes, err := c.client.ListNodes(ctx)
@@ -118,9 +151,11 @@ func TestForceDeleteWhileNodeDown(t *testing.T) {
 		}
 		return nil
 	})
-	if err := c.client.DeleteInstance(ctx, "ghost", true); err != nil {
-		stopCP()
-		t.Fatalf("force delete with the node down: %v", err)
+	for _, name := range []string{"ghost", "orphan"} {
+		if err := c.client.DeleteInstance(ctx, name, true); err != nil {
+			stopCP()
+			t.Fatalf("force delete of %s with the node down: %v", name, err)
+		}
 	}
 	if _, err := c.client.GetInstance(ctx, "ghost"); !client.IsNotFound(err) {
 		stopCP()
@@ -134,9 +169,11 @@ func TestForceDeleteWhileNodeDown(t *testing.T) {
 	stopCP()
 
 	c.start()
-	c.eventually(60*time.Second, "every trace of the force-deleted instance is gone", func() error {
-		if left := instanceTraces(c.dataDir, uid); len(left) > 0 {
-			return fmt.Errorf("left: %s", strings.Join(left, "; "))
+	c.eventually(60*time.Second, "every trace of the force-deleted instances is gone", func() error {
+		for _, u := range []string{uid, orphan.Metadata.UID} {
+			if left := instanceTraces(c.dataDir, u); len(left) > 0 {
+				return fmt.Errorf("left of %s: %s", u, strings.Join(left, "; "))
+			}
 		}
 		return nil
 	})

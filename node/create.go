@@ -312,8 +312,9 @@ func liveShim(ctx context.Context, dir string) *shim.Client {
 }
 
 // teardown removes every trace of an instance on this host: the shim and
-// its sandbox (processes, mounts, cgroups), the network attachment, and
-// the instance's directory with its logs. It is idempotent.
+// its sandbox (processes, mounts, cgroups; what a dead shim left too), the
+// network attachment, and the instance's directory with its logs. It is
+// idempotent.
 func (a *Agent) teardown(ctx context.Context, uid string) error {
 	dir := filepath.Join(a.instancesDir(), uid)
 	if c := liveShim(ctx, dir); c != nil {
@@ -323,6 +324,8 @@ func (a *Agent) teardown(ctx context.Context, uid string) error {
 		if err != nil {
 			return fmt.Errorf("shut down shim: %w", err)
 		}
+	} else if err := a.destroyLeftoverSandbox(ctx, dir); err != nil {
+		return err
 	}
 	nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
