@@ -305,6 +305,13 @@ func attach(ctx context.Context, g *globals, c *client.Client, name string) (int
 				}
 				break
 			}
+			if !logsDone && !anyStarted(res.in) {
+				// It failed before any container ran (say, the node
+				// could not create it): there is no output to wait for.
+				cancel()
+				<-logs
+				logsDone = true
+			}
 			if !logsDone {
 				t := time.NewTimer(logGrace)
 				defer t.Stop()
@@ -327,6 +334,16 @@ func attach(ctx context.Context, g *globals, c *client.Client, name string) (int
 		fmt.Fprintf(g.stderr, "cube: warning: following the logs of %q: %v\n", name, logErr)
 	}
 	return exitCode(res.in), nil
+}
+
+// anyStarted reports whether any container of in ever started.
+func anyStarted(in *v1.Instance) bool {
+	for _, cs := range in.Status.Containers {
+		if cs.StartedAt != nil {
+			return true
+		}
+	}
+	return false
 }
 
 func exitCode(in *v1.Instance) int {
