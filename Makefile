@@ -4,11 +4,15 @@
 
 GO       ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN      := bin/cube
+# cube-shim, the per-instance supervisor, goes beside cube: cube up uses it
+# when it is there (it starts far faster than `cube shim`).
+SHIM_BIN := bin/cube-shim
 PREFIX   ?= /usr/local
 # Debian packages Cube runs with (runc, CNI plugins, iptables) and tests
-# with (a real OCI registry, busybox for test images).
+# with (a real OCI registry, busybox for test images, containerd to compare
+# one-shot runs against).
 RUN_PKGS  := runc containernetworking-plugins iptables iproute2 nftables e2fsprogs
-TEST_PKGS := docker-registry busybox-static
+TEST_PKGS := docker-registry busybox-static containerd
 GOFLAGS_TEST ?= -count=1 -timeout 45m
 
 .PHONY: all build deps deps-test up test vet install clean busybox.tar
@@ -32,9 +36,11 @@ deps-test: deps
 
 build:
 	$(GO) build -o $(BIN) ./cmd/cube
+	$(GO) build -o $(SHIM_BIN) ./cmd/cube-shim
 
 install: build
 	install -m 0755 $(BIN) $(PREFIX)/bin/cube
+	install -m 0755 $(SHIM_BIN) $(PREFIX)/bin/cube-shim
 
 # up: everything on this machine, in the foreground (Ctrl-C stops the
 # control plane; instances keep running and the next `make up` adopts them).

@@ -344,12 +344,7 @@ func (s *Server) updateInstanceStatus(w http.ResponseWriter, r *http.Request) {
 	key := insts.Key(cur.Metadata.Tenant, cur.Metadata.Name)
 	node := callerFrom(r.Context()).Node
 	out, err := insts.Mutate(r.Context(), key, func(in *v1.Instance) error {
-		if in.Status.Node != node || (body.Metadata.UID != "" && body.Metadata.UID != in.Metadata.UID) {
-			return fmt.Errorf("%w: instance %q is no longer bound to node %s", errdefs.ErrConflict, in.Metadata.Name, node)
-		}
-		body.Status.Node = node
-		in.Status = body.Status
-		return nil
+		return mergeNodeReport(in, &body, node)
 	})
 	if err != nil {
 		writeError(w, err)

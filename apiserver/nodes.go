@@ -217,3 +217,40 @@ func (s *Server) getNode(w http.ResponseWriter, r *http.Request) {
 	}
 	writeError(w, fmt.Errorf("%w: node %q not found", errdefs.ErrNotFound, r.PathValue("name")))
 }
+
+// mergeNodeReport applies a node's status report (body) to the stored
+// instance (cur) that node reported for. The node owns only what it sees:
+// the phase as its shim reports it, the IP, the containers, the creating,
+// running and finished timestamps, and its reason and message. The
+// scheduler's fields (node binding, scheduledAt, preemption) stay as
+// stored, whatever the report holds. A report names the resourceVersion
+// it was computed from; when the instance changed since, the report is
+// refused (ErrConflict), and the node reads it again and reports anew.
+// A report without one is merged as it is (still only node-owned fields).
+func mergeNodeReport(cur, body *v1.Instance, node string) error {
+	if cur.Status.Node != node || (body.Metadata.UID != "" && body.Metadata.UID != cur.Metadata.UID) {
+		return fmt.Errorf("%w: instance %q is no longer bound to node %s", errdefs.ErrConflict, cur.Metadata.Name, node)
+	}
+	if rv := body.Metadata.ResourceVersion; rv != "" {
+		got, err := v1.ParseResourceVersion(rv)
+		if err != nil {
+			return fmt.Errorf("%w: status report: %v", errdefs.ErrInvalid, err)
+		}
+		want, err := v1.ParseResourceVersion(cur.Metadata.ResourceVersion)
+		if err != nil {
+			return err
+		}
+		if got != want {
+			return fmt.Errorf("%w: status report of instance %q is based on resourceVersion %d, the instance is at %d: read it again and report", errdefs.ErrConflict, cur.Metadata.Name, got, want)
+		}
+	}
+	st, rep := &cur.Status, body.Status
+	st.Phase, st.IP, st.Containers = rep.Phase, rep.IP, rep.Containers
+	st.CreatingAt, st.RunningAt, st.FinishedAt = rep.CreatingAt, rep.RunningAt, rep.FinishedAt
+	st.Reason, st.Message = rep.Reason, rep.Message
+	if p := st.Preemption; p != nil {
+		// The preemption stays visible until the instance is gone.
+		st.Reason, st.Message = "Preempted", p.Message
+	}
+	return nil
+}

@@ -147,7 +147,22 @@ func (s *Server) waitInstance(w http.ResponseWriter, r *http.Request) {
 	}
 	insts := s.store.Instances()
 	key := insts.Key(in.Metadata.Tenant, in.Metadata.Name)
-	rev, _ := strconv.ParseInt(in.Metadata.ResourceVersion, 10, 64)
+	// Watch from the revision of a fresh read, not the object's own: etcd
+	// serves a watch that starts in the past from its resync loop, up to
+	// 100 ms late, which every short wait would pay.
+	cur, rev, err := insts.GetWithRevision(ctx, key)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		if wantDeleted {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		err = fmt.Errorf("%w: instance %q was deleted", errdefs.ErrNotFound, in.Metadata.Name)
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	in = cur
 	events := insts.Watch(ctx, key, rev)
 	for {
 		if matchState(in, states) || (in.Status.Phase.Terminal() && !wantDeleted) {

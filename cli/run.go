@@ -256,35 +256,101 @@ func generateName(img string) string {
 	return s + "-" + hex.EncodeToString(b[:])
 }
 
-// attach streams an instance's logs until it ends and returns the exit
-// code of its first non-zero container (0 when all succeeded).
+// logGrace bounds how long attach waits, once the instance ended, for
+// its log stream to end by itself. It ends at once with a shim that marks
+// a container's log complete when it ends for good; the bound is only for
+// a shim that does not (one started by an older cube).
+const logGrace = 10 * time.Second
+
+// attach streams an instance's logs until the stream ends by itself (the
+// container ended for good and every line was written) and returns the
+// exit code of its first non-zero container (0 when all succeeded). The
+// log follow and the wait for the exit run side by side from the moment
+// the node has the instance.
 func attach(ctx context.Context, g *globals, c *client.Client, name string) (int, error) {
-	if _, err := waitFor(ctx, c, name, []string{"running", "exited"}, 10*time.Minute); err != nil {
+	// The node serves the logs of an instance it is creating: following
+	// starts before the container does, so no line is missed.
+	if _, err := waitFor(ctx, c, name, []string{"creating", "running", "exited"}, 10*time.Minute); err != nil {
 		return 0, err
 	}
 	lctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- c.Logs(lctx, name, client.LogOptions{Follow: true, Tail: -1}, g.stdout) }()
-	var in *v1.Instance
-	for {
-		var err error
-		in, err = c.WaitInstance(ctx, name, []string{"exited"}, 5*time.Minute)
-		if err == nil {
-			break
+	defer cancel()
+	logs := make(chan error, 1)
+	go func() { logs <- c.Logs(lctx, name, client.LogOptions{Follow: true, Tail: -1}, g.stdout) }()
+	type exit struct {
+		in  *v1.Instance
+		err error
+	}
+	exited := make(chan exit, 1)
+	go func() {
+		for {
+			in, err := c.WaitInstance(lctx, name, []string{"exited"}, 5*time.Minute)
+			if err == nil || !isTimeout(err) {
+				exited <- exit{in, err}
+				return
+			}
 		}
-		if !isTimeout(err) {
+	}()
+	var (
+		res      exit
+		gotExit  bool
+		logsDone bool
+		logErr   error
+		grace    <-chan time.Time
+	)
+	for !gotExit || !logsDone {
+		select {
+		case logErr = <-logs:
+			logsDone = true
+		case res = <-exited:
+			gotExit = true
+			if res.err != nil || res.in == nil {
+				cancel()
+				if !logsDone {
+					<-logs
+					logsDone = true
+				}
+				break
+			}
+			if !logsDone && !anyStarted(res.in) {
+				// It failed before any container ran (say, the node
+				// could not create it): there is no output to wait for.
+				cancel()
+				<-logs
+				logsDone = true
+			}
+			if !logsDone {
+				t := time.NewTimer(logGrace)
+				defer t.Stop()
+				grace = t.C
+			}
+		case <-grace:
+			fmt.Fprintf(g.stderr, "cube: warning: the log stream of %q did not end %s after it exited; its output may be incomplete\n", name, logGrace)
 			cancel()
-			return 0, err
+			<-logs
+			logsDone = true
 		}
 	}
-	// Let the follower read the last lines the container wrote.
-	time.Sleep(500 * time.Millisecond)
-	cancel()
-	<-done
-	if in == nil {
+	if res.err != nil {
+		return 0, res.err
+	}
+	if res.in == nil {
 		return 0, fmt.Errorf("instance %q was deleted", name)
 	}
-	return exitCode(in), nil
+	if logErr != nil && ctx.Err() == nil {
+		fmt.Fprintf(g.stderr, "cube: warning: following the logs of %q: %v\n", name, logErr)
+	}
+	return exitCode(res.in), nil
+}
+
+// anyStarted reports whether any container of in ever started.
+func anyStarted(in *v1.Instance) bool {
+	for _, cs := range in.Status.Containers {
+		if cs.StartedAt != nil {
+			return true
+		}
+	}
+	return false
 }
 
 func exitCode(in *v1.Instance) int {

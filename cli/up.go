@@ -82,6 +82,7 @@ a fixed HOST:PORT.`,
 				}
 				cfg.NodeTaints = append(cfg.NodeTaints, v1.Taint{Key: k, Value: v, Effect: effect})
 			}
+			cfg.ShimCommand = defaultShimCommand()
 			cfg.ClientConfig = g.configPath
 			if cfg.ClientConfig == "" {
 				cfg.ClientConfig = client.DefaultConfigPath()

@@ -89,6 +89,12 @@ func (c *Client) UpdateStatus(ctx context.Context, in *v1.Instance) (*v1.Instanc
 	return &out, c.call(ctx, http.MethodPut, instPath(in.Metadata.Name, "status"), q, in, &out)
 }
 
+// GetTenantInstance reads an instance of tenant bound to the calling node.
+func (c *Client) GetTenantInstance(ctx context.Context, tenant, name string) (*v1.Instance, error) {
+	var out v1.Instance
+	return &out, c.call(ctx, http.MethodGet, instPath(name), url.Values{"tenant": {tenant}}, nil, &out)
+}
+
 // FinalizeDelete removes an instance whose deletion was requested, once the
 // node has removed every trace of it.
 func (c *Client) FinalizeDelete(ctx context.Context, tenant, name string) error {

@@ -130,6 +130,9 @@ type Agent struct {
 
 	mu      sync.Mutex
 	workers map[string]*worker // by instance UID; protected by mu
+	// finalized are UIDs this agent removed itself, until their DELETED
+	// event; protected by mu.
+	finalized map[string]bool
 }
 
 // New builds an agent; Start runs it.
@@ -142,7 +145,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{cfg: cfg, log: cfg.Log.With("component", "node", "node", cfg.Name), secret: hex.EncodeToString(b[:]),
-		errc: make(chan error, 1), workers: map[string]*worker{}}, nil
+		errc: make(chan error, 1), workers: map[string]*worker{}, finalized: map[string]bool{}}, nil
 }
 
 // Start registers the node, serves logs/exec, and starts the heartbeat and

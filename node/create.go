@@ -59,7 +59,9 @@ func lostShimOf(in *v1.Instance) *lostShim {
 // lost, if set, is what the shim takes over from a lost one.
 func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*shim.Client, error) {
 	start := time.Now()
-	if err := os.MkdirAll(w.dir, 0o700); err != nil {
+	// The logs directory exists before the shim does, so a follower that
+	// comes early watches it for the first line instead of polling.
+	if err := os.MkdirAll(filepath.Join(w.dir, "logs"), 0o700); err != nil {
 		return nil, err
 	}
 	meta, _ := json.Marshal(instanceMeta{Tenant: in.Metadata.Tenant, Name: in.Metadata.Name, UID: in.Metadata.UID})
@@ -322,8 +324,9 @@ func liveShim(ctx context.Context, dir string) *shim.Client {
 }
 
 // teardown removes every trace of an instance on this host: the shim and
-// its sandbox (processes, mounts, cgroups), the network attachment, and
-// the instance's directory with its logs. It is idempotent.
+// its sandbox (processes, mounts, cgroups; what a dead shim left too), the
+// network attachment, and the instance's directory with its logs. It is
+// idempotent.
 func (a *Agent) teardown(ctx context.Context, uid string) error {
 	dir := filepath.Join(a.instancesDir(), uid)
 	if c := liveShim(ctx, dir); c != nil {
@@ -333,6 +336,8 @@ func (a *Agent) teardown(ctx context.Context, uid string) error {
 		if err != nil {
 			return fmt.Errorf("shut down shim: %w", err)
 		}
+	} else if err := a.destroyLeftoverSandbox(ctx, dir); err != nil {
+		return err
 	}
 	nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

@@ -31,14 +31,16 @@ func (w *worker) preempt(ctx context.Context, in *v1.Instance) error {
 			return fmt.Errorf("stop preempted instance: %w", err)
 		}
 	}
-	st := in.Status
-	markPreempted(&st)
-	if st.FinishedAt == nil {
-		now := w.a.cfg.Now().UTC()
-		st.FinishedAt = &now
-	}
+	now := w.a.cfg.Now().UTC()
 	w.a.log.Info("instance preempted", "tenant", in.Metadata.Tenant, "name", in.Metadata.Name, "by", in.Status.Preemption.By)
-	return w.report(ctx, in, st)
+	return w.report(ctx, in, func(cur *v1.Instance) v1.InstanceStatus {
+		st := cur.Status
+		markPreempted(&st)
+		if st.FinishedAt == nil {
+			st.FinishedAt = &now
+		}
+		return st
+	})
 }
 
 // markPreempted keeps the preemption visible in a status the shim's report

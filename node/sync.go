@@ -37,7 +37,10 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		}
 		for ev := range events {
 			if ev.Type == v1.EventDeleted {
-				continue // finalized by us, or force-removed: collectOrphans catches leftovers
+				// Finalized by us, or removed without our teardown (a
+				// force delete while this node's lease had lapsed).
+				a.gone(ctx, ev.Object)
+				continue
 			}
 			a.dispatch(ctx, ev.Object)
 		}
@@ -65,10 +68,44 @@ func (a *Agent) dispatch(ctx context.Context, in *v1.Instance) {
 	w.update(in)
 }
 
-func (a *Agent) forget(uid string) {
+// forget drops the worker of uid; finalized says the worker removed the
+// instance itself, so the DELETED event that follows needs no teardown.
+func (a *Agent) forget(uid string, finalized bool) {
 	a.mu.Lock()
 	delete(a.workers, uid)
+	if finalized {
+		a.finalized[uid] = true
+	}
 	a.mu.Unlock()
+}
+
+// gone tears down, by UID, an instance the control plane no longer has
+// for this node: deleted without this node's teardown (a force delete
+// while its lease had lapsed), or moved away. Its worker (one is started
+// if none runs) stops following the shim and removes every trace; it does
+// that after any step it is in the middle of, so a create in flight cannot
+// leave a shim behind.
+func (a *Agent) gone(ctx context.Context, in *v1.Instance) {
+	uid := in.Metadata.UID
+	if uid == "" {
+		return
+	}
+	a.mu.Lock()
+	if a.finalized[uid] {
+		delete(a.finalized, uid)
+		a.mu.Unlock()
+		return
+	}
+	w := a.workers[uid]
+	if w == nil {
+		w = newWorker(a, in)
+		w.latest = in
+		a.workers[uid] = w
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); w.run(ctx) }()
+	}
+	a.mu.Unlock()
+	w.remove()
 }
 
 // instanceMeta is written beside each instance's state so leftovers can be
@@ -80,14 +117,31 @@ type instanceMeta struct {
 }
 
 // collectOrphans removes instance state on this host that the control
-// plane no longer has (force-removed while the agent was down).
+// plane no longer has (force-removed while the agent was down or its
+// watch was broken), and stops the workers of instances that left.
 func (a *Agent) collectOrphans(ctx context.Context, live map[string]bool) {
+	a.mu.Lock()
+	var left []*worker
+	for uid, w := range a.workers {
+		if !live[uid] {
+			left = append(left, w)
+		}
+	}
+	clear(a.finalized) // their DELETED events are behind this list
+	a.mu.Unlock()
+	for _, w := range left {
+		a.log.Info("instance left this node; removing it", "uid", w.uid)
+		w.remove()
+	}
 	entries, _ := os.ReadDir(a.instancesDir())
 	local := map[string]bool{}
 	for _, e := range entries {
 		uid := e.Name()
 		local[uid] = true
-		if live[uid] {
+		a.mu.Lock()
+		w := a.workers[uid]
+		a.mu.Unlock()
+		if live[uid] || w != nil {
 			continue
 		}
 		var m instanceMeta

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/shim"
 )
 
@@ -27,6 +28,7 @@ type worker struct {
 
 	mu      sync.Mutex
 	latest  *v1.Instance       // protected by mu
+	removed bool               // the instance is gone without our teardown; protected by mu
 	shim    *shim.Client       // protected by mu
 	ip      string             // protected by mu
 	monitor context.CancelFunc // protected by mu
@@ -36,10 +38,34 @@ func newWorker(a *Agent, in *v1.Instance) *worker {
 	return &worker{a: a, uid: in.Metadata.UID, dir: filepath.Join(a.instancesDir(), in.Metadata.UID), kick: make(chan struct{}, 1)}
 }
 
+// update hands the worker a version of its instance and wakes it. A
+// version older than the one it has (a watch event of its own earlier
+// report, which arrives after the report's answer) is not kept.
 func (w *worker) update(in *v1.Instance) {
+	w.observe(in)
+	w.kick1()
+}
+
+// observe keeps in as the newest version if it is not older than the one
+// the worker has; resourceVersions compare as numbers.
+func (w *worker) observe(in *v1.Instance) {
 	w.mu.Lock()
-	w.latest = in
+	if w.latest == nil || !v1.NewerResourceVersion(w.latest.Metadata.ResourceVersion, in.Metadata.ResourceVersion) {
+		w.latest = in
+	}
 	w.mu.Unlock()
+}
+
+// remove tells the worker that its instance is gone from the control
+// plane: tear it down by UID and exit.
+func (w *worker) remove() {
+	w.mu.Lock()
+	w.removed = true
+	w.mu.Unlock()
+	w.kick1()
+}
+
+func (w *worker) kick1() {
 	select {
 	case w.kick <- struct{}{}:
 	default:
@@ -61,13 +87,29 @@ func (w *worker) run(ctx context.Context) {
 		case <-w.kick:
 		}
 		in := w.current()
+		w.mu.Lock()
+		removed := w.removed
+		w.mu.Unlock()
+		if removed {
+			w.stopMonitor()
+			if err := w.a.teardown(ctx, w.uid); err != nil {
+				if ctx.Err() == nil {
+					w.a.log.Warn("teardown of a removed instance failed; will retry", "uid", w.uid, "err", err)
+					go func() { sleep(ctx, 2*time.Second); w.kick1() }()
+				}
+				continue
+			}
+			w.a.log.Info("instance removed without this node's teardown; torn down", "uid", w.uid, "tenant", in.Metadata.Tenant, "name", in.Metadata.Name)
+			w.a.forget(w.uid, false)
+			return
+		}
 		done, err := w.reconcile(ctx, in)
 		if err != nil && ctx.Err() == nil {
 			w.a.log.Warn("reconcile failed; will retry", "tenant", in.Metadata.Tenant, "name", in.Metadata.Name, "err", err)
 			go func() { sleep(ctx, 2*time.Second); w.update(w.current()) }()
 		}
 		if done {
-			w.a.forget(w.uid)
+			w.a.forget(w.uid, true)
 			return
 		}
 	}
@@ -121,49 +163,74 @@ func (w *worker) reconcile(ctx context.Context, in *v1.Instance) (done bool, err
 		return false, nil // finished, and its shim is gone: nothing to run
 	}
 	now := w.a.cfg.Now().UTC()
-	st := in.Status
-	st.Phase, st.CreatingAt, st.Reason, st.Message = v1.PhaseCreating, &now, "", ""
 	var lost *lostShim
 	if in.Status.Phase != v1.PhaseScheduled {
 		log.Warn("shim is gone; starting the instance again", "phase", in.Status.Phase)
 		lost = lostShimOf(in)
-		st.Reason, st.Message = "ShimLost", "the instance's shim stopped; starting its containers again"
 	}
-	if err := w.report(ctx, in, st); err != nil {
+	creating := func(cur *v1.Instance) v1.InstanceStatus {
+		st := cur.Status
+		st.Phase, st.CreatingAt, st.Reason, st.Message = v1.PhaseCreating, &now, "", ""
+		if lost != nil {
+			st.Reason, st.Message = "ShimLost", "the instance's shim stopped; starting its containers again"
+		}
+		return st
+	}
+	if err := w.report(ctx, in, creating); err != nil {
 		return false, err
 	}
 	c, err = w.create(ctx, in, lost)
 	if err != nil {
 		log.Warn("create failed", "err", err)
-		st.Phase, st.Reason, st.Message = v1.PhaseFailed, "CreateFailed", err.Error()
 		fin := w.a.cfg.Now().UTC()
-		st.FinishedAt = &fin
-		return false, w.report(ctx, in, st)
+		failed := func(cur *v1.Instance) v1.InstanceStatus {
+			st := creating(cur)
+			st.Phase, st.Reason, st.Message, st.FinishedAt = v1.PhaseFailed, "CreateFailed", err.Error(), &fin
+			return st
+		}
+		return false, w.report(ctx, in, failed)
 	}
 	w.startMonitor(ctx, c)
 	return false, nil
 }
 
-// report writes a status for in; the server refuses it if the instance
-// moved to another node.
-func (w *worker) report(ctx context.Context, in *v1.Instance, st v1.InstanceStatus) error {
-	cp := *in
-	cp.Status = st
-	cp.Status.Node = w.a.cfg.Name
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	out, err := w.a.cfg.Client.UpdateStatus(rctx, &cp)
-	if err != nil {
-		return fmt.Errorf("report status: %w", err)
-	}
-	w.mu.Lock()
-	if w.latest == nil || w.latest.Metadata.ResourceVersion < out.Metadata.ResourceVersion || len(w.latest.Metadata.ResourceVersion) < len(out.Metadata.ResourceVersion) {
-		if w.latest == nil || w.latest.Metadata.DeletionTimestamp == nil {
-			w.latest = out
+// maxReportAttempts bounds how often one report is computed again after
+// the instance changed under it.
+const maxReportAttempts = 8
+
+// report writes the status that status computes from in. The server
+// merges only the fields the node owns, and refuses a report computed
+// from a version of the instance that is no longer the stored one (the
+// scheduler may have written preemption in between); then the worker
+// reads the instance again and computes the report anew from it. The
+// server also refuses it when the instance moved to another node.
+func (w *worker) report(ctx context.Context, in *v1.Instance, status func(*v1.Instance) v1.InstanceStatus) error {
+	for attempt := 1; ; attempt++ {
+		cp := *in
+		cp.Status = status(in)
+		cp.Status.Node = w.a.cfg.Name
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		out, err := w.a.cfg.Client.UpdateStatus(rctx, &cp)
+		cancel()
+		if err == nil {
+			w.observe(out)
+			return nil
 		}
+		if !errors.Is(err, errdefs.ErrConflict) || attempt >= maxReportAttempts {
+			return fmt.Errorf("report status: %w", err)
+		}
+		rctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		fresh, gerr := w.a.cfg.Client.GetTenantInstance(rctx, in.Metadata.Tenant, in.Metadata.Name)
+		cancel()
+		if gerr != nil {
+			return fmt.Errorf("report status: %w; reading the instance again: %v", err, gerr)
+		}
+		if fresh.Metadata.UID != w.uid || fresh.Status.Node != w.a.cfg.Name {
+			return fmt.Errorf("report status: %w", err)
+		}
+		w.observe(fresh)
+		in = fresh
 	}
-	w.mu.Unlock()
-	return nil
 }
 
 func (w *worker) startMonitor(ctx context.Context, c *shim.Client) {
@@ -217,12 +284,17 @@ func (w *worker) follow(ctx context.Context, c *shim.Client) {
 		w.mu.Lock()
 		ip := w.ip
 		w.mu.Unlock()
-		status := statusFromShim(in.Status, st, ip, w.a.cfg.Now().UTC())
-		markPreempted(&status)
+		now := w.a.cfg.Now().UTC()
+		compute := func(cur *v1.Instance) v1.InstanceStatus {
+			status := statusFromShim(cur.Status, st, ip, now)
+			markPreempted(&status)
+			return status
+		}
+		status := compute(in)
 		if reflect.DeepEqual(status, last) {
 			continue
 		}
-		if err := w.report(ctx, in, status); err != nil {
+		if err := w.report(ctx, in, compute); err != nil {
 			if ctx.Err() == nil {
 				w.a.log.Warn("status report failed", "uid", w.uid, "err", err)
 				after = 0 // report again on the next answer

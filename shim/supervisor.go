@@ -83,6 +83,7 @@ func newSupervisor(ctx context.Context, cfg Config, sb sandbox.Sandbox, log *slo
 		if st, ok := cfg.Exited[c.Name]; ok {
 			st.Name, st.Phase, st.Pid = c.Name, sandbox.PhaseExited, 0
 			sc.status.ContainerState, sc.status.Reason, sc.ended = st, terminationReason(st, false), true
+			sc.endLogs(log)
 		}
 		s.containers = append(s.containers, sc)
 	}
@@ -128,16 +129,21 @@ func (s *supervisor) boot() {
 	defer close(s.booted)
 	if err := s.sb.Create(s.ctx); err != nil {
 		s.log.Error("create sandbox", "err", err)
+		s.endAllLogs()
 		s.update(func() { s.createErr = err.Error() })
 		return
 	}
 	select {
 	case <-s.startCh:
 	case <-s.stopCh:
+		s.endAllLogs()
 		return
 	}
-	for _, c := range s.containers {
+	for i, c := range s.containers {
 		if s.isStopped() {
+			for _, rest := range s.containers[i:] {
+				rest.endLogs(s.log) // they never run
+			}
 			return
 		}
 		if c.ended {
@@ -162,6 +168,7 @@ func (s *supervisor) supervise(c *supervised, first chan struct{}) {
 			}
 		})
 		if !ok {
+			c.endLogs(s.log)
 			return
 		}
 		if st.FinishedAt.Sub(st.StartedAt) >= resetBackoff {
@@ -173,6 +180,11 @@ func (s *supervisor) supervise(c *supervised, first chan struct{}) {
 		s.mu.Unlock()
 		restart := !s.isStopped() && RestartsAgain(s.cfg.RestartPolicy, st.ExitCode, restarts, s.cfg.MaxRestarts)
 		s.log.Info("container exited", "container", c.name, "exit_code", st.ExitCode, "reason", reason, "restart", restart)
+		if !restart {
+			// Before the exit is published: whoever sees the final
+			// state finds the log complete, so a follower ends.
+			c.endLogs(s.log)
+		}
 		s.update(func() {
 			c.status.ContainerState = st
 			c.status.Reason, c.status.Message, c.status.WillRestart = reason, startErr, restart
@@ -189,6 +201,7 @@ func (s *supervisor) supervise(c *supervised, first chan struct{}) {
 		case <-t.C:
 		case <-s.stopCh:
 			t.Stop()
+			c.endLogs(s.log)
 			s.update(func() {
 				c.status.Reason, c.status.Message, c.status.WillRestart = reason, startErr, false
 			})
@@ -205,7 +218,12 @@ func (s *supervisor) supervise(c *supervised, first chan struct{}) {
 // runOnce starts the container and waits for it to end. It reports ok=false
 // when stop came first. started is called once the start was attempted.
 func (s *supervisor) runOnce(c *supervised, started func()) (st sandbox.ContainerState, startErr string, ok bool) {
+	if err := c.logs.Resume(); err != nil {
+		s.log.Warn("reopen container log", "container", c.name, "err", err)
+	}
 	stdout, stderr := c.logs.Stream(logfile.Stdout), c.logs.Stream(logfile.Stderr)
+	// Closed when the run ended (its output drained): before the caller
+	// may end the log.
 	defer stdout.Close()
 	defer stderr.Close()
 	c.startMu.Lock()
@@ -318,5 +336,20 @@ func (s *supervisor) shutdown(ctx context.Context, grace time.Duration) error {
 func (s *supervisor) closeLogs() {
 	for _, c := range s.containers {
 		c.logs.Close()
+	}
+}
+
+// endLogs marks the container's log complete: it ended for good and its
+// output is written (see logfile.Writer.End).
+func (c *supervised) endLogs(log *slog.Logger) {
+	if err := c.logs.End(); err != nil {
+		log.Warn("mark container log complete", "container", c.name, "err", err)
+	}
+}
+
+// endAllLogs ends the logs of containers that will never run.
+func (s *supervisor) endAllLogs() {
+	for _, c := range s.containers {
+		c.endLogs(s.log)
 	}
 }

@@ -87,6 +87,24 @@ func (c Collection[T, P]) Get(ctx context.Context, key string) (P, error) {
 	return decode[T, P](resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
 }
 
+// GetWithRevision reads one object and the store's revision at the read:
+// a watch from that revision sees every later change, and, unlike one
+// from the object's own older revision, etcd serves it at once instead of
+// from its resync loop (up to 100 ms late).
+func (c Collection[T, P]) GetWithRevision(ctx context.Context, key string) (P, int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	resp, err := c.cli.Get(ctx, key)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: etcd get: %v", errdefs.ErrUnavailable, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, resp.Header.Revision, errdefs.ErrNotFound
+	}
+	obj, err := decode[T, P](resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+	return obj, resp.Header.Revision, err
+}
+
 // List reads every object under prefix and the revision of the read.
 func (c Collection[T, P]) List(ctx context.Context, prefix string) ([]P, int64, error) {
 	return c.ListAt(ctx, prefix, 0)

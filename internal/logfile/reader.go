@@ -17,7 +17,8 @@ import (
 // ReadOptions select what Read returns.
 type ReadOptions struct {
 	// Follow keeps reading records as they are written, across
-	// rotations, until the context is done.
+	// rotations, until the context is done or the writer marked the log
+	// ended (Writer.End) and everything was read.
 	Follow bool
 	// Tail is how many of the last lines to show before following: -1
 	// shows all, 0 none (so the zero value shows no history).
@@ -29,7 +30,8 @@ type ReadOptions struct {
 	Timestamps bool
 	// Streams keeps only these streams ("stdout", "stderr"); empty: all.
 	Streams []string
-	// PollInterval is how often Follow looks for new data. Default 100ms.
+	// PollInterval is how often Follow looks for new data when no change
+	// notification came (on Linux inotify wakes it at once). Default 100ms.
 	PollInterval time.Duration
 }
 
@@ -202,6 +204,12 @@ func (rd *reader) emit(r record) error {
 func (rd *reader) follow(ctx context.Context, path string, lr *lineReader) error {
 	tick := time.NewTicker(rd.opts.PollInterval)
 	defer tick.Stop()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var changed <-chan struct{}
+	if dw := watchDir(wctx, path); dw != nil {
+		changed = dw.ch
+	}
 	for {
 		if lr.f != nil {
 			if err := rd.drain(lr); err != nil || rd.done {
@@ -216,13 +224,18 @@ func (rd *reader) follow(ctx context.Context, path string, lr *lineReader) error
 			return fmt.Errorf("follow log: %w", err)
 		case lr.f != nil && sameFile(lr.f, next):
 			next.Close()
+			if ended(path) {
+				// The mark is made after the last record: what is
+				// left is read now, and nothing comes after it.
+				return rd.drain(lr)
+			}
 		default:
 			if lr.f != nil {
 				if err := rd.drain(lr); err != nil || rd.done {
 					next.Close()
 					return err
 				}
-				if err := rd.readSkipped(path, lr.f); err != nil || rd.done {
+				if err := rd.readSkipped(path, lr.f, next); err != nil || rd.done {
 					next.Close()
 					return err
 				}
@@ -234,14 +247,16 @@ func (rd *reader) follow(ctx context.Context, path string, lr *lineReader) error
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-changed:
 		case <-tick.C:
 		}
 	}
 }
 
 // readSkipped reads the files rotated between old (now path.k) and the new
-// live file: path.k-1 ... path.1.
-func (rd *reader) readSkipped(path string, old *os.File) error {
+// live file next: path.k-1 ... path.1, stopping at next should it have
+// been rotated too in the meantime (it is read after this, from its start).
+func (rd *reader) readSkipped(path string, old, next *os.File) error {
 	files := rotatedFiles(path) // oldest first
 	for i, p := range files {
 		f, err := os.Open(p)
@@ -252,7 +267,20 @@ func (rd *reader) readSkipped(path string, old *os.File) error {
 		f.Close()
 		if same {
 			for _, q := range files[i+1:] {
-				if err := rd.readFile(q); err != nil && !errors.Is(err, os.ErrNotExist) {
+				f, err := os.Open(q)
+				if errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				if sameFile(f, next) {
+					f.Close()
+					return nil
+				}
+				err = rd.drain(&lineReader{f: f})
+				f.Close()
+				if err != nil {
 					return err
 				}
 			}
