@@ -23,9 +23,17 @@ const Nobody = 65534
 func Do(uid int, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			// The main thread is never killed, only parked, and its
+			// credentials are what ps and /proc show for the process.
+			// Hold it here, so the goroutine below gets another thread.
+			errc <- Do(uid, fn)
+			runtime.UnlockOSThread()
+			return
+		}
 		// Never unlocked: the goroutine ends locked, so the runtime kills
 		// the thread instead of reusing it with changed credentials.
-		runtime.LockOSThread()
 		errc <- onThisThread(uid, fn)
 	}()
 	return <-errc

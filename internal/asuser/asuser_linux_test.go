@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -30,5 +31,25 @@ func TestDoDropsPrivilegeOnlyInFn(t *testing.T) {
 	}
 	if _, err := os.ReadFile(secret); err != nil {
 		t.Errorf("after Do, the test itself lost root: %v", err)
+	}
+}
+
+// TestDoLeavesTheProcessRoot: however often Do runs, and on whichever
+// thread, the process as a whole (its main thread) stays root.
+func TestDoLeavesTheProcessRoot(t *testing.T) {
+	RequireRoot(t)
+	for i := 0; i < 50; i++ {
+		if err := Do(Nobody, func() error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "Uid:") && strings.Fields(line)[2] != "0" {
+			t.Fatalf("process status %q after Do; want euid 0", line)
+		}
 	}
 }
