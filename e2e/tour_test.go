@@ -127,6 +127,41 @@ func TestTour(t *testing.T) {
 	if in.Status.Phase != v1.PhaseFailed || len(in.Status.Containers) != 1 || !in.Status.Containers[0].OOMKilled || in.Status.Reason != "OOMKilled" {
 		t.Errorf("hog status %s %s %+v; want Failed OOMKilled", in.Status.Phase, in.Status.Reason, in.Status.Containers)
 	}
+
+	// Tenants: acme imports its own image, its system band needs the
+	// admin's grant, and a token it was given is revoked.
+	acme := strings.TrimSpace(c.mustCube("tenant", "create", "acme", "--weight", "2", "--quota", "batch=cpu=4,memory=8Gi,instances=10"))
+	c.mustCubeAs(acme, "image", "import", tarPath)
+	c.mustCubeAs(acme, "run", "--name", "job", "--priority", "batch", "busybox", "--", "sleep", "600")
+	if _, errOut, code := c.cubeAs(acme, "run", "--name", "vip", "--priority", "system", "busybox"); code == 0 || !strings.Contains(errOut, "--allow-priority system") {
+		t.Errorf("acme's run --priority system: exit %d, %q; want it refused naming the grant", code, errOut)
+	}
+	c.mustCube("tenant", "update", "acme", "--allow-priority", "system")
+	c.mustCubeAs(acme, "run", "--name", "vip", "--priority", "system", "busybox", "--", "sleep", "600")
+	ro := strings.TrimSpace(c.mustCube("token", "create", "--tenant", "acme", "--scope", "read-only", "--ttl", "24h"))
+	if out := c.mustCubeAs(ro, "ps"); !strings.Contains(out, "job") || !strings.Contains(out, "vip") {
+		t.Errorf("acme's ps with a read-only token = %q; want job and vip", out)
+	}
+	var toks []v1.Token
+	if err := json.Unmarshal([]byte(c.mustCube("token", "ls", "--tenant", "acme", "-o", "json")), &toks); err != nil {
+		t.Fatal(err)
+	}
+	revoked := 0
+	for _, tk := range toks {
+		if tk.Scope == "read-only" {
+			c.mustCube("token", "revoke", tk.Metadata.Name)
+			revoked++
+		}
+	}
+	if revoked != 1 {
+		t.Fatalf("token ls showed %d read-only tokens of acme; want 1: %+v", revoked, toks)
+	}
+	if _, errOut, code := c.cubeAs(ro, "ps"); code == 0 {
+		t.Errorf("ps with a revoked token succeeded; want 401 (%q)", errOut)
+	}
+	if out := c.mustCube("ps"); strings.Contains(out, "vip") || strings.Contains(out, "job") {
+		t.Errorf("the admin's ps = %q; another tenant's instances must not show", out)
+	}
 }
 
 func mustRead(t *testing.T, path string) string {
