@@ -253,41 +253,78 @@ func (rd *reader) follow(ctx context.Context, path string, lr *lineReader) error
 	}
 }
 
-// readSkipped reads the files rotated between old (now path.k) and the new
-// live file next: path.k-1 ... path.1, stopping at next should it have
-// been rotated too in the meantime (it is read after this, from its start).
+// readSkipped reads the files rotated between old (now path.k, or gone)
+// and the new live file next: path.k-1 ... path.1, stopping at next
+// should it have been rotated too in the meantime (it is read after this,
+// from its start). Files are told apart by identity, not by name, from one
+// consistent view of them: the writer may rotate again while this runs,
+// and a file read by its old name would then be skipped or read twice.
 func (rd *reader) readSkipped(path string, old, next *os.File) error {
-	files := rotatedFiles(path) // oldest first
-	for i, p := range files {
-		f, err := os.Open(p)
-		if err != nil {
-			continue
+	files := openRotated(path) // oldest first
+	defer func() {
+		for _, f := range files {
+			f.Close()
 		}
-		same := sameFile(old, f)
-		f.Close()
-		if same {
-			for _, q := range files[i+1:] {
-				f, err := os.Open(q)
-				if errors.Is(err, os.ErrNotExist) {
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				if sameFile(f, next) {
-					f.Close()
-					return nil
-				}
-				err = rd.drain(&lineReader{f: f})
-				f.Close()
-				if err != nil {
-					return err
-				}
-			}
-			return nil
+	}()
+	// When old is no longer kept, every file that is kept is newer.
+	start := 0
+	for i, f := range files {
+		if sameFile(old, f) {
+			start = i + 1
+			break
 		}
 	}
-	return nil // old was already deleted; what was in between is lost
+	for _, f := range files[start:] {
+		if sameFile(f, next) {
+			return nil
+		}
+		if err := rd.drain(&lineReader{f: f}); err != nil || rd.done {
+			return err
+		}
+	}
+	return nil
+}
+
+// openRotated opens path.N ... path.1, oldest first, as one view: it
+// retries until no rotation happened while it opened them (or gives its
+// last try, after many: rotations that fast lose lines anyway, because
+// the oldest files are deleted).
+func openRotated(path string) []*os.File {
+	var files []*os.File
+	for attempt := 0; attempt < 20; attempt++ {
+		for _, f := range files {
+			f.Close()
+		}
+		files = files[:0]
+		names := rotatedFiles(path)
+		for _, n := range names {
+			if f, err := os.Open(n); err == nil {
+				files = append(files, f)
+			}
+		}
+		if len(files) == len(names) && stillNamed(path, names, files) {
+			return files
+		}
+	}
+	return files
+}
+
+// stillNamed reports whether names are still exactly path's rotated files
+// and name the files opened from them.
+func stillNamed(path string, names []string, files []*os.File) bool {
+	if !slices.Equal(names, rotatedFiles(path)) {
+		return false
+	}
+	for i, n := range names {
+		fi, err := os.Stat(n)
+		if err != nil {
+			return false
+		}
+		if gi, err := files[i].Stat(); err != nil || !os.SameFile(fi, gi) {
+			return false
+		}
+	}
+	return true
 }
 
 func sameFile(a, b *os.File) bool {
