@@ -11,32 +11,7 @@ import (
 
 	"github.com/cube-platform/cube/client"
 	"github.com/cube-platform/cube/image/imagetest"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
-
-func layoutWithout(t *testing.T, img v1.Image, ref string, n int) string {
-	t.Helper()
-	dir := t.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(img, layout.WithAnnotations(imagetest.RefAnnotations(ref))); err != nil {
-		t.Fatal(err)
-	}
-	m, err := img.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(filepath.Join(dir, "blobs", "sha256", m.Layers[n-1].Digest.Hex)); err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(t.TempDir(), "partial.tar")
-	imagetest.TarDir(t, dir, out)
-	return out
-}
 
 // TestSecurityImagesLayerTheft: tenant rival imports a manifest naming
 // tenant acme's private layer without carrying the blob. The import fails
@@ -55,11 +30,11 @@ func TestSecurityImagesLayerTheft(t *testing.T) {
 	c.mustCubeAs(acme, "image", "import", pathA)
 
 	const stolen = "cube.test/rival/stolen:v1"
-	outT, errT, codeT := c.cubeAs(rival, "image", "import", layoutWithout(t, imgA, stolen, 2))
+	outT, errT, codeT := c.cubeAs(rival, "image", "import", imagetest.WriteOCIArchiveWithout(t, imgA, stolen, 2))
 	random := make([]byte, 16)
 	rand.Read(random)
 	imgR := imagetest.BusyboxImage(t, imagetest.WithLayer(imagetest.File("secret.txt", 0o600, hex.EncodeToString(random))))
-	outU, errU, codeU := c.cubeAs(rival, "image", "import", layoutWithout(t, imgR, stolen, 2))
+	outU, errU, codeU := c.cubeAs(rival, "image", "import", imagetest.WriteOCIArchiveWithout(t, imgR, stolen, 2))
 	if codeT == 0 || !strings.Contains(errT, "not in the archive") {
 		t.Fatalf("rival imports acme's layer without its bytes: exit %d, stdout %q, stderr %q; want it refused", codeT, outT, errT)
 	}

@@ -60,7 +60,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	zw.Write(read(filepath.Join(tmp, "a.tar")))
 	zw.Close()
 	write("FuzzImport", "gzipped", gz.Bytes())
-	write("FuzzImport", "missing-layer", read(archiveWithout(t, tiny, "cube.test/tiny:v1", 1)))
+	write("FuzzImport", "missing-layer", read(imagetest.WriteOCIArchiveWithout(t, tiny, "cube.test/tiny:v1", 1)))
 	F := imagetest.File
 	write("FuzzImport", "traversal", read(imagetest.WriteTar(t, tmp, F("index.json", 0o644, "{}"), F("../escape", 0o644, "x"))))
 	write("FuzzImport", "symlink-out", read(imagetest.WriteTar(t, tmp, imagetest.Symlink("index.json", "/etc/passwd"))))

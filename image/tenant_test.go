@@ -22,8 +22,6 @@ import (
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/image/imagetest"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 )
 
@@ -31,33 +29,6 @@ var (
 	ownerA = Owner{Tenant: "acme", Quota: 1 << 30}
 	ownerB = Owner{Tenant: "rival", Quota: 1 << 30}
 )
-
-// archiveWithout writes img as an OCI layout tar, less the blobs of the
-// layers numbered drop (1-based): a manifest that names blobs it does not
-// carry.
-func archiveWithout(t *testing.T, img v1.Image, ref string, drop ...int) string {
-	t.Helper()
-	dir := t.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(img, layout.WithAnnotations(imagetest.RefAnnotations(ref))); err != nil {
-		t.Fatal(err)
-	}
-	m, err := img.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range drop {
-		if err := os.Remove(filepath.Join(dir, "blobs", "sha256", m.Layers[n-1].Digest.Hex)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	out := filepath.Join(t.TempDir(), "img.tar")
-	imagetest.TarDir(t, dir, out)
-	return out
-}
 
 func importAs(t *testing.T, s Store, owner Owner, path string) ([]Image, error) {
 	t.Helper()
@@ -83,12 +54,12 @@ func TestLayerTheft(t *testing.T) {
 	}
 
 	// The theft: A's image, less A's secret layer (layer 2).
-	_, theft := importAs(t, s, ownerB, archiveWithout(t, imgA, "cube.test/rival/x:v1", 2))
+	_, theft := importAs(t, s, ownerB, imagetest.WriteOCIArchiveWithout(t, imgA, "cube.test/rival/x:v1", 2))
 	// The control: the same shape with a layer digest nobody has.
 	random := make([]byte, 32)
 	rand.Read(random)
 	imgR := imagetest.BusyboxImage(t, imagetest.WithLayer(imagetest.File("secret.txt", 0o600, hex.EncodeToString(random))))
-	_, unknown := importAs(t, s, ownerB, archiveWithout(t, imgR, "cube.test/rival/x:v1", 2))
+	_, unknown := importAs(t, s, ownerB, imagetest.WriteOCIArchiveWithout(t, imgR, "cube.test/rival/x:v1", 2))
 
 	wantErr(t, "Import(A's layer without its bytes)", theft, ErrInvalidArchive, "not in the archive")
 	wantErr(t, "Import(unknown layer)", unknown, ErrInvalidArchive, "not in the archive")
@@ -119,7 +90,7 @@ func TestLayerTheft(t *testing.T) {
 		t.Errorf("Usage(A) = %d, Usage(B) = %d; want the same shared image counted in full for each", ua, ub)
 	}
 	// And B can now name A's layer without carrying it: B owns it.
-	if _, err := importAs(t, s, ownerB, archiveWithout(t, imgA, "cube.test/rival/again:v1", 2)); err != nil {
+	if _, err := importAs(t, s, ownerB, imagetest.WriteOCIArchiveWithout(t, imgA, "cube.test/rival/again:v1", 2)); err != nil {
 		t.Errorf("Import(a layer B owns, without its bytes) = %v; want it stored", err)
 	}
 }
@@ -480,7 +451,7 @@ func BenchmarkTheftRefusal(b *testing.B) {
 		name string
 		img  v1.Image
 	}{{"existing", secret}, {"unknown", unknown}} {
-		archive, err := os.ReadFile(archiveWithoutB(b, c.img, 2))
+		archive, err := os.ReadFile(imagetest.WriteOCIArchiveWithout(b, c.img, "", 2))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -500,23 +471,6 @@ func openStoreB(b *testing.B) *localStore {
 		b.Fatal(err)
 	}
 	return st.(*localStore)
-}
-
-// archiveWithoutB is archiveWithout for benchmarks.
-func archiveWithoutB(b *testing.B, img v1.Image, drop int) string {
-	dir := b.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := p.AppendImage(img); err != nil {
-		b.Fatal(err)
-	}
-	m, _ := img.Manifest()
-	os.Remove(filepath.Join(dir, "blobs", "sha256", m.Layers[drop-1].Digest.Hex))
-	out := filepath.Join(b.TempDir(), "img.tar")
-	imagetest.TarDir(b, dir, out)
-	return out
 }
 
 // TestQuotaMultiImage: an archive of two images fits a quota that its

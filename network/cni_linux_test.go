@@ -47,6 +47,11 @@ func serveGreeting(t *testing.T, netns string, port int, greeting string) {
 	if err != nil {
 		t.Fatalf("listen in %s: %v", netns, err)
 	}
+	greet(t, l, greeting)
+}
+
+// greet answers every connection to l with greeting until t's cleanup.
+func greet(t *testing.T, l net.Listener, greeting string) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for {

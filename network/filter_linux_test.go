@@ -98,18 +98,7 @@ func hostListener(t *testing.T, addr, greeting string) string {
 	if err != nil {
 		t.Fatalf("listen on %s: %v", addr, err)
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte(greeting + "\n"))
-			c.Close()
-		}
-	})
-	t.Cleanup(func() { l.Close(); wg.Wait() })
+	greet(t, l, greeting)
 	return l.Addr().String()
 }
 

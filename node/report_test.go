@@ -11,10 +11,9 @@ import (
 	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
-	"github.com/cube-platform/cube/apiserver"
 	"github.com/cube-platform/cube/client"
 	"github.com/cube-platform/cube/errdefs"
-	"github.com/cube-platform/cube/image"
+	"github.com/cube-platform/cube/internal/apitest"
 	"github.com/cube-platform/cube/store"
 )
 
@@ -30,22 +29,8 @@ type reportEnv struct {
 func newReportEnv(t *testing.T) *reportEnv {
 	t.Helper()
 	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	e, err := store.StartEmbedded(ctx, t.TempDir(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	imgs, err := image.NewLocalStore(t.TempDir(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := store.New(e.Client)
-	srv, err := apiserver.New(apiserver.Config{Listen: "127.0.0.1:0", Store: st, Images: imgs, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
+	st, h, _ := apitest.Server(t, "a")
+	hs := httptest.NewServer(h)
 	t.Cleanup(hs.Close)
 	tok, err := st.CreateToken(ctx, store.Token{Role: store.RoleNode, Node: "n1"})
 	if err != nil {

@@ -174,3 +174,31 @@ func copyFile(w io.Writer, p string) error {
 	_, err = io.Copy(w, f)
 	return err
 }
+
+// WriteOCIArchiveWithout writes img, named ref, as an OCI layout tar
+// less the blobs of the layers numbered drop (1-based): a manifest that
+// names blobs it does not carry, as a tenant stealing another's layer
+// would send it.
+func WriteOCIArchiveWithout(t testing.TB, img v1.Image, ref string, drop ...int) string {
+	t.Helper()
+	dir := t.TempDir()
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(RefAnnotations(ref))); err != nil {
+		t.Fatal(err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range drop {
+		if err := os.Remove(filepath.Join(dir, "blobs", "sha256", m.Layers[n-1].Digest.Hex)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "partial.tar")
+	TarDir(t, dir, out)
+	return out
+}
