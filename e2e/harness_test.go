@@ -56,6 +56,15 @@ func run(m *testing.M) int {
 		fmt.Println("e2e: building cube failed:", err)
 		return 1
 	}
+	// cube-shim beside cube, the layout `make install` gives: cube up runs
+	// every instance's shim with it, as in production.
+	args[2] = filepath.Join(dir, "cube-shim")
+	build = exec.Command("go", append(args, "../cmd/cube-shim")...)
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Println("e2e: building cube-shim failed:", err)
+		return 1
+	}
 	return m.Run()
 }
 

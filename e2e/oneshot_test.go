@@ -13,27 +13,6 @@ import (
 	"time"
 )
 
-var cubeShimOnce sync.Once
-
-// withCubeShim builds cmd/cube-shim beside the suite's cube binary, the
-// layout `make install` gives, so every cube up started after this runs
-// its instances under cube-shim rather than `cube shim`.
-func withCubeShim(t testing.TB) {
-	t.Helper()
-	var err error
-	var out []byte
-	cubeShimOnce.Do(func() {
-		args := []string{"build", "-o", filepath.Join(filepath.Dir(cubeBin), "cube-shim")}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		out, err = exec.Command("go", append(args, "../cmd/cube-shim")...).CombinedOutput()
-	})
-	if err != nil {
-		t.Fatalf("build cube-shim: %v\n%s", err, out)
-	}
-}
-
 // importBusybox makes the README's busybox image (hack/mkbusybox) and
 // imports it, so `busybox` runs by its short name; it returns the tar.
 func importBusybox(t testing.TB, c *cluster) string {
@@ -66,10 +45,9 @@ func wantLines(out string, n int) error {
 // TestAttachPrintsEveryLine: `cube run --rm --attach` returns when the
 // log stream ends after the exit, with every line the container wrote,
 // every time, also with several running at once, and exits with the
-// container's code. Its instances run under cube-shim (see withCubeShim);
+// container's code. Its instances run under cube-shim (TestMain builds it beside cube, as make install does);
 // they also check that the cluster used it.
 func TestAttachPrintsEveryLine(t *testing.T) {
-	withCubeShim(t)
 	c := startCluster(t)
 	importBusybox(t, c)
 	const script = `for i in $(seq 1 2000); do echo line$i; done`
@@ -215,7 +193,6 @@ func median(v []float64) float64 {
 //
 // (-benchtime Nx sets the pairs; at least 10 are run.)
 func BenchmarkOneShotVsCtr(b *testing.B) {
-	withCubeShim(b)
 	c := startCluster(b)
 	tar := importBusybox(b, c)
 	cd := startContainerd(b, tar)

@@ -34,7 +34,11 @@ func TestPlatformClosedToLocalUsers(t *testing.T) {
 		t.Errorf("cube up listens on TCP ports %v; want only the API's %s", ports, apiPort)
 	}
 	// Shims are cube processes too; none may open a port.
-	for _, pid := range cubeProcesses(t) {
+	procs := cubeProcesses(t)
+	if len(procs) < 2 {
+		t.Errorf("found cube processes %v; want cube up and the idle instance's shim", procs)
+	}
+	for _, pid := range procs {
 		if pid == c.cmd.Process.Pid {
 			continue
 		}
@@ -109,13 +113,15 @@ func TestUpBootFailureIsClear(t *testing.T) {
 	}
 }
 
-// cubeProcesses lists the pids whose executable is the cube under test.
+// cubeProcesses lists the pids whose executable is the cube or cube-shim
+// under test.
 func cubeProcesses(t *testing.T) []int {
 	t.Helper()
 	exes, _ := filepath.Glob("/proc/[0-9]*/exe")
+	shimBin := filepath.Join(filepath.Dir(cubeBin), "cube-shim")
 	var pids []int
 	for _, exe := range exes {
-		if target, err := os.Readlink(exe); err == nil && target == cubeBin {
+		if target, err := os.Readlink(exe); err == nil && (target == cubeBin || target == shimBin) {
 			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(exe)))
 			pids = append(pids, pid)
 		}

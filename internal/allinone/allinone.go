@@ -323,7 +323,7 @@ func (p *Platform) ensureTokens(ctx context.Context, st *store.Store) (admin, no
 		nodeName = strings.ToLower(h)
 		p.cfg.NodeName = nodeName
 	}
-	admin, err = tokenFile(ctx, st, filepath.Join(p.cfg.DataDir, "admin.token"), store.Token{Tenant: apiserver.AdminTenant, Role: store.RoleTenant, Created: time.Now().UTC()})
+	admin, err = tokenFile(ctx, st, filepath.Join(p.cfg.DataDir, "admin.token"), store.Token{Tenant: apiserver.AdminTenant, Role: store.RoleTenant, Scope: store.ScopeAdmin, Created: time.Now().UTC()})
 	if err != nil {
 		return "", "", err
 	}
