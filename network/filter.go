@@ -42,7 +42,9 @@ import (
 // (ct established/related), and a destination in 127.0.0.0/8 or ::1 is
 // dropped before conntrack and NAT see it (the CNI portmap plugin sets
 // route_localnet on the bridge, so the kernel would route it to the
-// host's loopback: CVE-2020-8558). That is not done in the bridge table:
+// host's loopback: CVE-2020-8558). So is a destination in 169.254.0.0/16,
+// link-local, where clouds serve instance metadata and the node's
+// credentials: the host would otherwise route it. That is not done in the bridge table:
 // with br_netfilter the replies to the host's connections through
 // 127.0.0.1:<published port> are already un-NATed to 127.0.0.1 when the
 // bridge's input hook sees them. Published ports still work: they
@@ -299,6 +301,9 @@ func (f *filter) writeBase(b *strings.Builder) {
 	fmt.Fprintf(b, "add chain %s prerouting { type filter hook prerouting priority -300; policy accept; }\n", in)
 	fmt.Fprintf(b, "add rule %s prerouting iifname %s ip daddr 127.0.0.0/8 drop\n", in, q)
 	fmt.Fprintf(b, "add rule %s prerouting iifname %s ip6 daddr ::1 drop\n", in, q)
+	// Link-local is where clouds serve instance metadata and the node's
+	// credentials (169.254.169.254): it is never routed for an instance.
+	fmt.Fprintf(b, "add rule %s prerouting iifname %s ip daddr 169.254.0.0/16 drop\n", in, q)
 	fmt.Fprintf(b, "add chain %s input { type filter hook input priority 0; policy accept; }\n", in)
 	fmt.Fprintf(b, "add rule %s input iifname %s ct state established,related accept\n", in, q)
 	fmt.Fprintf(b, "add rule %s input iifname %s drop\n", in, q)
