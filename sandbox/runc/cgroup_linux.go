@@ -95,3 +95,62 @@ func setPidsLimit(path string, limit int64) error {
 	}
 	return fmt.Errorf("limit the processes of cgroup %s: no cgroup hierarchy has the pids controller (mount it, e.g. /sys/fs/cgroup/pids)", path)
 }
+
+// setMemoryLimit caps the sandbox's parent cgroup (path) at limit bytes,
+// swap included when memsw. Each container has its own limit, but memory
+// it leaves behind in the instance's shared namespaces (a System V
+// segment, a POSIX queue, /dev/shm) stays charged once its cgroup is gone,
+// and its restart starts from a fresh limit: only a bound on the parent
+// keeps an instance that restarts from taking the node's memory. On
+// cgroup v1 that is the memory hierarchy; on v2 the unified one, where the
+// memory controller is enabled down from the root as runc does.
+func setMemoryLimit(path string, limit int64, memsw bool) error {
+	ms, err := cgroupMounts()
+	if err != nil {
+		return err
+	}
+	value := strconv.FormatInt(limit, 10)
+	for _, m := range ms {
+		if m.fstype == "cgroup" && hasOpt(m.superOpts, "memory") {
+			dir := filepath.Join(m.point, path)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return fmt.Errorf("create memory cgroup %s: %w", path, err)
+			}
+			// memory before memory+swap: the kernel keeps memory <= memsw.
+			if err := writeCgroupFile(dir, "memory.limit_in_bytes", value); err != nil {
+				return err
+			}
+			if memsw {
+				return writeCgroupFile(dir, "memory.memsw.limit_in_bytes", value)
+			}
+			return nil
+		}
+	}
+	for _, m := range ms {
+		if m.fstype != "cgroup2" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(m.point, "cgroup.controllers"))
+		if err != nil || !slices.Contains(strings.Fields(string(b)), "memory") {
+			continue
+		}
+		dir := m.point
+		for part := range strings.SplitSeq(strings.Trim(path, "/"), "/") {
+			if err := writeCgroupFile(dir, "cgroup.subtree_control", "+memory"); err != nil {
+				return err
+			}
+			dir = filepath.Join(dir, part)
+			if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
+				return fmt.Errorf("create cgroup %s: %w", dir, err)
+			}
+		}
+		if err := writeCgroupFile(dir, "memory.max", value); err != nil {
+			return err
+		}
+		if memsw {
+			return writeCgroupFile(dir, "memory.swap.max", "0")
+		}
+		return nil
+	}
+	return fmt.Errorf("limit the memory of cgroup %s: no cgroup hierarchy has the memory controller (mount it, e.g. /sys/fs/cgroup/memory)", path)
+}

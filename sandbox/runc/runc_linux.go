@@ -228,6 +228,11 @@ func (s *runcSandbox) Create(ctx context.Context) (err error) {
 	if err := setPidsLimit(s.spec.CgroupParent, s.pids); err != nil {
 		return err
 	}
+	if limit := memoryBound(s.spec); limit > 0 {
+		if err := setMemoryLimit(s.spec.CgroupParent, limit, swapAccounted()); err != nil {
+			return err
+		}
+	}
 	if err := s.disk.ensure(ctx); err != nil {
 		return err
 	}
@@ -237,7 +242,7 @@ func (s *runcSandbox) Create(ctx context.Context) (err error) {
 	if mounted, err := isMountPoint(s.files.shm); err != nil {
 		return err
 	} else if !mounted {
-		if err := unix.Mount("shm", s.files.shm, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777,size=65536k"); err != nil {
+		if err := unix.Mount("shm", s.files.shm, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, fmt.Sprintf("mode=1777,size=%dk", shmSize>>10)); err != nil {
 			return fmt.Errorf("mount shared /dev/shm: %w", err)
 		}
 	}
@@ -352,6 +357,24 @@ func (s *runcSandbox) Destroy(ctx context.Context) error {
 }
 
 // cleanup undoes Create, skipping whatever is already gone.
+// shmSize is the size of the tmpfs every container of a sandbox shares
+// as /dev/shm.
+const shmSize = 64 << 20
+
+// memoryBound is the memory the whole sandbox may hold: the sum of its
+// containers' limits plus its /dev/shm, whose files outlive a container's
+// run by design. 0 (no bound) when a container has no limit.
+func memoryBound(spec sandbox.Spec) int64 {
+	var sum int64 = shmSize
+	for _, c := range spec.Containers {
+		if c.MemoryBytes <= 0 {
+			return 0
+		}
+		sum += c.MemoryBytes
+	}
+	return sum
+}
+
 func (s *runcSandbox) cleanup(ctx context.Context) error {
 	var errs []error
 	cgroups := make([]string, 0, len(s.order)+1)
