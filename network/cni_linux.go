@@ -3,6 +3,7 @@ package network
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -47,6 +48,12 @@ type cniManager struct {
 	subnet netip.Prefix
 	// filter keeps the network's packet filter.
 	filter *filter
+
+	heldMu sync.Mutex
+	// held are the bound sockets that hold each instance's published
+	// host ports against host processes (holdHostPorts); protected by
+	// heldMu.
+	held map[string][]io.Closer
 
 	unattachedMu sync.Mutex
 	// unattached holds the ids this manager pinned and has run no CNI ADD
@@ -128,6 +135,7 @@ func NewCNI(cfg Config, log *slog.Logger) (Manager, error) {
 		filter:     newFilter(cfg.BridgeName, subnet, log),
 		states:     stateStore{dir: stateDir},
 		unattached: map[string]bool{},
+		held:       map[string][]io.Closer{},
 	}
 	// Instances outlive the manager: re-make the filter of every one a
 	// state file lists, and only theirs.
@@ -139,6 +147,7 @@ func NewCNI(cfg Config, log *slog.Logger) (Manager, error) {
 	if err := m.filterSync(ctx); err != nil {
 		return nil, err
 	}
+	m.holdAdopted()
 	return m, nil
 }
 
@@ -208,11 +217,51 @@ func (m *cniManager) reserve(st instanceState) error {
 		if p, other, found := findPortConflict(st.ID, st.Ports, all); found {
 			return fmt.Errorf("host port %s is already published by instance %s: %w", describePort(p), other, ErrPortInUse)
 		}
-		if err := probeHostPorts(st.Ports); err != nil {
+		held, err := holdHostPorts(st.Ports)
+		if err != nil {
 			return err
 		}
+		if err := m.states.put(st); err != nil {
+			closeAll(held)
+			return err
+		}
+		m.setHeld(st.ID, held)
+		return nil
 	}
 	return m.states.put(st)
+}
+
+// setHeld replaces the sockets holding id's host ports (nil: releases them).
+func (m *cniManager) setHeld(id string, held []io.Closer) {
+	m.heldMu.Lock()
+	defer m.heldMu.Unlock()
+	closeAll(m.held[id])
+	delete(m.held, id)
+	if len(held) > 0 {
+		m.held[id] = held
+	}
+}
+
+// holdAdopted holds the host ports of the instances that outlived the
+// previous manager. A port a host process took in between stays with it
+// (and keeps losing its local clients to the instance): that is logged.
+func (m *cniManager) holdAdopted() {
+	all, err := m.states.all()
+	if err != nil {
+		m.log.Warn("cannot hold published host ports", "err", err)
+		return
+	}
+	for _, st := range all {
+		if len(st.Ports) == 0 {
+			continue
+		}
+		held, err := holdHostPorts(st.Ports)
+		if err != nil {
+			m.log.Warn("a host process bound a port published by an instance", "id", st.ID, "err", err)
+			continue
+		}
+		m.setHeld(st.ID, held)
+	}
 }
 
 func (m *cniManager) runtimeConf(st instanceState) *libcni.RuntimeConf {
@@ -343,7 +392,11 @@ func (m *cniManager) teardown(ctx context.Context, st instanceState) error {
 	if err := unmountAndRemove(st.NetNS); err != nil {
 		return err
 	}
-	return m.states.remove(st.ID)
+	if err := m.states.remove(st.ID); err != nil {
+		return err
+	}
+	m.setHeld(st.ID, nil)
+	return nil
 }
 
 // validateTenant refuses an empty tenant: an instance without one could

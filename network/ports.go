@@ -3,6 +3,7 @@ package network
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -101,28 +102,39 @@ func describePort(p PortMapping) string {
 	return s
 }
 
-// probeHostPorts refuses host ports that a process on the host has bound:
-// the DNAT rules would silently steal its traffic. Only "address in use"
-// counts; any other bind error (say, a host IP that is not local) is left
-// for the plugins to judge.
-func probeHostPorts(ports []PortMapping) error {
+// holdHostPorts refuses host ports that a process on the host has bound
+// (the DNAT rules would silently steal its traffic) and binds the others,
+// to be held for as long as they are published: a host service that
+// starts later then fails to bind, instead of binding fine and having
+// its local clients DNATed to the instance. The held sockets never see a
+// packet (every local connection to the port is DNATed). Only "address in
+// use" counts; any other bind error (say, a host IP that is not local) is
+// left for the plugins to judge, and that port is not held.
+func holdHostPorts(ports []PortMapping) ([]io.Closer, error) {
+	var held []io.Closer
 	for _, p := range ports {
 		addr := net.JoinHostPort(p.HostIP, strconv.Itoa(p.HostPort))
+		var c io.Closer
 		var err error
 		if p.Protocol == "udp" {
-			var c net.PacketConn
-			if c, err = net.ListenPacket("udp4", addr); err == nil {
-				c.Close()
-			}
+			c, err = net.ListenPacket("udp4", addr)
 		} else {
-			var l net.Listener
-			if l, err = net.Listen("tcp4", addr); err == nil {
-				l.Close()
-			}
+			c, err = net.Listen("tcp4", addr)
+		}
+		if err == nil {
+			held = append(held, c)
+			continue
 		}
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return fmt.Errorf("host port %s is already bound by a process on this host: %w", describePort(p), ErrPortInUse)
+			closeAll(held)
+			return nil, fmt.Errorf("host port %s is already bound by a process on this host: %w", describePort(p), ErrPortInUse)
 		}
 	}
-	return nil
+	return held, nil
+}
+
+func closeAll(cs []io.Closer) {
+	for _, c := range cs {
+		c.Close()
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"reflect"
+	"strconv"
 	"testing"
 
 	"github.com/cube-platform/cube/errdefs"
@@ -71,7 +72,7 @@ func TestFindPortConflict(t *testing.T) {
 	}
 }
 
-func TestProbeHostPorts(t *testing.T) {
+func TestHoldHostPorts(t *testing.T) {
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -79,11 +80,18 @@ func TestProbeHostPorts(t *testing.T) {
 	defer l.Close()
 	port := l.Addr().(*net.TCPAddr).Port
 	busy := PortMapping{HostPort: port, ContainerPort: 80, Protocol: "tcp"}
-	if err := probeHostPorts([]PortMapping{busy}); !errors.Is(err, ErrPortInUse) {
-		t.Errorf("probeHostPorts(%s) = %v; want ErrPortInUse (port bound on 127.0.0.1)", describePort(busy), err)
+	if _, err := holdHostPorts([]PortMapping{busy}); !errors.Is(err, ErrPortInUse) {
+		t.Errorf("holdHostPorts(%s) = %v; want ErrPortInUse (port bound on 127.0.0.1)", describePort(busy), err)
 	}
 	udp := PortMapping{HostPort: port, ContainerPort: 80, Protocol: "udp", HostIP: "127.0.0.1"}
-	if err := probeHostPorts([]PortMapping{udp}); err != nil {
-		t.Errorf("probeHostPorts(%s) = %v; want nil (only tcp is bound)", describePort(udp), err)
+	held, err := holdHostPorts([]PortMapping{udp})
+	if err != nil {
+		t.Errorf("holdHostPorts(%s) = %v; want nil (only tcp is bound)", describePort(udp), err)
 	}
+	// Held: a host process can no longer bind it.
+	if c, err := net.ListenPacket("udp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
+		c.Close()
+		t.Errorf("a host process bound udp port %d while it is held", port)
+	}
+	closeAll(held)
 }
