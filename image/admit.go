@@ -1,6 +1,7 @@
 package image
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -138,10 +139,18 @@ func (a *admission) measure(ctx context.Context, digest v1.Hash, size int64, pat
 	return nil
 }
 
-// uncompressedDigest returns the sha256 and length of the decompressed
-// layer stream r. With res, every byte is charged as it comes; the stream
-// is bounded by MaxRootFSSize in any case (a decompression bomb for an
-// owner without a quota).
+// layerEntryCharge is what each entry of a layer costs on top of its
+// bytes: the disk a host filesystem sets aside per inode (ext4's default
+// bytes-per-inode ratio). Charged by bytes alone, an image of a million
+// empty files would cost 0.5 GB of quota but a million host inodes, and a
+// tenant within its quota could run the node out of inodes.
+const layerEntryCharge = 16 << 10
+
+// uncompressedDigest returns the sha256 of the decompressed layer stream r
+// and what it costs: its length plus layerEntryCharge per tar entry. With
+// res, every byte and entry is charged as it comes; the stream is bounded
+// by MaxRootFSSize in any case (a decompression bomb for an owner without
+// a quota).
 func (s *localStore) uncompressedDigest(ctx context.Context, r io.Reader, res *reservation) (v1.Hash, int64, error) {
 	dr, closeFn, err := decompress(r)
 	if err != nil {
@@ -154,14 +163,54 @@ func (s *localStore) uncompressedDigest(ctx context.Context, r io.Reader, res *r
 		w = chargeWriter{res, h}
 	}
 	limit := s.opts.MaxRootFSSize
-	n, err := io.Copy(w, ctxReader{ctx, io.LimitReader(dr, limit+1)})
-	if err != nil {
+	src := ctxReader{ctx, io.LimitReader(dr, limit+1)}
+	cw := &countWriter{w: w}
+	// Every byte tar reads passes through cw once; what it does not read
+	// (the end blocks, or what is not a tar at all, which the unpack
+	// refuses later) is copied after it.
+	tr := tar.NewReader(io.TeeReader(src, cw))
+	var entries int64
+	for {
+		if _, err := tr.Next(); err != nil {
+			if cw.err != nil {
+				return v1.Hash{}, 0, cw.err
+			}
+			break
+		}
+		entries++
+		if res != nil {
+			if err := res.add(layerEntryCharge); err != nil {
+				return v1.Hash{}, 0, err
+			}
+		}
+	}
+	if _, err := io.Copy(cw, src); err != nil {
 		return v1.Hash{}, 0, err
 	}
-	if n > limit {
+	if cw.n > limit {
 		return v1.Hash{}, 0, unsafeLayer("a layer decompresses to more than the %s root filesystem limit", humanSize(limit))
 	}
-	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}, n, nil
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}, cw.n + entries*layerEntryCharge, nil
+}
+
+// countWriter counts what it passes on, and keeps the first error (a quota
+// refusal), which a tee would otherwise hand to tar as a read error.
+type countWriter struct {
+	w   io.Writer
+	n   int64
+	err error
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	if err != nil {
+		c.err = err
+	}
+	return n, err
 }
 
 // checkDiffIDs verifies every layer's uncompressed digest against the

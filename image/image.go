@@ -78,9 +78,10 @@ type Image struct {
 	// Created is the image config's creation time (zero when absent).
 	Created time.Time `json:"created,omitzero"`
 	Config  Config    `json:"config"`
-	// Unpacked is the sum of the uncompressed layer sizes: what the image
-	// was charged for its root filesystem, and the bound its unpack may
-	// not exceed. Zero for images stored before it was recorded.
+	// Unpacked is what the image was charged for its root filesystem:
+	// the uncompressed layer sizes plus 16 KiB per file (a host inode's
+	// share of disk), and so also a bound its unpack cannot exceed. Zero
+	// for images stored before it was recorded.
 	Unpacked int64 `json:"unpacked,omitempty"`
 }
 

@@ -1,6 +1,7 @@
 package image
 
 import (
+	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"io"
@@ -17,7 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
 
-// unpackedSize is the Image.Unpacked the store must report for img.
+// unpackedSize is the Image.Unpacked the store must report for img: the
+// uncompressed layer bytes plus layerEntryCharge per file.
 func unpackedSize(t *testing.T, img v1.Image) int64 {
 	t.Helper()
 	ls, err := img.Layers()
@@ -30,12 +32,20 @@ func unpackedSize(t *testing.T, img v1.Image) int64 {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := io.Copy(io.Discard, rc)
+		cr := &countingReader{r: rc, limit: 1 << 40}
+		tr := tar.NewReader(cr)
+		for {
+			if _, err := tr.Next(); err != nil {
+				break
+			}
+			n += layerEntryCharge
+		}
+		_, err = io.Copy(io.Discard, cr)
 		rc.Close()
 		if err != nil {
 			t.Fatal(err)
 		}
-		n += m
+		n += cr.n
 	}
 	return n
 }

@@ -501,3 +501,33 @@ func TestQuotaMultiImage(t *testing.T) {
 		t.Errorf("Usage() = %d; want %d as for the probe", n, need)
 	}
 }
+
+// TestQuotaCountsEntries: a layer of many empty files is small in bytes
+// but takes a host inode per file; each entry is charged, so a tenant
+// within its quota cannot run the node out of inodes.
+func TestQuotaCountsEntries(t *testing.T) {
+	var files []imagetest.Entry
+	for i := range 2000 {
+		files = append(files, imagetest.File(fmt.Sprintf("many/f%05d", i), 0o644, ""))
+	}
+	img := imagetest.BusyboxImage(t, imagetest.WithLayer(files...))
+	path := imagetest.WriteOCIArchive(t, filepath.Join(t.TempDir(), "many.tar"), imagetest.LayoutEntry{Image: img})
+	s := newStore(t)
+	// 2000 empty files are about 1 MiB of tar but cost 2000 inodes: a
+	// 16 MiB quota holds the bytes, not the inodes.
+	small := Owner{Tenant: "small", Quota: 16 << 20}
+	if _, err := importAs(t, s, small, path); !errors.Is(err, ErrStorageQuota) {
+		t.Fatalf("import of 2000 empty files under a 16 MiB quota: %v; want ErrStorageQuota", err)
+	}
+	if used, _ := s.Usage(t.Context(), small.Tenant); used != 0 {
+		t.Errorf("usage after the refused import = %d; want 0", used)
+	}
+	// With room for the inodes it is stored, and charged for them.
+	big := Owner{Tenant: "big", Quota: 1 << 30}
+	if _, err := importAs(t, s, big, path); err != nil {
+		t.Fatal(err)
+	}
+	if used, _ := s.Usage(t.Context(), big.Tenant); used < 2000*layerEntryCharge {
+		t.Errorf("usage of the image of 2000 files = %d; want at least %d (16 KiB per entry)", used, 2000*layerEntryCharge)
+	}
+}
