@@ -16,6 +16,8 @@ type callerKey struct{}
 // caller is who made a request.
 type caller struct {
 	store.Token
+	// plain is the bearer token itself, for openStream to watch it.
+	plain string
 }
 
 func callerFrom(ctx context.Context) caller {
@@ -50,7 +52,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			writeError(w, fmt.Errorf("%w: token %s is read-only: it may only read (GET); use a token of scope tenant to change anything", errdefs.ErrForbidden, tok.ID))
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller{tok})))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller{Token: tok, plain: plain})))
 	})
 }
 
