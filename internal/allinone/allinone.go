@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"sync"
 	"time"
 
@@ -269,6 +270,13 @@ func preflight(cfg Config) error {
 		return fmt.Errorf("data dir: %w", err)
 	case !fi.IsDir():
 		return fmt.Errorf("data dir %s is not a directory: pick another --data-dir", cfg.DataDir)
+	default:
+		// A dir another user made (say in /tmp, before the first boot)
+		// stays theirs after the chmod below: they would read the
+		// tokens and reach etcd's socket.
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+			return fmt.Errorf("data dir %s belongs to uid %d, not to this user (uid %d): another user could read its tokens; remove it or pick another --data-dir", cfg.DataDir, st.Uid, os.Geteuid())
+		}
 	}
 	// Tokens, etcd and instance state live here: nobody else may look.
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
