@@ -13,12 +13,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"sync"
+	"syscall"
 	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
@@ -169,7 +170,7 @@ func Start(ctx context.Context, cfg Config) (*Platform, error) {
 			api, err = apiserver.New(apiserver.Config{Listen: cfg.Listen, Store: st, Images: images, Log: cfg.Log,
 				RegistryAllow: cfg.RegistryAllow, RegistryDeny: deny,
 				NodeSocketDir: filepath.Dir(NodeSocket(cfg.DataDir)),
-				ReservedPorts: apiserver.PortsOf(cfg.Listen, cfg.NodeListen)})
+				ReservedPorts: reservedPorts(cfg)})
 			if err != nil {
 				return err
 			}
@@ -288,6 +289,26 @@ func preflight(cfg Config) error {
 	}
 	probe.Close()
 	return os.Remove(probe.Name())
+}
+
+// reservedPorts are the host ports no instance may publish: the ones the
+// platform listens on, and the ones it dials on this host (an external
+// etcd, an allowed registry). A published port DNATs this host's own
+// connections to it too, so a tenant holding the port of a registry or
+// etcd member that was down for a moment (the network layer refuses only
+// ports bound at the time) would receive the platform's pulls or its
+// etcd traffic from then on.
+func reservedPorts(cfg Config) []int {
+	addrs := []string{cfg.Listen, cfg.NodeListen}
+	addrs = append(addrs, cfg.RegistryAllow...)
+	for _, e := range cfg.Etcd.Endpoints {
+		if u, err := url.Parse(e); err == nil && u.Host != "" {
+			addrs = append(addrs, u.Host)
+		} else {
+			addrs = append(addrs, e)
+		}
+	}
+	return apiserver.PortsOf(addrs...)
 }
 
 // NodeSocket is where the node agent serves logs and exec by default.
