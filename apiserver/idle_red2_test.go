@@ -58,3 +58,38 @@ func TestIdleConnectionsAreClosed(t *testing.T) {
 		t.Fatal("the watch ended with the idle timeout; want it open")
 	}
 }
+
+// TestUnauthenticatedSlowBodyIsCut: a client with no token declares a
+// body and trickles it. The 401 must come at once and the connection
+// close, not wait for the body.
+func TestUnauthenticatedSlowBodyIsCut(t *testing.T) {
+	ss := newSecServer(t, nil)
+	if err := ss.srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ss.srv.Close() })
+	for _, auth := range []string{"", "Authorization: Bearer cube_forged\r\n"} {
+		conn, err := net.Dial("tcp", ss.srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := io.WriteString(conn, "POST /v1/instances HTTP/1.1\r\nHost: x\r\n"+auth+"Content-Length: 200000\r\n\r\n0123456789"); err != nil {
+			t.Fatal(err)
+		}
+		// The rest of the body never comes; the answer must not wait for it.
+		conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer to a trickled body (auth %q) = %v; want a 401 at once", auth, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("answer = %d; want 401", resp.StatusCode)
+		}
+		if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+			t.Errorf("after the 401 the connection read %v; want EOF (closed by the server)", err)
+		}
+	}
+}
