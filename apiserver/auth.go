@@ -16,6 +16,8 @@ type callerKey struct{}
 // caller is who made a request.
 type caller struct {
 	store.Token
+	// plain is the bearer token itself, for openStream to watch it.
+	plain string
 }
 
 func callerFrom(ctx context.Context) caller {
@@ -29,7 +31,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		h := r.Header.Get("Authorization")
 		plain, ok := strings.CutPrefix(h, "Bearer ")
 		if !ok || plain == "" {
-			writeError(w, fmt.Errorf("%w: missing bearer token: set CUBE_TOKEN or run `cube up` to write a client config", errdefs.ErrUnauthorized))
+			refuse(w, fmt.Errorf("%w: missing bearer token: set CUBE_TOKEN or run `cube up` to write a client config", errdefs.ErrUnauthorized))
 			return
 		}
 		// No cache: every request reads the token, so a revocation holds
@@ -39,19 +41,31 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			if err == errdefs.ErrUnauthorized {
 				err = fmt.Errorf("%w: the token is not valid: it was revoked, or the data dir was reset (ask the admin for a new one, or re-run `cube up` to write a new client config)", errdefs.ErrUnauthorized)
 			}
-			writeError(w, err)
+			refuse(w, err)
 			return
 		}
 		if !tok.Expires.IsZero() && !s.cfg.Now().Before(tok.Expires) {
-			writeError(w, fmt.Errorf("%w: token %s expired at %s: ask the admin for a new one (`cube token create --tenant %s`)", errdefs.ErrUnauthorized, tok.ID, tok.Expires.UTC().Format(time.RFC3339), tok.Tenant))
+			refuse(w, fmt.Errorf("%w: token %s expired at %s: ask the admin for a new one (`cube token create --tenant %s`)", errdefs.ErrUnauthorized, tok.ID, tok.Expires.UTC().Format(time.RFC3339), tok.Tenant))
 			return
 		}
 		if tok.EffectiveScope() == store.ScopeReadOnly && r.Method != http.MethodGet && r.Method != http.MethodHead {
 			writeError(w, fmt.Errorf("%w: token %s is read-only: it may only read (GET); use a token of scope tenant to change anything", errdefs.ErrForbidden, tok.ID))
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller{tok})))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller{Token: tok, plain: plain})))
 	})
+}
+
+// refuse answers a request that did not authenticate, and closes the
+// connection without reading the rest of its body. Otherwise net/http
+// reads up to 256 KiB of the unread body, before it sends the answer and
+// again when it closes the body, with no deadline: a client with no token
+// that declares a body and sends a byte a second held a connection and a
+// goroutine for days, and enough of them every file descriptor of cube up.
+func refuse(w http.ResponseWriter, err error) {
+	w.Header().Set("Connection", "close")
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	writeError(w, err)
 }
 
 // tenantOf returns the tenant a request acts for: the token's tenant, or

@@ -54,7 +54,7 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 			writeError(w, fmt.Errorf("%w: continue does not apply to watch=true: watch from the resourceVersion of the list instead", errdefs.ErrInvalid))
 			return
 		}
-		release, err := s.streams.acquire(r, "watch")
+		r, release, err := s.openStream(r, "watch")
 		if err != nil {
 			writeError(w, err)
 			return

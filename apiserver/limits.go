@@ -1,9 +1,12 @@
 package apiserver
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/store"
@@ -73,4 +76,46 @@ func (l *streamLimiter) openStreams(tenant string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.open[tenant]
+}
+
+// errTokenEnded is the cause of a stream's end when its token was revoked
+// or expired while it was open.
+var errTokenEnded = fmt.Errorf("%w: the token was revoked or expired while this stream was open: authenticate again with a valid token", errdefs.ErrUnauthorized)
+
+// openStream takes a stream slot of the caller's tenant (see
+// streamLimiter) and returns r with a context that ends, with cause
+// errTokenEnded, when the caller's token is revoked or expires. Without
+// that a revoked or expired token would keep every watch, wait, log
+// follow and exec session it opened. Call release when the stream ends.
+func (s *Server) openStream(r *http.Request, what string) (*http.Request, func(), error) {
+	release, err := s.streams.acquire(r, what)
+	if err != nil {
+		return nil, nil, err
+	}
+	c := callerFrom(r.Context())
+	ctx, cancel := context.WithCancelCause(r.Context())
+	if !c.Expires.IsZero() {
+		t := time.AfterFunc(c.Expires.Sub(s.cfg.Now()), func() { cancel(errTokenEnded) })
+		context.AfterFunc(ctx, func() { t.Stop() })
+	}
+	if c.plain != "" {
+		gone := s.store.TokenGone(ctx, c.plain)
+		go func() {
+			select {
+			case <-gone:
+				cancel(errTokenEnded)
+			case <-ctx.Done():
+			}
+		}()
+	}
+	return r.WithContext(ctx), func() { cancel(nil); release() }, nil
+}
+
+// streamEnded is the error to answer with when a stream's context ended
+// because its token did (nil otherwise).
+func streamEnded(r *http.Request) error {
+	if errors.Is(context.Cause(r.Context()), errTokenEnded) {
+		return errTokenEnded
+	}
+	return nil
 }

@@ -28,7 +28,9 @@ func (s *Server) proxyToNode(kind string) http.HandlerFunc {
 			return
 		}
 		if kind == "exec" || r.URL.Query().Get("follow") == "true" {
-			release, err := s.streams.acquire(r, "log follow or exec session")
+			var release func()
+			var err error
+			r, release, err = s.openStream(r, "log follow or exec session")
 			if err != nil {
 				writeError(w, err)
 				return

@@ -61,7 +61,15 @@ type Config struct {
 	MaxStreams int
 	// MaxTokens bounds each tenant's tokens (default DefaultMaxTokens).
 	MaxTokens int
+	// IdleTimeout closes a keep-alive connection that sends no request
+	// for this long (default DefaultIdleTimeout). Without it anyone who
+	// reaches the port, with no token, holds connections (and the
+	// process's file descriptors, which etcd and the node share) forever.
+	IdleTimeout time.Duration
 }
+
+// DefaultIdleTimeout is Config.IdleTimeout's default.
+const DefaultIdleTimeout = 2 * time.Minute
 
 // Validate checks the config.
 func (c *Config) Validate() error {
@@ -91,6 +99,9 @@ func (c *Config) Validate() error {
 	if c.MaxTokens == 0 {
 		c.MaxTokens = DefaultMaxTokens
 	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
 	return nil
 }
 
@@ -115,7 +126,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, store: cfg.Store, log: cfg.Log.With("component", "apiserver"), errc: make(chan error, 1), leases: newLeaseTable(), streams: newStreamLimiter(cfg.MaxStreams)}
-	s.srv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: cfg.IdleTimeout}
 	return s, nil
 }
 

@@ -30,6 +30,15 @@ func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	// The instances of a removed tenant of this name may still be
+	// stopping: a new tenant must not inherit them (or their logs).
+	if n, _, err := s.store.CountInstances(r.Context(), req.Name); err != nil {
+		writeError(w, err)
+		return
+	} else if n > 0 {
+		writeError(w, fmt.Errorf("%w: a removed tenant %q still has %d instances stopping: create it again once they are gone", errdefs.ErrConflict, req.Name, n))
+		return
+	}
 	ttl, _ := v1.ParseTTL(req.TokenTTL)
 	now := s.cfg.Now().UTC()
 	t := store.Tenant{Name: req.Name, Weight: req.Weight, Quotas: req.Quotas, Created: now,
@@ -250,6 +259,10 @@ func (s *Server) deleteTenant(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err := s.store.DeleteTenant(r.Context(), name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		writeError(w, err)
+		return
+	}
+	if err := s.store.DeleteTenantObjects(r.Context(), name); err != nil {
 		writeError(w, err)
 		return
 	}

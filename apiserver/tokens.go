@@ -71,6 +71,9 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.cfg.Now().UTC()
 	tok := store.Token{Tenant: req.Tenant, Role: store.RoleTenant, Scope: store.Scope(req.Scope), Created: now}
+	if !isAdmin(c) {
+		tok.MintedBy = c.ID
+	}
 	if ttl > 0 {
 		tok.Expires = now.Add(ttl)
 	}
@@ -169,5 +172,33 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("token revoked", "tenant", t.Tenant, "token", id, "by", c.Tenant)
+	if err := s.revokeMinted(r, t.Tenant, id); err != nil {
+		writeError(w, err)
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// revokeMinted revokes every token that the token id minted, and what
+// those minted, and so on. Without it a leaked token outlives its
+// revocation: its holder mints another first, which keeps working.
+func (s *Server) revokeMinted(r *http.Request, tenant, id string) error {
+	toks, err := s.store.ListTokens(r.Context(), tenant)
+	if err != nil {
+		return err
+	}
+	gone := map[string]bool{id: true}
+	for more := true; more; {
+		more = false
+		for _, t := range toks {
+			if t.MintedBy != "" && gone[t.MintedBy] && !gone[t.ID] {
+				if err := s.store.RevokeToken(r.Context(), t.ID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+					return err
+				}
+				s.log.Info("token revoked", "tenant", tenant, "token", t.ID, "minted by", t.MintedBy)
+				gone[t.ID], more = true, true
+			}
+		}
+	}
+	return nil
 }

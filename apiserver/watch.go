@@ -19,7 +19,7 @@ import (
 // objects as ADDED (unless the client resumes from a resourceVersion), then
 // every change.
 func (s *Server) watchInstances(w http.ResponseWriter, r *http.Request, f filter) {
-	release, err := s.streams.acquire(r, "watch")
+	r, release, err := s.openStream(r, "watch")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -128,7 +128,7 @@ func (s *Server) waitInstance(w http.ResponseWriter, r *http.Request) {
 		}
 		timeout = min(d, 10*time.Minute)
 	}
-	release, err := s.streams.acquire(r, "wait")
+	r, release, err := s.openStream(r, "wait")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -172,6 +172,10 @@ func (s *Server) waitInstance(w http.ResponseWriter, r *http.Request) {
 		select {
 		case ev, ok := <-events:
 			if !ok {
+				if err := streamEnded(r); err != nil {
+					writeError(w, err)
+					return
+				}
 				if r.Context().Err() != nil {
 					return
 				}

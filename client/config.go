@@ -60,15 +60,30 @@ func (c *Config) Save(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	// A fresh file of a random name (O_EXCL, 0600), never a fixed
+	// PATH.tmp: in a directory others may write (--config /tmp/cube.yaml)
+	// a local user could have planted that name, as a file of theirs that
+	// would then hold the token, or as a symlink to a file root would
+	// overwrite.
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
 		return err
 	}
-	// WriteFile keeps the mode of a leftover tmp file; tokens need 0600.
-	if err := os.Chmod(tmp, 0o600); err != nil {
+	tmp := f.Name()
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(tmp)
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
 }
 
 // Upsert sets a context and makes it current.

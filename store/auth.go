@@ -38,6 +38,9 @@ type Token struct {
 	Scope Scope `json:"scope,omitempty"`
 	// Expires is when the token stops working; zero never.
 	Expires time.Time `json:"expires,omitzero"`
+	// MintedBy is the ID of the tenant token that minted this one (empty
+	// when the admin did): revoking that token revokes this one too.
+	MintedBy string `json:"mintedBy,omitempty"`
 	// ID names the token without revealing it (derived from its hash, so
 	// it is never stored); set by LookupToken and ListTokens.
 	ID string `json:"-"`

@@ -90,3 +90,18 @@ func (s *Store) CountInstances(ctx context.Context, tenant string) (int64, int64
 	}
 	return resp.Count, resp.Header.Revision, nil
 }
+
+// DeleteTenantObjects removes what a removed tenant leaves in the store
+// besides instances and tokens: its image name records and its events. A
+// tenant created later under the same name (another customer, maybe) must
+// not inherit them.
+func (s *Store) DeleteTenantObjects(ctx context.Context, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	for _, prefix := range []string{s.Images().Prefix(name), s.Events().Prefix(name)} {
+		if _, err := s.cli.Delete(ctx, prefix, clientv3.WithPrefix()); err != nil {
+			return fmt.Errorf("%w: delete %s: %v", errdefs.ErrUnavailable, prefix, err)
+		}
+	}
+	return nil
+}

@@ -144,3 +144,37 @@ func (s *Store) RevokeTenantTokens(ctx context.Context, tenant string) (int, err
 	}
 	return len(toks), nil
 }
+
+// TokenGone returns a channel that is closed once the token plain no
+// longer grants anything: it was revoked (its tenant removed included), or
+// the watch on it failed, in which case the holder must authenticate
+// again. Long-lived requests (watches, waits, log follows, exec sessions)
+// end on it, so that revocation reaches the streams a token already holds,
+// not only its next request. The watch ends with ctx.
+func (s *Store) TokenGone(ctx context.Context, plain string) <-chan struct{} {
+	gone := make(chan struct{})
+	key := tokenKey(plain)
+	go func() {
+		defer func() {
+			if ctx.Err() == nil {
+				close(gone)
+			}
+		}()
+		// Read the key, then watch from just after that read, so a
+		// revocation between the request's lookup and the watch is seen.
+		gctx, gcancel := context.WithTimeout(ctx, opTimeout)
+		resp, err := s.cli.Get(gctx, key, clientv3.WithCountOnly())
+		gcancel()
+		if err != nil || resp.Count == 0 {
+			return
+		}
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		defer cancel()
+		for wr := range s.cli.Watch(wctx, key, clientv3.WithFilterPut(), clientv3.WithRev(resp.Header.Revision+1)) {
+			if wr.Err() != nil || len(wr.Events) > 0 {
+				return
+			}
+		}
+	}()
+	return gone
+}

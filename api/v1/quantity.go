@@ -7,6 +7,17 @@ import (
 	"strings"
 )
 
+// MaxMilliCPU and MaxMemory bound one quantity: a million cores and a
+// pebibyte. Sums of quantities (an instance's containers, a tenant's
+// instances, a node's allocation) are plain int64 additions, so a single
+// quantity near MaxInt64 would overflow them: two containers of
+// 9223372036854775807m sum to -2, and the instance would be admitted and
+// placed as if it asked for nothing while its cgroups had no limit.
+const (
+	MaxMilliCPU = 1_000_000_000
+	MaxMemory   = 1 << 50
+)
+
 // ParseCPU parses a cpu quantity ("0.5", "2", "250m") into millicores.
 func ParseCPU(s string) (int64, error) {
 	s = strings.TrimSpace(s)
@@ -15,14 +26,14 @@ func ParseCPU(s string) (int64, error) {
 	}
 	if m, ok := strings.CutSuffix(s, "m"); ok {
 		n, err := strconv.ParseInt(m, 10, 64)
-		if err != nil || n < 0 {
-			return 0, fmt.Errorf("cpu %q: want cores (\"0.5\") or millicores (\"500m\")", s)
+		if err != nil || n < 0 || n > MaxMilliCPU {
+			return 0, fmt.Errorf("cpu %q: want cores (\"0.5\") or millicores (\"500m\"), at most a million cores", s)
 		}
 		return n, nil
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) || f > 1e6 {
-		return 0, fmt.Errorf("cpu %q: want cores (\"0.5\") or millicores (\"500m\")", s)
+	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) || f > MaxMilliCPU/1000 {
+		return 0, fmt.Errorf("cpu %q: want cores (\"0.5\") or millicores (\"500m\"), at most a million cores", s)
 	}
 	return int64(math.Round(f * 1000)), nil
 }
@@ -46,7 +57,7 @@ var memUnits = []struct {
 // ParseMemory parses a byte quantity ("256Mi", "1G", "1048576") into bytes.
 func ParseMemory(s string) (int64, error) {
 	s = strings.TrimSpace(s)
-	bad := fmt.Errorf("memory %q: want a non-negative size such as \"256Mi\", \"1Gi\" or \"512M\"", s)
+	bad := fmt.Errorf("memory %q: want a non-negative size such as \"256Mi\", \"1Gi\" or \"512M\", at most 1024Ti", s)
 	if s == "" || strings.HasPrefix(s, "-") {
 		return 0, bad
 	}
@@ -70,7 +81,7 @@ func ParseMemory(s string) (int64, error) {
 		}
 	}
 	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f < 0 || math.IsNaN(f) || f*float64(mult) > float64(math.MaxInt64/2) {
+	if err != nil || f < 0 || math.IsNaN(f) || f*float64(mult) > MaxMemory {
 		return 0, bad
 	}
 	return int64(f * float64(mult)), nil

@@ -13,11 +13,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
@@ -168,7 +170,7 @@ func Start(ctx context.Context, cfg Config) (*Platform, error) {
 			api, err = apiserver.New(apiserver.Config{Listen: cfg.Listen, Store: st, Images: images, Log: cfg.Log,
 				RegistryAllow: cfg.RegistryAllow, RegistryDeny: deny,
 				NodeSocketDir: filepath.Dir(NodeSocket(cfg.DataDir)),
-				ReservedPorts: apiserver.PortsOf(cfg.Listen, cfg.NodeListen)})
+				ReservedPorts: reservedPorts(cfg)})
 			if err != nil {
 				return err
 			}
@@ -269,6 +271,13 @@ func preflight(cfg Config) error {
 		return fmt.Errorf("data dir: %w", err)
 	case !fi.IsDir():
 		return fmt.Errorf("data dir %s is not a directory: pick another --data-dir", cfg.DataDir)
+	default:
+		// A dir another user made (say in /tmp, before the first boot)
+		// stays theirs after the chmod below: they would read the
+		// tokens and reach etcd's socket.
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+			return fmt.Errorf("data dir %s belongs to uid %d, not to this user (uid %d): another user could read its tokens; remove it or pick another --data-dir", cfg.DataDir, st.Uid, os.Geteuid())
+		}
 	}
 	// Tokens, etcd and instance state live here: nobody else may look.
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
@@ -280,6 +289,26 @@ func preflight(cfg Config) error {
 	}
 	probe.Close()
 	return os.Remove(probe.Name())
+}
+
+// reservedPorts are the host ports no instance may publish: the ones the
+// platform listens on, and the ones it dials on this host (an external
+// etcd, an allowed registry). A published port DNATs this host's own
+// connections to it too, so a tenant holding the port of a registry or
+// etcd member that was down for a moment (the network layer refuses only
+// ports bound at the time) would receive the platform's pulls or its
+// etcd traffic from then on.
+func reservedPorts(cfg Config) []int {
+	addrs := []string{cfg.Listen, cfg.NodeListen}
+	addrs = append(addrs, cfg.RegistryAllow...)
+	for _, e := range cfg.Etcd.Endpoints {
+		if u, err := url.Parse(e); err == nil && u.Host != "" {
+			addrs = append(addrs, u.Host)
+		} else {
+			addrs = append(addrs, e)
+		}
+	}
+	return apiserver.PortsOf(addrs...)
 }
 
 // NodeSocket is where the node agent serves logs and exec by default.

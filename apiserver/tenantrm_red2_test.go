@@ -1,0 +1,63 @@
+package apiserver
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+)
+
+// TestRecreatedTenantInheritsNothing: the admin removes tenant acme and
+// later creates a tenant acme again (another customer). Before, the new
+// acme listed and ran the old one's images by name, read its events (the
+// names and history of its instances), and saw its instances that were
+// still stopping.
+func TestRecreatedTenantInheritsNothing(t *testing.T) {
+	ss := newSecServer(t, nil)
+	ctx := context.Background()
+	old := ss.tenant(v1.TenantRequest{Name: "acme"}) // records busybox for acme
+	ss.must(http.StatusCreated, old, "POST", "/v1/instances", inst("web", nil))
+	events := ss.st.Events()
+	ev := &v1.Event{Metadata: v1.ObjectMeta{Name: "web.1", Tenant: "acme"}, Instance: "web", Type: v1.EventNormal, Reason: "Started", Message: "secret-project web", Time: ss.clock()}
+	if err := events.Create(ctx, events.Key("acme", "web", "1"), ev); err != nil {
+		t.Fatal(err)
+	}
+	// Positive control: the old acme sees both.
+	var before v1.List[*v1.Event]
+	_ = json.Unmarshal(ss.must(http.StatusOK, old, "GET", "/v1/events", nil).body, &before)
+	if len(before.Items) != 1 {
+		t.Fatalf("old acme reads %d events; want 1", len(before.Items))
+	}
+	ss.must(http.StatusNoContent, ss.admin, "DELETE", "/v1/tenants/acme?force=true", nil)
+
+	// An instance still stopping holds the name.
+	insts := ss.st.Instances()
+	stopping := inst("stopping", nil)
+	stopping.Metadata.Tenant = "acme"
+	now := time.Now()
+	stopping.Metadata.DeletionTimestamp = &now
+	if err := insts.Create(ctx, insts.Key("acme", "stopping"), stopping); err != nil {
+		t.Fatal(err)
+	}
+	wantRefusal(t, ss.do(ss.admin, "POST", "/v1/tenants", v1.TenantRequest{Name: "acme"}), http.StatusConflict, "", "still has 1 instances stopping")
+	if err := insts.Delete(ctx, insts.Key("acme", "stopping"), ""); err != nil {
+		t.Fatal(err)
+	}
+
+	var tt v1.TenantToken
+	_ = json.Unmarshal(ss.must(http.StatusCreated, ss.admin, "POST", "/v1/tenants", v1.TenantRequest{Name: "acme"}).body, &tt)
+	var imgs v1.List[*v1.Image]
+	_ = json.Unmarshal(ss.must(http.StatusOK, tt.Token, "GET", "/v1/images", nil).body, &imgs)
+	if len(imgs.Items) != 0 {
+		t.Errorf("the new acme lists %d images of the old one; want none", len(imgs.Items))
+	}
+	var evs v1.List[*v1.Event]
+	_ = json.Unmarshal(ss.must(http.StatusOK, tt.Token, "GET", "/v1/events", nil).body, &evs)
+	if len(evs.Items) != 0 {
+		t.Errorf("the new acme reads %d events of the old one; want none", len(evs.Items))
+	}
+	wantRefusal(t, ss.do(tt.Token, "POST", "/v1/instances", inst("run", nil)), http.StatusUnprocessableEntity, "spec.containers[0].image", "not found")
+}
