@@ -1,8 +1,12 @@
 package apiserver
 
 import (
+	"os"
+
 	"context"
 	"encoding/json"
+	"github.com/cube-platform/cube/image"
+	"github.com/cube-platform/cube/image/imagetest"
 	"net/http"
 	"testing"
 	"time"
@@ -24,6 +28,19 @@ func TestRecreatedTenantInheritsNothing(t *testing.T) {
 	ev := &v1.Event{Metadata: v1.ObjectMeta{Name: "web.1", Tenant: "acme"}, Instance: "web", Type: v1.EventNormal, Reason: "Started", Message: "secret-project web", Time: ss.clock()}
 	if err := events.Create(ctx, events.Key("acme", "web", "1"), ev); err != nil {
 		t.Fatal(err)
+	}
+	// And owns an image's blobs in the image store.
+	f, err := os.Open(imagetest.BuildBusybox(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ss.srv.cfg.Images.Import(ctx, image.Owner{Tenant: "acme", Quota: 1 << 30}, f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used, _ := ss.srv.cfg.Images.Usage(ctx, "acme"); used == 0 {
+		t.Fatal("the old acme's image usage is 0 after an import; the check below would prove nothing")
 	}
 	// Positive control: the old acme sees both.
 	var before v1.List[*v1.Event]
@@ -60,4 +77,8 @@ func TestRecreatedTenantInheritsNothing(t *testing.T) {
 		t.Errorf("the new acme reads %d events of the old one; want none", len(evs.Items))
 	}
 	wantRefusal(t, ss.do(tt.Token, "POST", "/v1/instances", inst("run", nil)), http.StatusUnprocessableEntity, "spec.containers[0].image", "not found")
+	// Nor does it own the old one's blobs in the image store.
+	if used, err := ss.srv.cfg.Images.Usage(ctx, "acme"); err != nil || used != 0 {
+		t.Errorf("the new acme's image usage = %d, %v; want 0 (the old one's blobs forgotten)", used, err)
+	}
 }

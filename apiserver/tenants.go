@@ -266,6 +266,11 @@ func (s *Server) deleteTenant(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	// Its blobs too: a tenant made later under the name owns none of them.
+	if err := s.cfg.Images.ForgetOwner(r.Context(), name); err != nil {
+		writeError(w, err)
+		return
+	}
 	s.log.Info("tenant removed", "tenant", name, "tokens", n, "instances", len(items))
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -115,6 +115,10 @@ type Store interface {
 	Pull(ctx context.Context, owner Owner, ref string, opts PullOptions) (Image, error)
 	// Usage returns the image-storage bytes charged to tenant.
 	Usage(ctx context.Context, tenant string) (int64, error)
+	// ForgetOwner drops everything tenant owns (for a removed tenant), so
+	// a new tenant of the same name owns nothing of the old one's. Blobs
+	// stay for other owners.
+	ForgetOwner(ctx context.Context, tenant string) error
 	// Get returns a stored image by digest, whoever stored it. Only trusted
 	// callers (the node agent) may use it: tenants reach images through
 	// their own name records.

@@ -116,6 +116,20 @@ func (s *localStore) owner(tenant string) (*ownerState, error) {
 	return st, nil
 }
 
+// ForgetOwner implements Store.
+func (s *localStore) ForgetOwner(ctx context.Context, tenant string) error {
+	if tenant == "" {
+		return fmt.Errorf("%w: forget an image owner: no tenant", errdefs.ErrInvalid)
+	}
+	s.quotaMu.Lock()
+	defer s.quotaMu.Unlock()
+	if err := os.Remove(s.ownerPath(tenant)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("forget image owner %s: %w", tenant, err)
+	}
+	delete(s.owners, tenant)
+	return nil
+}
+
 // Usage returns the bytes charged to tenant.
 func (s *localStore) Usage(ctx context.Context, tenant string) (int64, error) {
 	s.quotaMu.Lock()
