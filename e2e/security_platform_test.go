@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -85,6 +86,28 @@ func TestPlatformClosedToLocalUsers(t *testing.T) {
 		if fi, err := os.Stat(secret); err != nil || fi.Mode().Perm()&0o077 != 0 {
 			t.Errorf("%s: mode %v (%v); want no access for group or others", secret, fi.Mode(), err)
 		}
+	}
+	// A pinned network namespace: an open file would keep it alive after
+	// the instance is gone.
+	in, err := c.client.GetInstance(context.Background(), "idle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	netns := filepath.Join("/run/cube/netns", in.Metadata.UID)
+	if f, err := os.Open(netns); err != nil {
+		t.Errorf("root opening %s: %v; want it to work (positive control)", netns, err)
+	} else {
+		f.Close()
+	}
+	err = asuser.Do(asuser.Nobody, func() error {
+		f, err := os.Open(netns)
+		if err == nil {
+			f.Close()
+		}
+		return err
+	})
+	if !errors.Is(err, os.ErrPermission) {
+		t.Errorf("nobody opening %s: %v; want permission denied", netns, err)
 	}
 }
 

@@ -14,9 +14,16 @@ import (
 // itself first if it is not a mount point yet. This is what `ip netns add`
 // does for /run/netns: namespaces pinned under dir later propagate to mount
 // namespaces cloned from ours (the shim's, runc's), so they can open them.
+//
+// dir is made 0700: a pinned namespace file reads as 0444 (nsfs), and a
+// local user who could open one would keep a deleted instance's network
+// namespace alive.
 func makeSharedMount(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create netns dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("netns dir: %w", err)
 	}
 	for bound := false; ; bound = true {
 		err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
