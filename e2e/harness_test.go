@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/client"
 )
 
@@ -236,13 +237,29 @@ func (c *cluster) stop() {
 func (c *cluster) destroy() {
 	if c.client != nil && c.cmd.ProcessState == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		list, err := c.client.ListInstances(ctx, client.ListOptions{})
-		if err == nil {
-			for _, in := range list.Items {
-				_ = c.client.DeleteInstance(ctx, in.Metadata.Name, true)
+		// Every tenant's instances, not only the admin's: shims outlive
+		// cube up, so one left here would run on after the test.
+		clients := []*client.Client{c.client}
+		if tenants, err := c.client.ListTenants(ctx); err == nil {
+			for _, tn := range tenants.Items {
+				if tn.Metadata.Name == "admin" {
+					continue
+				}
+				if tok, err := c.client.CreateToken(ctx, v1.TokenRequest{Tenant: tn.Metadata.Name, TTL: "1h"}); err == nil {
+					clients = append(clients, client.New(c.client.Server(), tok.Token))
+				}
+			}
+		}
+		for _, cl := range clients {
+			list, err := cl.ListInstances(ctx, client.ListOptions{})
+			if err != nil {
+				continue
 			}
 			for _, in := range list.Items {
-				_, _ = c.client.WaitInstance(ctx, in.Metadata.Name, []string{"deleted"}, time.Minute)
+				_ = cl.DeleteInstance(ctx, in.Metadata.Name, true)
+			}
+			for _, in := range list.Items {
+				_, _ = cl.WaitInstance(ctx, in.Metadata.Name, []string{"deleted"}, time.Minute)
 			}
 		}
 		cancel()
