@@ -46,6 +46,10 @@ const tokensPrefix = "/cube/tokens/"
 // for finding the token (a 256-bit secret).
 const tokenIDLen = 12
 
+// TokenID is the ID of the token whose secret is plain, as CreateToken
+// stored it (no read needed: the ID is derived from the hash).
+func TokenID(plain string) string { return tokenID(tokenKey(plain)) }
+
 // tokenID is the ID of the token stored at key: "tok-" and the start of
 // its hash. Deriving it keeps tokens minted before IDs revocable.
 func tokenID(key string) string {
