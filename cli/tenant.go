@@ -31,6 +31,23 @@ cube token create.`,
 	return cmd
 }
 
+// parseQuotas reads repeated --quota flags into quotas by band (nil for
+// none).
+func parseQuotas(flags []string) (map[string]v1.Quota, error) {
+	var out map[string]v1.Quota
+	for _, q := range flags {
+		band, quota, err := parseQuota(q)
+		if err != nil {
+			return nil, err
+		}
+		if out == nil {
+			out = map[string]v1.Quota{}
+		}
+		out[band] = quota
+	}
+	return out, nil
+}
+
 // parseQuota reads BAND=cpu=C,memory=M,instances=N.
 func parseQuota(q string) (string, v1.Quota, error) {
 	band, spec, ok := strings.Cut(q, "=")
@@ -92,16 +109,13 @@ included (default 100).
 			if err != nil {
 				return err
 			}
-			req := v1.TenantRequest{Name: args[0], Weight: weight, Quotas: map[string]v1.Quota{},
+			qs, err := parseQuotas(quotas)
+			if err != nil {
+				return err
+			}
+			req := v1.TenantRequest{Name: args[0], Weight: weight, Quotas: qs,
 				AllowPriorities: prios, AllowTolerations: tols, MaxInstances: maxInstances, TokenTTL: ttl,
 				ImageStorage: imageStorage}
-			for _, q := range quotas {
-				band, quota, err := parseQuota(q)
-				if err != nil {
-					return err
-				}
-				req.Quotas[band] = quota
-			}
 			tt, err := c.CreateTenant(cmd.Context(), req)
 			if err != nil {
 				return err
@@ -162,15 +176,8 @@ Withdrawing a grant refuses new instances; running ones keep running.`,
 			if cmd.Flags().Changed("image-storage") {
 				u.ImageStorage = &imageStorage
 			}
-			for _, q := range quotas {
-				band, quota, err := parseQuota(q)
-				if err != nil {
-					return err
-				}
-				if u.Quotas == nil {
-					u.Quotas = map[string]v1.Quota{}
-				}
-				u.Quotas[band] = quota
+			if u.Quotas, err = parseQuotas(quotas); err != nil {
+				return err
 			}
 			t, err := c.UpdateTenant(cmd.Context(), args[0], u)
 			if err != nil {
