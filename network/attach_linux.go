@@ -109,7 +109,7 @@ func (m *cniManager) attach(ctx context.Context, id string) (Attachment, error) 
 		return Attachment{}, fmt.Errorf("instance %s: network namespace %s is gone; Teardown and Pin again: %w", id, st.NetNS, errdefs.ErrConflict)
 	}
 	if st.Ready {
-		return st.attachment(), nil
+		return m.attachmentOf(st), nil
 	}
 	if !m.isUnattached(id) {
 		// An ADD of an earlier manager (or one whose rollback failed) may
@@ -123,6 +123,7 @@ func (m *cniManager) attach(ctx context.Context, id string) (Attachment, error) 
 	res, err := m.add(ctx, st)
 	if err == nil {
 		st.IP, st.HostVeth, st.MAC = res.ip, res.veth, res.mac
+		st.PrefixLen, st.Gateway, st.Routes, st.DNS = res.prefix, res.gateway, res.routes, res.dns
 		// The filter before Ready: a crash between the two leaves elements
 		// without a state, which the next manager's sync drops.
 		err = m.filter.add(ctx, st.port())
@@ -132,7 +133,7 @@ func (m *cniManager) attach(ctx context.Context, id string) (Attachment, error) 
 		err = m.states.put(st)
 		if err == nil {
 			m.log.Info("instance attached", "id", id, "tenant", st.Tenant, "ip", st.IP, "veth", st.HostVeth, "netns", st.NetNS, "ports", st.Ports)
-			return st.attachment(), nil
+			return m.attachmentOf(st), nil
 		}
 	}
 	// The caller's ctx may be what failed; the rollback still runs.
@@ -195,4 +196,18 @@ func (m *cniManager) isUnattached(id string) bool {
 	m.unattachedMu.Lock()
 	defer m.unattachedMu.Unlock()
 	return m.unattached[id]
+}
+
+// attachmentOf is st's attachment. A state written before the CNI result's
+// prefix and gateway were kept lacks them: they are the subnet's, as the
+// bridge plugin (isGateway, host-local on the subnet) made them.
+func (m *cniManager) attachmentOf(st instanceState) Attachment {
+	a := st.attachment()
+	if a.PrefixLen == 0 {
+		if p, err := parseSubnet(m.cfg.Subnet); err == nil {
+			a.PrefixLen = p.Bits()
+			a.Gateway = p.Addr().Next().String()
+		}
+	}
+	return a
 }

@@ -274,9 +274,13 @@ func (m *cniManager) runtimeConf(st instanceState) *libcni.RuntimeConf {
 
 // addResult is what the filter needs of a CNI ADD.
 type addResult struct {
-	ip   string // the instance's IPv4 address
-	veth string // host side of its veth
-	mac  string // its MAC
+	ip      string // the instance's IPv4 address
+	prefix  int    // its prefix length
+	gateway string // its IPv4 gateway ("" for none)
+	veth    string // host side of its veth
+	mac     string // its MAC
+	routes  []Route
+	dns     DNS
 }
 
 // add runs CNI ADD and returns the instance's IPv4 address, MAC and host
@@ -311,9 +315,24 @@ func parseResult(res cnitypes.Result, bridge string) (addResult, error) {
 	for _, ipc := range r.IPs {
 		if a, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok {
 			out.ip = a.String()
+			out.prefix, _ = ipc.Address.Mask.Size()
+			if gw, ok := netip.AddrFromSlice(ipc.Gateway.To4()); ok {
+				out.gateway = gw.String()
+			}
 			break
 		}
 	}
+	for _, rt := range r.Routes {
+		if rt.Dst.IP.To4() == nil {
+			continue
+		}
+		route := Route{Dst: rt.Dst.String()}
+		if gw := rt.GW.To4(); gw != nil {
+			route.GW = gw.String()
+		}
+		out.routes = append(out.routes, route)
+	}
+	out.dns = DNS{Nameservers: r.DNS.Nameservers, Search: r.DNS.Search, Options: r.DNS.Options}
 	for _, i := range r.Interfaces {
 		switch {
 		case i.Sandbox != "" && i.Name == ifName:

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -151,8 +152,18 @@ func TestCNILifecycle(t *testing.T) {
 	}
 	t.Logf("a = %+v, b = %+v", a, b)
 
-	// Addresses: distinct, in the subnet, namespaces pinned where promised.
+	// Addresses: distinct, in the subnet, namespaces pinned where promised;
+	// the interface as CNI made it, for a VM guest to repeat.
 	for _, att := range []Attachment{a, b} {
+		if att.Interface != "eth0" || att.PrefixLen != subnet.Bits() || att.Gateway != subnet.Addr().Next().String() {
+			t.Errorf("attachment interface %q prefix %d gateway %q; want eth0, %d, %s", att.Interface, att.PrefixLen, att.Gateway, subnet.Bits(), subnet.Addr().Next())
+		}
+		if hw, err := net.ParseMAC(att.MAC); err != nil || len(hw) != 6 {
+			t.Errorf("attachment MAC %q: want a hardware address (%v)", att.MAC, err)
+		}
+		if !slices.ContainsFunc(att.Routes, func(r Route) bool { return r.Dst == "0.0.0.0/0" }) {
+			t.Errorf("attachment routes %v; want the default route host-local set", att.Routes)
+		}
 		ip, err := netip.ParseAddr(att.IP)
 		if err != nil || !subnet.Contains(ip) {
 			t.Errorf("attachment IP %q is not in subnet %s", att.IP, subnet)
@@ -167,7 +178,7 @@ func TestCNILifecycle(t *testing.T) {
 
 	// Setup is idempotent.
 	again, err := m.Setup(ctx, idA, testTenant, portsA)
-	if err != nil || again != a {
+	if err != nil || !reflect.DeepEqual(again, a) {
 		t.Errorf("second Setup(%s) = %+v, %v; want %+v, nil", idA, again, err, a)
 	}
 
@@ -271,7 +282,7 @@ func TestCNIRestartRecovery(t *testing.T) {
 	if err != nil || !slices.Equal(got, ids) {
 		t.Fatalf("List() on restarted manager = %v, %v; want %v", got, err, ids)
 	}
-	if att, err := m.Setup(ctx, ids[0], testTenant, []PortMapping{{HostPort: port, ContainerPort: 80}}); err != nil || att != atts[ids[0]] {
+	if att, err := m.Setup(ctx, ids[0], testTenant, []PortMapping{{HostPort: port, ContainerPort: 80}}); err != nil || !reflect.DeepEqual(att, atts[ids[0]]) {
 		t.Errorf("Setup(%s) on restarted manager = %+v, %v; want %+v", ids[0], att, err, atts[ids[0]])
 	}
 	if _, err := m.Setup(ctx, "r-3-"+randHex(t, 4), testTenant, []PortMapping{{HostPort: port, ContainerPort: 80}}); !errors.Is(err, ErrPortInUse) {
@@ -451,7 +462,7 @@ func TestCNIConcurrentSetup(t *testing.T) {
 	}
 	wg.Wait()
 	for i := range n {
-		if sameErr[i] != nil || sameAtt[i] != sameAtt[0] {
+		if sameErr[i] != nil || !reflect.DeepEqual(sameAtt[i], sameAtt[0]) {
 			t.Errorf("concurrent Setup(%s) #%d = %+v, %v; want %+v, nil", same, i, sameAtt[i], sameErr[i], sameAtt[0])
 		}
 	}
@@ -562,7 +573,7 @@ func TestCNIPinThenAttach(t *testing.T) {
 	if got := interfaces(netns); !slices.Equal(got, []string{ifName, "lo"}) {
 		t.Errorf("interfaces after Attach = %v; want [%s lo]", got, ifName)
 	}
-	if again, err := m.Attach(ctx, id); err != nil || again != att {
+	if again, err := m.Attach(ctx, id); err != nil || !reflect.DeepEqual(again, att) {
 		t.Errorf("second Attach(%s) = %+v, %v; want %+v, nil", id, again, err, att)
 	}
 	serveGreeting(t, netns, 8080, "attached")

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -376,7 +377,7 @@ func TestFilterFollowsAttachments(t *testing.T) {
 	if n := e.m.filter.rewrites; n != 1 {
 		t.Errorf("filter rewritten %d times after NewCNI and two Setups; want once (changes are incremental)", n)
 	}
-	if again, err := e.m.Attach(e.ctx, x.id); err != nil || again != x.att {
+	if again, err := e.m.Attach(e.ctx, x.id); err != nil || !reflect.DeepEqual(again, x.att) {
 		t.Fatalf("second Attach(%s) = %+v, %v; want %+v", x.id, again, err, x.att)
 	}
 	if after := e.ruleset(); after != before {

@@ -22,6 +22,29 @@ type Attachment struct {
 	NetNS string `json:"netns"`
 	// IP is the instance's IPv4 address on the bridge (no prefix).
 	IP string `json:"ip"`
+	// The rest describe the interface CNI made in NetNS, which a VM's
+	// guest repeats (sandbox.Interface).
+	Interface string  `json:"interface,omitempty"` // its name, "eth0"
+	MAC       string  `json:"mac,omitempty"`
+	PrefixLen int     `json:"prefixLen,omitempty"` // of IP on the bridge's subnet
+	Gateway   string  `json:"gateway,omitempty"`
+	Routes    []Route `json:"routes,omitempty"`
+	DNS       DNS     `json:"dns,omitzero"`
+}
+
+// Route is an IPv4 route CNI set in the namespace: Dst in CIDR form, via
+// GW ("" for on-link).
+type Route struct {
+	Dst string `json:"dst"`
+	GW  string `json:"gw,omitempty"`
+}
+
+// DNS is what CNI returned for the instance's resolver (often nothing:
+// the node then uses its own resolv.conf).
+type DNS struct {
+	Nameservers []string `json:"nameservers,omitempty"`
+	Search      []string `json:"search,omitempty"`
+	Options     []string `json:"options,omitempty"`
 }
 
 // Manager attaches and detaches instance sandboxes. Attaching is two

@@ -45,6 +45,12 @@ type instanceState struct {
 	// ones.
 	HostVeth string `json:"hostVeth,omitempty"`
 	MAC      string `json:"mac,omitempty"`
+	// PrefixLen, Gateway, Routes and DNS are the rest of the CNI result
+	// (unset in state files older than them; see cniManager.attachmentOf).
+	PrefixLen int     `json:"prefixLen,omitempty"`
+	Gateway   string  `json:"gateway,omitempty"`
+	Routes    []Route `json:"routes,omitempty"`
+	DNS       DNS     `json:"dns,omitzero"`
 }
 
 // port is what the filter needs of s; only meaningful with HostVeth set.
@@ -53,7 +59,8 @@ func (s instanceState) port() port {
 }
 
 func (s instanceState) attachment() Attachment {
-	return Attachment{NetNS: s.NetNS, IP: s.IP}
+	return Attachment{NetNS: s.NetNS, IP: s.IP, Interface: ifName, MAC: s.MAC,
+		PrefixLen: s.PrefixLen, Gateway: s.Gateway, Routes: s.Routes, DNS: s.DNS}
 }
 
 // stateStore keeps one JSON file per instance in dir.

@@ -135,7 +135,7 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 	if err == nil && nw.err == nil {
 		if err = w.attached(nw.att); err == nil {
 			sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
-			err = c.Start(sctx)
+			err = c.Start(sctx, sandboxInterface(nw.att))
 			scancel()
 			if err != nil {
 				err = fmt.Errorf("start shim: %w", err)
@@ -180,7 +180,7 @@ func (w *worker) resume(ctx context.Context, c *shim.Client) error {
 	if err := w.attached(att); err != nil {
 		return err
 	}
-	return c.Start(nctx)
+	return c.Start(nctx, sandboxInterface(att))
 }
 
 // undoCreate removes what a failed create made, as a failed network setup
@@ -234,7 +234,7 @@ func (w *worker) containerSpec(ctx context.Context, c v1.Container) (sandbox.Con
 	}
 	cpu, _ := v1.ParseCPU(c.Resources.CPU)
 	mem, _ := v1.ParseMemory(c.Resources.Memory)
-	return sandbox.ContainerSpec{Name: c.Name, RootFS: rootfs, Args: argv, Env: env, WorkingDir: cwd, User: user, MilliCPU: cpu, MemoryBytes: mem}, nil
+	return sandbox.ContainerSpec{Name: c.Name, RootFS: sandbox.RootFS{Dir: rootfs}, Args: argv, Env: env, WorkingDir: cwd, User: user, MilliCPU: cpu, MemoryBytes: mem}, nil
 }
 
 // ResolveArgs applies Docker's rule: a command replaces the image's
@@ -388,4 +388,46 @@ func statusFromShim(prev v1.InstanceStatus, st shim.State, ip string, now time.T
 		out.Containers = append(out.Containers, cs)
 	}
 	return out
+}
+
+// sandboxInterface is the interface of att as a sandbox connects to it.
+// CNI returns no resolver here, so the node's own resolv.conf stands in
+// (as the runc backend copies it into every container).
+func sandboxInterface(att network.Attachment) *sandbox.Interface {
+	iface := &sandbox.Interface{
+		Name: att.Interface, MAC: att.MAC, Gateway: att.Gateway,
+		Address: fmt.Sprintf("%s/%d", att.IP, att.PrefixLen),
+		DNS:     sandbox.DNS{Nameservers: att.DNS.Nameservers, Search: att.DNS.Search, Options: att.DNS.Options},
+	}
+	for _, r := range att.Routes {
+		iface.Routes = append(iface.Routes, sandbox.Route{Dst: r.Dst, Via: r.GW})
+	}
+	if len(iface.DNS.Nameservers) == 0 {
+		iface.DNS = hostDNS("/etc/resolv.conf")
+	}
+	return iface
+}
+
+// hostDNS reads the resolver settings of a resolv.conf ("": none).
+func hostDNS(path string) sandbox.DNS {
+	var dns sandbox.DNS
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return dns
+	}
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "nameserver":
+			dns.Nameservers = append(dns.Nameservers, f[1])
+		case "search":
+			dns.Search = f[1:]
+		case "options":
+			dns.Options = f[1:]
+		}
+	}
+	return dns
 }

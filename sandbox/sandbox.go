@@ -7,9 +7,15 @@ package sandbox
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/internal/stream"
 )
 
@@ -42,16 +48,74 @@ type Spec struct {
 	// an empty filesystem image for the writable layer. Empty: none; the
 	// backend makes each from scratch.
 	CacheDir string `json:"cacheDir,omitempty"`
+	// WritableLayer is the file that holds the sandbox's writable layer:
+	// a sparse filesystem image of DiskBytes that the backend makes when
+	// it is missing and keeps when it is there (a restarted shim finds
+	// the files its containers wrote). Empty: <StateDir>/disk.img.
+	WritableLayer string `json:"writableLayer,omitempty"`
+	// VCPUs and MemoryBytes size the sandbox as a whole: a VM's virtual
+	// CPUs and guest memory. 0: the backend derives them from the
+	// containers (see microvm). Namespace backends ignore them; the
+	// containers' own limits still apply.
+	VCPUs       int   `json:"vcpus,omitempty"`
+	MemoryBytes int64 `json:"memoryBytes,omitempty"`
 	// Containers of the instance, started in order.
 	Containers []ContainerSpec `json:"containers"`
+}
+
+// RootFS describes a container's read-only image: an unpacked directory,
+// or a block image holding a filesystem (a VM attaches it as a read-only
+// drive; a namespace backend would loop-mount it). Exactly one of Dir and
+// Image is set.
+type RootFS struct {
+	// Dir is the shared unpacked image, an absolute path.
+	Dir string `json:"dir,omitempty"`
+	// Image is a read-only block image file, shared by every sandbox of
+	// the node, with FSType its filesystem ("erofs" or "ext4").
+	Image  string `json:"image,omitempty"`
+	FSType string `json:"fsType,omitempty"`
+}
+
+// Interface is the network interface the node made for the sandbox in
+// Spec.NetNS (by CNI), as a VM's guest must repeat it: the guest takes
+// the same MAC and address, so the node's packet filter and port
+// publishing see one instance whatever the backend.
+type Interface struct {
+	// Name of the interface in the namespace, e.g. "eth0".
+	Name string `json:"name"`
+	// MAC is the interface's hardware address (aa:bb:cc:dd:ee:ff).
+	MAC string `json:"mac"`
+	// Address is the IPv4 address with its prefix, e.g. "10.88.0.5/16".
+	Address string `json:"address"`
+	// Gateway is the default route's next hop ("" for none).
+	Gateway string `json:"gateway,omitempty"`
+	// Routes beyond the default one.
+	Routes []Route `json:"routes,omitempty"`
+	// MTU of the link (0: 1500).
+	MTU int `json:"mtu,omitempty"`
+	// DNS for the containers' /etc/resolv.conf.
+	DNS DNS `json:"dns,omitzero"`
+}
+
+// Route is one IPv4 route: Dst in CIDR form, through Via ("" for on-link).
+type Route struct {
+	Dst string `json:"dst"`
+	Via string `json:"via,omitempty"`
+}
+
+// DNS settings of a sandbox.
+type DNS struct {
+	Nameservers []string `json:"nameservers,omitempty"`
+	Search      []string `json:"search,omitempty"`
+	Options     []string `json:"options,omitempty"`
 }
 
 // ContainerSpec is one process tree in the sandbox.
 type ContainerSpec struct {
 	Name string `json:"name"`
-	// RootFS is the shared, read-only unpacked image; the backend adds a
-	// private writable layer (overlayfs) on top of it.
-	RootFS string `json:"rootfs"`
+	// RootFS is the shared, read-only image; the backend adds a private
+	// writable layer (overlayfs) on top of it.
+	RootFS RootFS `json:"rootfs"`
 	// Args is the full argv (image entrypoint/cmd already resolved).
 	Args       []string `json:"args"`
 	Env        []string `json:"env,omitempty"` // KEY=VALUE
@@ -107,11 +171,26 @@ type ExecSpec struct {
 type WindowSize = stream.WindowSize
 
 // Sandbox is one instance's isolation unit. Implementations are safe for
-// concurrent use.
+// concurrent use. The contract below holds for every backend;
+// sandbox/sandboxtest checks it.
+//
+// A sandbox belongs to one process (the shim). When that process dies
+// without Destroy (SIGKILL, a crash), its containers may die with it or
+// not; either way, the next Create for the same Spec, in a new process,
+// removes what the dead one left (processes, VMs, mounts, devices) except
+// the writable layer, and the sandbox runs again from there.
 type Sandbox interface {
-	// Create prepares the shared namespaces and every container's rootfs.
-	// It is idempotent for the same Spec.
+	// Create prepares the shared namespaces (or boots the VM) and every
+	// container's rootfs, and cleans up what a previous owner of the same
+	// Spec left behind (see above). No container's command runs until
+	// Start. It is idempotent for the same Spec.
 	Create(ctx context.Context) error
+	// Connect gives the sandbox the interface the node made in Spec.NetNS.
+	// The node calls it once, after Create and before the first Start,
+	// when NetNS is set. A namespace backend has nothing to do (its
+	// containers join NetNS); a VM backend joins the interface to its
+	// guest and configures the guest to match it.
+	Connect(ctx context.Context, iface Interface) error
 	// Start starts (or restarts, after it exited) one container; its stdout
 	// and stderr go to the given writers until it exits.
 	Start(ctx context.Context, name string, stdio Stdio) error
@@ -124,6 +203,60 @@ type Sandbox interface {
 	// State reports every container.
 	State(ctx context.Context) ([]ContainerState, error)
 	// Destroy stops everything and removes every trace on the host:
-	// processes, mounts, cgroups, pinned namespaces, state files.
+	// processes, mounts, cgroups, pinned namespaces, state files (the
+	// writable layer too). It is idempotent.
 	Destroy(ctx context.Context) error
 }
+
+// Options are what a backend gets from its host, beside the Spec.
+type Options struct {
+	// Logger receives the backend's logs. Default slog.Default().
+	Logger *slog.Logger
+	// Runc is the runc binary of the runc backend: a path or a name in
+	// PATH. Default "runc".
+	Runc string `json:"runc,omitempty"`
+	// VM configures the microvm backend.
+	VM VMOptions `json:"vm,omitzero"`
+}
+
+// VMOptions are the host-side parts of a microVM: what boots it and how.
+type VMOptions struct {
+	// Kernel is the guest kernel (an uncompressed vmlinux, PVH).
+	Kernel string `json:"kernel,omitempty"`
+	// Initrd is the initramfs whose /init is the guest agent.
+	Initrd string `json:"initrd,omitempty"`
+	// VMM is the VMM binary, e.g. qemu-system-x86_64.
+	VMM string `json:"vmm,omitempty"`
+	// Accel is the accelerator, "kvm" or "tcg", as the node probed it.
+	Accel string `json:"accel,omitempty"`
+	// BootTimeout bounds the boot to agent ready (0: the backend's
+	// default for Accel).
+	BootTimeout time.Duration `json:"bootTimeout,omitempty"`
+}
+
+// Factory builds a backend's sandbox for spec. It touches nothing on the
+// host; Create does.
+type Factory func(spec Spec, opts Options) (Sandbox, error)
+
+// Backends are the sandbox backends a process can build, by name.
+type Backends map[string]Factory
+
+// New builds the named backend's sandbox for spec.
+func (b Backends) New(name string, spec Spec, opts Options) (Sandbox, error) {
+	f, ok := b[name]
+	if !ok {
+		return nil, fmt.Errorf("sandbox backend %q: %w: this build has %s", name, errdefs.ErrInvalid, strings.Join(b.Names(), ", "))
+	}
+	return f(spec, opts)
+}
+
+// Names lists the backends, sorted.
+func (b Backends) Names() []string {
+	return slices.Sorted(maps.Keys(b))
+}
+
+// Backend names.
+const (
+	BackendRunc    = "runc"
+	BackendMicroVM = "microvm"
+)

@@ -61,11 +61,20 @@ func (c *Client) State(ctx context.Context, after uint64) (State, error) {
 	return st, err
 }
 
+// StartRequest is the body of Start.
+type StartRequest struct {
+	// Interface is the network interface the node made in the sandbox's
+	// namespace, which the sandbox connects to before its first start
+	// (see sandbox.Sandbox.Connect). Nil: no network to connect.
+	Interface *sandbox.Interface `json:"interface,omitempty"`
+}
+
 // Start lets a shim launched with Config.AwaitStart start its containers:
-// the caller has made their network ready. It returns at once (State
-// reports the starts) and does nothing on a shim that may start already.
-func (c *Client) Start(ctx context.Context) error {
-	return c.do(ctx, http.MethodPost, "/start", nil, nil)
+// the caller has made their network ready, and iface (nil: none) is the
+// interface it made. It returns at once (State reports the starts) and
+// does nothing on a shim that may start already.
+func (c *Client) Start(ctx context.Context, iface *sandbox.Interface) error {
+	return c.do(ctx, http.MethodPost, "/start", StartRequest{Interface: iface}, nil)
 }
 
 // Stop stops every container (SIGTERM, SIGKILL after grace) and disables

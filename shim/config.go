@@ -45,8 +45,14 @@ type Config struct {
 	// bytes). Its siblings hold the pid, config and the shim's own log; see
 	// FilesFor.
 	Socket string `json:"socket"`
-	// Runtime is the runc binary, a path or a name in PATH. Default "runc".
+	// Backend names the sandbox backend: "runc" (default) or "microvm"
+	// (see Backends).
+	Backend string `json:"backend,omitempty"`
+	// Runtime is the runc binary of the runc backend, a path or a name in
+	// PATH. Default "runc".
 	Runtime string `json:"runtime,omitempty"`
+	// VM configures the microvm backend (kernel, initramfs, accelerator).
+	VM sandbox.VMOptions `json:"vm,omitzero"`
 	// LogMaxBytes is the size at which a container log rotates. Default 10 MiB.
 	LogMaxBytes int64 `json:"logMaxBytes,omitempty"`
 	// LogMaxFiles is how many files of each container log are kept, the
@@ -69,6 +75,9 @@ type Config struct {
 func (c Config) WithDefaults() Config {
 	if c.RestartPolicy == "" {
 		c.RestartPolicy = RestartAlways
+	}
+	if c.Backend == "" {
+		c.Backend = sandbox.BackendRunc
 	}
 	if c.Runtime == "" {
 		c.Runtime = "runc"

@@ -27,7 +27,7 @@ func TestFollowEndsWhenContainerEnds(t *testing.T) {
 	go func() {
 		done <- logfile.Read(ctx, filepath.Join(cfg.LogDir, "c.log"), logfile.ReadOptions{Follow: true, Tail: -1}, &got)
 	}()
-	if err := c.Start(testCtx(t)); err != nil {
+	if err := c.Start(testCtx(t), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {

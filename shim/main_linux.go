@@ -15,8 +15,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cube-platform/cube/sandbox"
 	"github.com/cube-platform/cube/sandbox/runc"
 )
+
+// Backends are the sandbox backends a shim can run, by Config.Backend.
+var Backends = sandbox.Backends{
+	sandbox.BackendRunc: runc.Factory,
+}
 
 // Main is the body of `cube shim --config PATH`. It serves until an
 // explicit /shutdown, SIGTERM or SIGINT (for operators), or cancellation of
@@ -83,7 +89,7 @@ func Main(ctx context.Context, configPath string) error {
 		os.Remove(files.Pid)
 		return err
 	}
-	sb, err := runc.New(cfg.Sandbox, runc.Options{Runtime: cfg.Runtime, Logger: base})
+	sb, err := Backends.New(cfg.Backend, cfg.Sandbox, sandbox.Options{Logger: base, Runc: cfg.Runtime, VM: cfg.VM})
 	if err != nil {
 		return failEarly(err)
 	}

@@ -19,6 +19,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cube-platform/cube/sandbox/sandboxtest"
+
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/sandbox"
 )
@@ -52,7 +54,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	if err := buildBusyboxRootFS(dir); err == nil {
+	if err := sandboxtest.Busybox(dir); err == nil {
 		testRootFS = dir
 	} else {
 		fmt.Fprintln(os.Stderr, "no busybox test image:", err)
@@ -92,27 +94,6 @@ func runLauncher(cfgPath string) int {
 	return 0
 }
 
-func buildBusyboxRootFS(dir string) error {
-	src, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		return fmt.Errorf("%w (apt-get install busybox-static)", err)
-	}
-	for _, d := range []string{"bin", "etc", "tmp", "proc", "sys", "dev"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			return err
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), src, 0o755); err != nil {
-		return err
-	}
-	for _, applet := range strings.Fields("sh echo cat sleep hostname test touch tail tty stty true false") {
-		if err := os.Symlink("busybox", filepath.Join(dir, "bin", applet)); err != nil {
-			return err
-		}
-	}
-	return os.WriteFile(filepath.Join(dir, "etc", "passwd"), []byte("root:x:0:0:root:/:/bin/sh\n"), 0o644)
-}
-
 func requireRunc(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -139,7 +120,7 @@ func testConfig(t *testing.T, policy string, containers ...sandbox.ContainerSpec
 	id := "s" + hex.EncodeToString(b)
 	dir := t.TempDir()
 	for i := range containers {
-		containers[i].RootFS = testRootFS
+		containers[i].RootFS = sandbox.RootFS{Dir: testRootFS}
 	}
 	return Config{
 		Sandbox: sandbox.Spec{

@@ -44,6 +44,9 @@ type errorBody struct {
 	Error string `json:"error"`
 }
 
+// maxStartBody bounds a start request (an interface with its routes).
+const maxStartBody = 64 << 10
+
 func (s *supervisor) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ping", func(w http.ResponseWriter, r *http.Request) {
@@ -52,7 +55,14 @@ func (s *supervisor) handler() http.Handler {
 	mux.HandleFunc("GET /state", s.handleState)
 	mux.HandleFunc("POST /exec", s.handleExec)
 	mux.HandleFunc("POST /start", func(w http.ResponseWriter, r *http.Request) {
-		s.start()
+		var req StartRequest
+		if r.ContentLength != 0 {
+			if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxStartBody)).Decode(&req); err != nil {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("start request: %w", err))
+				return
+			}
+		}
+		s.startWith(req.Interface)
 		writeJSON(w, http.StatusOK, struct{}{})
 	})
 	mux.HandleFunc("POST /stop", func(w http.ResponseWriter, r *http.Request) {

@@ -348,7 +348,7 @@ func TestAwaitStart(t *testing.T) {
 		t.Fatalf("log before Start = %q; want empty", b)
 	}
 	for range 2 {
-		if err := c.Start(testCtx(t)); err != nil {
+		if err := c.Start(testCtx(t), nil); err != nil {
 			t.Fatalf("Start: %v", err)
 		}
 	}

@@ -32,8 +32,9 @@ type supervisor struct {
 	containers []*supervised
 	startCh    chan struct{} // closed when the containers may start (see Config.AwaitStart)
 	startOnce  sync.Once
-	stopCh     chan struct{} // closed by stop: no more starts
-	booted     chan struct{} // closed when every first start was attempted (or skipped)
+	iface      *sandbox.Interface // to connect before the first start; written before startCh is closed
+	stopCh     chan struct{}      // closed by stop: no more starts
+	booted     chan struct{}      // closed when every first start was attempted (or skipped)
 	running    sync.WaitGroup
 
 	mu        sync.Mutex
@@ -120,7 +121,15 @@ func (s *supervisor) isStopped() bool {
 
 // start lets boot start the containers; only the first call counts.
 func (s *supervisor) start() {
-	s.startOnce.Do(func() { close(s.startCh) })
+	s.startWith(nil)
+}
+
+// startWith is start with the interface to connect first (nil: none).
+func (s *supervisor) startWith(iface *sandbox.Interface) {
+	s.startOnce.Do(func() {
+		s.iface = iface
+		close(s.startCh)
+	})
 }
 
 // boot creates the sandbox and, once start was called, starts the
@@ -138,6 +147,14 @@ func (s *supervisor) boot() {
 	case <-s.stopCh:
 		s.endAllLogs()
 		return
+	}
+	if s.iface != nil {
+		if err := s.sb.Connect(s.ctx, *s.iface); err != nil {
+			s.log.Error("connect sandbox to its network", "err", err)
+			s.endAllLogs()
+			s.update(func() { s.createErr = "connect network: " + err.Error() })
+			return
+		}
 	}
 	for i, c := range s.containers {
 		if s.isStopped() {

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cube-platform/cube/sandbox/sandboxtest"
 )
 
 // testRootFS is a busybox image shared read-only by every test sandbox,
@@ -35,7 +37,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	if err := buildBusyboxRootFS(dir); err == nil {
+	if err := sandboxtest.Busybox(dir); err == nil {
 		testRootFS = dir
 	} else {
 		fmt.Fprintln(os.Stderr, "no busybox test image:", err)
@@ -55,38 +57,6 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
-}
-
-// buildBusyboxRootFS makes a minimal image: Debian's static busybox plus
-// applet symlinks and /etc/passwd.
-func buildBusyboxRootFS(dir string) error {
-	src, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		return fmt.Errorf("%w (apt-get install busybox-static)", err)
-	}
-	for _, d := range []string{"bin", "etc", "tmp", "proc", "sys", "dev", "root"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			return err
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), src, 0o755); err != nil {
-		return err
-	}
-	for _, applet := range strings.Fields("sh echo cat sleep hostname ls id readlink nc tail head tr wc tty stty test true false kill ps env touch seq grep unshare dd df mkfifo") {
-		if err := os.Symlink("busybox", filepath.Join(dir, "bin", applet)); err != nil {
-			return err
-		}
-	}
-	etc := map[string]string{
-		"passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-		"group":  "root:x:0:\nnogroup:x:65534:\n",
-	}
-	for name, data := range etc {
-		if err := os.WriteFile(filepath.Join(dir, "etc", name), []byte(data), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // requireRunc skips unless the test can drive real runc: it needs root,

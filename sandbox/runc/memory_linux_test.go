@@ -75,7 +75,7 @@ func TestMemoryBoundSurvivesRestarts(t *testing.T) {
 
 	const limit = 32 << 20
 	sb, spec := newTestSandboxWith(t, func(s *sandbox.Spec) {
-		s.Containers[0].RootFS = root
+		s.Containers[0].RootFS = sandbox.RootFS{Dir: root}
 		s.Containers[0].MemoryBytes = limit
 	}, sandbox.ContainerSpec{Name: "leak", Args: []string{"/shmleak"}})
 

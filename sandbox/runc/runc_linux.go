@@ -92,7 +92,7 @@ func New(spec sandbox.Spec, opts Options) (sandbox.Sandbox, error) {
 		},
 	}
 	s.disk = disk{
-		file:  filepath.Join(spec.StateDir, "disk.img"),
+		file:  cmp.Or(spec.WritableLayer, filepath.Join(spec.StateDir, "disk.img")),
 		mount: filepath.Join(spec.StateDir, "disk"),
 		size:  cmp.Or(spec.DiskBytes, DefaultDiskBytes),
 		cache: spec.CacheDir,
@@ -129,6 +129,17 @@ func New(spec sandbox.Spec, opts Options) (sandbox.Sandbox, error) {
 	return s, nil
 }
 
+// Factory is New as a sandbox.Factory, for the shim's backends.
+func Factory(spec sandbox.Spec, opts sandbox.Options) (sandbox.Sandbox, error) {
+	return New(spec, Options{Runtime: opts.Runc, Logger: opts.Logger})
+}
+
+// Connect implements sandbox.Sandbox: the containers join Spec.NetNS, where
+// the interface already is, so there is nothing to do.
+func (s *runcSandbox) Connect(ctx context.Context, iface sandbox.Interface) error {
+	return nil
+}
+
 func validate(spec sandbox.Spec) error {
 	if !validName.MatchString(spec.ID) {
 		return fmt.Errorf("sandbox/runc: sandbox id %q: want 1-63 letters, digits, '-', '_' or '.'", spec.ID)
@@ -163,8 +174,11 @@ func validate(spec sandbox.Spec) error {
 		if len(c.Args) == 0 {
 			return fmt.Errorf("sandbox/runc: container %s: no command (args are empty)", c.Name)
 		}
-		if !filepath.IsAbs(c.RootFS) {
-			return fmt.Errorf("sandbox/runc: container %s: rootfs %q must be an absolute path", c.Name, c.RootFS)
+		if c.RootFS.Image != "" {
+			return fmt.Errorf("sandbox/runc: container %s: rootfs is a block image (%s); this backend runs unpacked directories only", c.Name, c.RootFS.Image)
+		}
+		if !filepath.IsAbs(c.RootFS.Dir) {
+			return fmt.Errorf("sandbox/runc: container %s: rootfs %q must be an absolute path", c.Name, c.RootFS.Dir)
 		}
 	}
 	return nil
@@ -308,8 +322,8 @@ func hostResolvConf(path string) (string, error) {
 
 // prepare mounts one container's overlay and writes its bundle.
 func (s *runcSandbox) prepare(c *container, memsw bool) error {
-	if fi, err := os.Stat(c.spec.RootFS); err != nil || !fi.IsDir() {
-		return fmt.Errorf("image rootfs %s is not a directory (was the image mounted?): %v", c.spec.RootFS, err)
+	if fi, err := os.Stat(c.spec.RootFS.Dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("image rootfs %s is not a directory (was the image mounted?): %v", c.spec.RootFS.Dir, err)
 	}
 	// The upper and work directories are on the sandbox's disk: its size
 	// bounds what the container writes.
@@ -320,7 +334,7 @@ func (s *runcSandbox) prepare(c *container, memsw bool) error {
 			return err
 		}
 	}
-	if err := mountOverlay(c.spec.RootFS, upper, work, merged); err != nil {
+	if err := mountOverlay(c.spec.RootFS.Dir, upper, work, merged); err != nil {
 		return err
 	}
 	spec, err := ociSpec(s.spec, c.spec, s.files, memsw)
@@ -418,6 +432,9 @@ func (s *runcSandbox) cleanup(ctx context.Context) error {
 	}
 	if len(left) > 0 {
 		return fmt.Errorf("mounts still present under %s: %v; unmount them and retry", s.spec.StateDir, left)
+	}
+	if err := os.Remove(s.disk.file); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove writable layer: %w", err)
 	}
 	if err := os.RemoveAll(s.spec.StateDir); err != nil {
 		return fmt.Errorf("remove state dir: %w", err)

@@ -254,7 +254,7 @@ func TestHostileImagePasswd(t *testing.T) {
 			id := randomID(t)
 			spec := sandbox.Spec{
 				ID: id, StateDir: filepath.Join(t.TempDir(), "state"), CgroupParent: "/cube-test/" + id,
-				Containers: []sandbox.ContainerSpec{{Name: "c", RootFS: rootfs, Args: []string{"id"}, User: "65534"}},
+				Containers: []sandbox.ContainerSpec{{Name: "c", RootFS: sandbox.RootFS{Dir: rootfs}, Args: []string{"id"}, User: "65534"}},
 			}
 			sb, err := New(spec, Options{Logger: testLogger(t)})
 			if err != nil {

@@ -65,7 +65,7 @@ type sharedFiles struct {
 // kernel accounts swap (memory.memsw.*), so that swap can be capped at the
 // memory limit.
 func ociSpec(sb sandbox.Spec, c sandbox.ContainerSpec, f sharedFiles, memsw bool) (*specs.Spec, error) {
-	uid, gid, err := parseUser(c.User, c.RootFS)
+	uid, gid, err := parseUser(c.User, c.RootFS.Dir)
 	if err != nil {
 		return nil, err
 	}
