@@ -192,4 +192,3 @@ func TestCreateRunsNothingOfTheImage(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
