@@ -140,15 +140,27 @@ const (
 
 // ContainerState is what the backend knows about one container.
 type ContainerState struct {
-	Name       string    `json:"name"`
-	Phase      Phase     `json:"phase"`
-	Pid        int       `json:"pid,omitempty"`
-	ExitCode   int       `json:"exitCode"`
-	Signal     int       `json:"signal,omitempty"`
-	OOMKilled  bool      `json:"oomKilled,omitempty"`
+	Name      string `json:"name"`
+	Phase     Phase  `json:"phase"`
+	Pid       int    `json:"pid,omitempty"`
+	ExitCode  int    `json:"exitCode"`
+	Signal    int    `json:"signal,omitempty"`
+	OOMKilled bool   `json:"oomKilled,omitempty"`
+	// Reason is set when the container ended because its sandbox did,
+	// not by itself: ReasonVMMExited or ReasonGuestPanic. The next Start
+	// brings the sandbox back.
+	Reason     string    `json:"reason,omitempty"`
 	StartedAt  time.Time `json:"startedAt,omitzero"`
 	FinishedAt time.Time `json:"finishedAt,omitzero"`
 }
+
+// Reasons a container ended with its sandbox (ContainerState.Reason).
+const (
+	// ReasonVMMExited: the VM's monitor process died (killed, crashed).
+	ReasonVMMExited = "VMMExited"
+	// ReasonGuestPanic: the guest kernel panicked.
+	ReasonGuestPanic = "GuestPanic"
+)
 
 // Stdio carries a container's or exec's standard streams. Nil fields are
 // /dev/null.

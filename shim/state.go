@@ -85,6 +85,8 @@ func terminationReason(st sandbox.ContainerState, startErr bool) string {
 	switch {
 	case startErr:
 		return ReasonStartError
+	case st.Reason != "":
+		return st.Reason // its sandbox ended under it (a VM died)
 	case st.OOMKilled:
 		return ReasonOOMKilled
 	case st.ExitCode != 0:

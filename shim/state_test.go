@@ -14,6 +14,8 @@ func TestDerivePhase(t *testing.T) {
 	oom := ContainerStatus{ContainerState: sandbox.ContainerState{Name: "d", Phase: sandbox.PhaseExited, ExitCode: 137, OOMKilled: true}, Reason: ReasonOOMKilled}
 	backoff := failed
 	backoff.Reason, backoff.WillRestart = ReasonCrashLoopBackOff, true
+	vmDied := ContainerStatus{ContainerState: sandbox.ContainerState{Name: "f", Phase: sandbox.PhaseExited, ExitCode: 137, Reason: sandbox.ReasonGuestPanic}}
+	vmDied.Reason = terminationReason(vmDied.ContainerState, false)
 	startErr := ContainerStatus{ContainerState: sandbox.ContainerState{Name: "e", Phase: sandbox.PhaseExited, ExitCode: 127}, Reason: ReasonStartError, Message: "exec: not found"}
 
 	tests := []struct {
@@ -33,6 +35,7 @@ func TestDerivePhase(t *testing.T) {
 		{"one failed", "", false, []ContainerStatus{ok, failed}, PhaseFailed, ReasonError},
 		{"oom wins", "", false, []ContainerStatus{failed, oom}, PhaseFailed, ReasonOOMKilled},
 		{"start error", "", false, []ContainerStatus{startErr}, PhaseFailed, ReasonStartError},
+		{"vm died", "", false, []ContainerStatus{ok, vmDied}, PhaseFailed, sandbox.ReasonGuestPanic},
 	}
 	for _, tt := range tests {
 		phase, reason, _ := derivePhase(tt.createErr, tt.stopped, tt.cs)
