@@ -62,6 +62,10 @@ func (s *Server) createInstance(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if err := s.setRuntime(t, &in); err != nil {
+		writeError(w, err)
+		return
+	}
 	if err := s.checkHostPorts(tenant, &in); err != nil {
 		writeError(w, err)
 		return

@@ -49,7 +49,8 @@ func (s *Server) registerNode(w http.ResponseWriter, r *http.Request) {
 	nodes := s.store.Nodes()
 	key := nodes.Key(name)
 	out, err := nodes.Mutate(r.Context(), key, func(n *v1.Node) error {
-		n.Status.Capacity, n.Status.Address, n.Status.Backend = body.Status.Capacity, body.Status.Address, body.Status.Backend
+		n.Status.Capacity, n.Status.Address = body.Status.Capacity, body.Status.Address
+		n.Status.Runtimes, n.Status.Accelerator, n.Status.GuestKernel = body.Status.Runtimes, body.Status.Accelerator, body.Status.GuestKernel
 		n.Status.Images = body.Status.Images
 		// The node agent owns its labels and taints (set by its flags).
 		n.Metadata.Labels, n.Spec.Taints = body.Metadata.Labels, body.Spec.Taints
@@ -245,7 +246,7 @@ func mergeNodeReport(cur, body *v1.Instance, node string) error {
 		}
 	}
 	st, rep := &cur.Status, body.Status
-	st.Phase, st.IP, st.Containers = rep.Phase, rep.IP, rep.Containers
+	st.Phase, st.IP, st.Accelerator, st.Containers = rep.Phase, rep.IP, rep.Accelerator, rep.Containers
 	st.CreatingAt, st.RunningAt, st.FinishedAt = rep.CreatingAt, rep.RunningAt, rep.FinishedAt
 	st.Reason, st.Message = rep.Reason, rep.Message
 	if p := st.Preemption; p != nil {

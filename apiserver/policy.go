@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/errdefs"
@@ -44,6 +45,44 @@ func checkGrants(t store.Tenant, in *v1.Instance) error {
 				"toleration of taint %q is not granted to tenant %s: ask the admin for `cube tenant update %s --allow-toleration %s`",
 				key, t.Name, t.Name, shown)
 		}
+	}
+	return nil
+}
+
+// allowedRuntimes are the runtimes t may use, in v1.Runtimes order: every
+// one for the admin tenant; microvm and what the admin granted for others.
+func allowedRuntimes(t store.Tenant) []string {
+	var out []string
+	for _, r := range v1.Runtimes {
+		if t.Name == AdminTenant || r == v1.RuntimeMicroVM || slices.Contains(t.AllowRuntimes, r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// setRuntime defaults in's runtime for t and refuses one not granted: an
+// instance that names none gets the server's default if t may use it,
+// else t's first (microvm). A runtime is a security boundary (runc
+// shares the node's kernel), so only the admin grants runc.
+func (s *Server) setRuntime(t store.Tenant, in *v1.Instance) error {
+	allowed := allowedRuntimes(t)
+	if in.Spec.Runtime == "" {
+		def := v1.RuntimeMicroVM
+		if s.cfg.DefaultRuntime != nil {
+			def = s.cfg.DefaultRuntime()
+		}
+		if slices.Contains(allowed, def) {
+			in.Spec.Runtime = def
+		} else {
+			in.Spec.Runtime = allowed[0]
+		}
+		return nil
+	}
+	if !slices.Contains(allowed, in.Spec.Runtime) {
+		return fieldErr(errdefs.ErrForbidden, "spec.runtime",
+			"runtime %q is not granted to tenant %s, which may use %s: ask the admin for `cube tenant update %s --allow-runtime %s`",
+			in.Spec.Runtime, t.Name, strings.Join(allowed, ", "), t.Name, in.Spec.Runtime)
 	}
 	return nil
 }

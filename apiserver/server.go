@@ -61,6 +61,11 @@ type Config struct {
 	MaxStreams int
 	// MaxTokens bounds each tenant's tokens (default DefaultMaxTokens).
 	MaxTokens int
+	// DefaultRuntime is the runtime of an instance that names none, when
+	// its tenant may use it (else the tenant's first runtime: microvm).
+	// Nil: microvm. `cube up --default-runtime auto` answers microvm once
+	// its node can run VMs, runc before.
+	DefaultRuntime func() string
 	// IdleTimeout closes a keep-alive connection that sends no request
 	// for this long (default DefaultIdleTimeout). Without it anyone who
 	// reaches the port, with no token, holds connections (and the

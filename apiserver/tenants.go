@@ -43,7 +43,7 @@ func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
 	now := s.cfg.Now().UTC()
 	t := store.Tenant{Name: req.Name, Weight: req.Weight, Quotas: req.Quotas, Created: now,
 		AllowPriorities: req.AllowPriorities, AllowTolerations: req.AllowTolerations, MaxInstances: req.MaxInstances,
-		ImageStorage: req.ImageStorage}
+		ImageStorage: req.ImageStorage, AllowRuntimes: grant(nil, req.AllowRuntimes, nil)}
 	if err := s.store.CreateTenant(r.Context(), t); err != nil {
 		if errors.Is(err, errdefs.ErrAlreadyExists) {
 			err = fmt.Errorf("%w: tenant %q already exists: change it with `cube tenant update %s`, or mint another token with `cube token create --tenant %s`", errdefs.ErrAlreadyExists, req.Name, req.Name, req.Name)
@@ -106,6 +106,7 @@ func (s *Server) updateTenant(w http.ResponseWriter, r *http.Request) {
 		}
 		t.AllowPriorities = grant(t.AllowPriorities, u.AllowPriorities, u.DenyPriorities)
 		t.AllowTolerations = grant(t.AllowTolerations, u.AllowTolerations, u.DenyTolerations)
+		t.AllowRuntimes = grant(t.AllowRuntimes, u.AllowRuntimes, u.DenyRuntimes)
 		return nil
 	})
 	if err != nil {
@@ -170,8 +171,8 @@ func (s *Server) tenantView(r *http.Request, t store.Tenant) (*v1.Tenant, error)
 	return &v1.Tenant{APIVersion: v1.Version, Kind: "Tenant",
 		Metadata: v1.ObjectMeta{Name: t.Name, CreationTimestamp: t.Created},
 		Spec: v1.TenantSpec{Weight: t.Weight, Quotas: t.Quotas, AllowPriorities: t.AllowPriorities,
-			AllowTolerations: t.AllowTolerations, MaxInstances: t.MaxInstances, ImageStorage: t.ImageStorage},
-		Status: v1.TenantStatus{Instances: int(n), MaxInstances: s.maxInstances(t)},
+			AllowTolerations: t.AllowTolerations, AllowRuntimes: t.AllowRuntimes, MaxInstances: t.MaxInstances, ImageStorage: t.ImageStorage},
+		Status: v1.TenantStatus{Instances: int(n), MaxInstances: s.maxInstances(t), Runtimes: allowedRuntimes(t)},
 	}, nil
 }
 

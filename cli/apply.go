@@ -107,12 +107,24 @@ func applyViewOf(in *v1.Instance) applyView {
 	return v
 }
 
+// withServerDefaults returns want with what the server chose for cur
+// where want leaves it to the server: the runtime, which depends on the
+// tenant's grants.
+func withServerDefaults(want, cur *v1.Instance) *v1.Instance {
+	if want.Spec.Runtime != "" {
+		return want
+	}
+	w := *want
+	w.Spec.Runtime = cur.Spec.Runtime
+	return &w
+}
+
 // sameSpec compares what the user wrote, ignoring what the server adds.
 // It compares the encoded forms, as the server stores them, so that an
 // empty list in a manifest equals the absent one the server gives back.
 func sameSpec(cur, want *v1.Instance) bool {
 	a, errA := json.Marshal(applyViewOf(cur))
-	b, errB := json.Marshal(applyViewOf(want))
+	b, errB := json.Marshal(applyViewOf(withServerDefaults(want, cur)))
 	return errA == nil && errB == nil && bytes.Equal(a, b)
 }
 

@@ -95,6 +95,9 @@ func diffInstance(ctx context.Context, g *globals, c *client.Client, want *v1.In
 	if sameSpec(cur, want) {
 		return "", nil
 	}
+	if desired, err = applyViewYAML(withServerDefaults(want, cur)); err != nil {
+		return "", err
+	}
 	live, err := applyViewYAML(cur)
 	if err != nil {
 		return "", err

@@ -24,6 +24,16 @@ func statusText(in *v1.Instance) string {
 	return s
 }
 
+// runtimeText is an instance's runtime, with its VM's accelerator once a
+// node runs it: "microvm/tcg", "runc".
+func runtimeText(in *v1.Instance) string {
+	rt := orDash(in.Spec.Runtime)
+	if in.Status.Accelerator != "" {
+		rt += "/" + in.Status.Accelerator
+	}
+	return rt
+}
+
 func images(in *v1.Instance) string {
 	var out []string
 	for _, c := range in.Spec.Containers {
@@ -55,12 +65,12 @@ func printInstances(g *globals, format string, items []*v1.Instance, list bool) 
 	tw := newTable(g.stdout)
 	now := time.Now()
 	if format == "wide" {
-		fmt.Fprintln(tw, "NAME\tSTATUS\tNODE\tIP\tAGE\tIMAGE\tCPU\tMEMORY\tRESTARTS\tMESSAGE")
+		fmt.Fprintln(tw, "NAME\tSTATUS\tNODE\tIP\tAGE\tIMAGE\tRUNTIME\tCPU\tMEMORY\tRESTARTS\tMESSAGE")
 	} else {
-		fmt.Fprintln(tw, "NAME\tSTATUS\tNODE\tIP\tAGE\tIMAGE")
+		fmt.Fprintln(tw, "NAME\tSTATUS\tNODE\tIP\tAGE\tIMAGE\tRUNTIME")
 	}
 	for _, in := range items {
-		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", in.Metadata.Name, statusText(in), orDash(in.Status.Node), orDash(in.Status.IP), age(in.Metadata.CreationTimestamp, now), images(in))
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", in.Metadata.Name, statusText(in), orDash(in.Status.Node), orDash(in.Status.IP), age(in.Metadata.CreationTimestamp, now), images(in), runtimeText(in))
 		if format == "wide" {
 			cpu, mem := in.Requests()
 			row += fmt.Sprintf("\t%s\t%s\t%d\t%s", v1.FormatCPU(cpu), v1.FormatMemory(mem), restarts(in), in.Status.Message)

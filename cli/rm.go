@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
+	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/client"
 	"github.com/spf13/cobra"
 )
@@ -83,7 +85,7 @@ func newNodesCmd(g *globals) *cobra.Command {
 				return err
 			}
 			tw := newTable(g.stdout)
-			fmt.Fprintln(tw, "NAME\tSTATUS\tCPU(ALLOC/CAP)\tMEMORY(ALLOC/CAP)\tINSTANCES\tBACKEND\tAGE")
+			fmt.Fprintln(tw, "NAME\tSTATUS\tCPU(ALLOC/CAP)\tMEMORY(ALLOC/CAP)\tINSTANCES\tRUNTIMES\tACCEL\tAGE")
 			now := time.Now()
 			for _, n := range list.Items {
 				status := "Ready"
@@ -93,9 +95,9 @@ func newNodesCmd(g *globals) *cobra.Command {
 				if n.Spec.Unschedulable {
 					status += ",Unschedulable"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s/%s\t%d\t%s\t%s\n", n.Metadata.Name, status,
+				fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s/%s\t%d\t%s\t%s\t%s\n", n.Metadata.Name, status,
 					n.Status.Allocated.CPU, n.Status.Capacity.CPU, n.Status.Allocated.Memory, n.Status.Capacity.Memory,
-					n.Status.Instances, orDash(n.Status.Backend), age(n.Metadata.CreationTimestamp, now))
+					n.Status.Instances, runtimesText(n.Status), orDash(n.Status.Accelerator), age(n.Metadata.CreationTimestamp, now))
 			}
 			return tw.Flush()
 		},
@@ -216,4 +218,14 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// runtimesText lists a node's runtimes, and the guest kernel's progress
+// while microvm is not offered yet: "runc (microvm: kernel building 42%)".
+func runtimesText(st v1.NodeStatus) string {
+	out := orDash(strings.Join(st.Runtimes, ","))
+	if k := st.GuestKernel; k != "" && k != "ready" && !slices.Contains(st.Runtimes, v1.RuntimeMicroVM) {
+		out += " (microvm: kernel " + k + ")"
+	}
+	return out
 }

@@ -21,8 +21,9 @@ type runFlags struct {
 	env, envFiles, ports, labels                              []string
 	detach, attach, interactive, tty, rm                      bool
 
-	pids int64  // spec.pids (0: the server's default)
-	disk string // spec.disk
+	pids    int64  // spec.pids (0: the server's default)
+	disk    string // spec.disk
+	runtime string // spec.runtime ("": the tenant's default)
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -35,10 +36,16 @@ Everything after IMAGE is the command (a "--" right after IMAGE is dropped).
 With --attach (or -it) the output is streamed and cube exits with the
 instance's exit code.
 
+--runtime microvm runs the instance's containers in a lightweight VM of
+their own (the default for every tenant but admin); --runtime runc runs them
+in namespaces of the node's kernel, for tenants the admin granted it
+(cube tenant update NAME --allow-runtime runc).
+
 --env-file reads KEY=VALUE lines; blank lines and lines starting with # are
 skipped, and one pair of matching quotes around a value is stripped.`,
 		Example: `  cube run --name web --cpu 0.5 --memory 256Mi -e GREETING=hi -p 8080:80 busybox -- httpd -f -p 80
-  cube run --restart never --attach busybox -- sh -c 'echo hello; exit 3'`,
+  cube run --restart never --attach busybox -- sh -c 'echo hello; exit 3'
+  cube run --runtime microvm --attach --restart never busybox -- uname -r`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			in, err := f.instance(args)
@@ -88,6 +95,7 @@ skipped, and one pair of matching quotes around a value is stripped.`,
 	fl.Int64Var(&f.pids, "pids", 0, "cap on the processes and threads of the whole instance (default 1024, 16 to 16384)")
 	fl.Int64Var(&f.pids, "pids-limit", 0, "alias of --pids (Docker's spelling)")
 	fl.StringVar(&f.disk, "disk", "", "size of the instance's writable layer, e.g. 512Mi, 4Gi (default 1Gi, 16Mi to 256Gi)")
+	fl.StringVar(&f.runtime, "runtime", "", "isolation: microvm (a VM of its own) or runc (the node's kernel; needs a grant) (default: the tenant's)")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "accepted for Docker habits; run always returns once created")
 	fl.BoolVarP(&f.attach, "attach", "a", false, "stream the output and exit with the instance's exit code")
 	fl.BoolVarP(&f.interactive, "interactive", "i", false, "with -t: attach (see --attach)")
@@ -226,7 +234,7 @@ func (f *runFlags) instance(args []string) (*v1.Instance, error) {
 		Metadata: v1.ObjectMeta{Name: name, Labels: labels},
 		Spec:     v1.InstanceSpec{Containers: []v1.Container{c}, RestartPolicy: restart, MaxRestarts: maxRestarts, Priority: f.priority},
 	}
-	in.Spec.Pids, in.Spec.Disk = f.pids, f.disk
+	in.Spec.Pids, in.Spec.Disk, in.Spec.Runtime = f.pids, f.disk, f.runtime
 	return in, nil
 }
 

@@ -17,8 +17,9 @@ func newTenantCmd(g *globals) *cobra.Command {
 		Use:   "tenant",
 		Short: "Manage tenants: create, update, ls, rm (admin tokens only)",
 		Long: `Tenants own instances, images and tokens. Only an admin token of the admin
-tenant may manage them. A tenant starts with no grants: priority system and
-every toleration must be granted to it (cube tenant update --allow-priority,
+tenant may manage them. A tenant starts with no grants: its instances run in
+microVMs only, and runc, priority system and every toleration must be granted
+to it (cube tenant update --allow-runtime, --allow-priority,
 --allow-toleration). Creating a tenant that exists is refused; use update,
 which changes only the flags you give, and mint more tokens with
 cube token create.`,
@@ -77,7 +78,7 @@ func parseQuota(q string) (string, v1.Quota, error) {
 
 func newTenantCreateCmd(g *globals) *cobra.Command {
 	var weight float64
-	var quotas, prios, tols []string
+	var quotas, prios, tols, rts []string
 	var maxInstances int
 	var ttl, output, imageStorage string
 	cmd := &cobra.Command{
@@ -93,12 +94,16 @@ at once with HTTP 429 and never waits in the queue.
 --allow-priority grants a band above production (system); without it the
 tenant's instances of that band are refused with 403.
 --allow-toleration grants tolerating the taint KEY ('*': every key).
+--allow-runtime runc lets the tenant run instances with --runtime runc, in
+namespaces of the node's own kernel: only for tenants you trust as much as
+the node. Without it every instance of the tenant runs in a microVM.
 --max-instances bounds the instances it may store, Pending and finished ones
 included (default 100).
 --ttl is the first token's lifetime (default 8760h, one year; 0: never expires).`,
 		Example: `  cube tenant create acme
   cube tenant create acme --weight 2 --quota production=cpu=8,memory=16Gi,instances=20
   cube tenant create ml --allow-priority system --allow-toleration gpu --ttl 720h
+  cube tenant create ci --allow-runtime runc
   CUBE_TOKEN=$(cube tenant create acme) cube ps`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -114,7 +119,7 @@ included (default 100).
 				return err
 			}
 			req := v1.TenantRequest{Name: args[0], Weight: weight, Quotas: qs,
-				AllowPriorities: prios, AllowTolerations: tols, MaxInstances: maxInstances, TokenTTL: ttl,
+				AllowPriorities: prios, AllowTolerations: tols, AllowRuntimes: rts, MaxInstances: maxInstances, TokenTTL: ttl,
 				ImageStorage: imageStorage}
 			tt, err := c.CreateTenant(cmd.Context(), req)
 			if err != nil {
@@ -131,6 +136,7 @@ included (default 100).
 	cmd.Flags().StringArrayVar(&quotas, "quota", nil, "quota of one band: BAND=cpu=C,memory=M,instances=N (repeatable)")
 	cmd.Flags().StringArrayVar(&prios, "allow-priority", nil, "grant a priority band above production, i.e. system (repeatable)")
 	cmd.Flags().StringArrayVar(&tols, "allow-toleration", nil, "grant tolerating taint KEY, '*' for every key (repeatable)")
+	cmd.Flags().StringArrayVar(&rts, "allow-runtime", nil, "grant a runtime beyond microvm, i.e. runc (repeatable)")
 	cmd.Flags().IntVar(&maxInstances, "max-instances", 0, "bound on stored instances (0: the server's default, 100)")
 	cmd.Flags().StringVar(&imageStorage, "image-storage", "", "image storage quota, blobs and unpacked layers (default 10Gi)")
 	cmd.Flags().StringVar(&ttl, "ttl", "", "lifetime of the first token (default 8760h; 0: never expires)")
@@ -140,7 +146,7 @@ included (default 100).
 
 func newTenantUpdateCmd(g *globals) *cobra.Command {
 	var weight float64
-	var quotas, noQuotas, prios, denyPrios, tols, denyTols []string
+	var quotas, noQuotas, prios, denyPrios, tols, denyTols, rts, denyRts []string
 	var maxInstances int
 	var output, imageStorage string
 	cmd := &cobra.Command{
@@ -151,9 +157,12 @@ grants, its tokens) stays as it is.
 --allow-priority / --deny-priority grant or withdraw a band above production.
 --allow-toleration / --deny-toleration grant or withdraw tolerating a taint key
 ('*' is every key, which a toleration without a key needs).
+--allow-runtime / --deny-runtime grant or withdraw runc (microvm is always
+allowed).
 Withdrawing a grant refuses new instances; running ones keep running.`,
 		Example: `  cube tenant update acme --allow-priority system
   cube tenant update acme --allow-toleration gpu --allow-toleration dedicated
+  cube tenant update ci --allow-runtime runc
   cube tenant update acme --quota batch=cpu=4,instances=10 --remove-quota production
   cube tenant update acme --max-instances 500 --weight 3`,
 		Args: cobra.ExactArgs(1),
@@ -166,7 +175,7 @@ Withdrawing a grant refuses new instances; running ones keep running.`,
 				return err
 			}
 			u := v1.TenantUpdate{RemoveQuotas: noQuotas, AllowPriorities: prios, DenyPriorities: denyPrios,
-				AllowTolerations: tols, DenyTolerations: denyTols}
+				AllowTolerations: tols, DenyTolerations: denyTols, AllowRuntimes: rts, DenyRuntimes: denyRts}
 			if cmd.Flags().Changed("weight") {
 				u.Weight = &weight
 			}
@@ -193,6 +202,8 @@ Withdrawing a grant refuses new instances; running ones keep running.`,
 	cmd.Flags().StringArrayVar(&denyPrios, "deny-priority", nil, "withdraw a priority grant (repeatable)")
 	cmd.Flags().StringArrayVar(&tols, "allow-toleration", nil, "grant tolerating taint KEY, '*' for every key (repeatable)")
 	cmd.Flags().StringArrayVar(&denyTols, "deny-toleration", nil, "withdraw a toleration grant (repeatable)")
+	cmd.Flags().StringArrayVar(&rts, "allow-runtime", nil, "grant a runtime beyond microvm, i.e. runc (repeatable)")
+	cmd.Flags().StringArrayVar(&denyRts, "deny-runtime", nil, "withdraw a runtime grant (repeatable)")
 	cmd.Flags().IntVar(&maxInstances, "max-instances", 0, "bound on stored instances (0: the server's default)")
 	cmd.Flags().StringVar(&imageStorage, "image-storage", "", "image storage quota, blobs and unpacked layers, e.g. 20Gi")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", outputHelp)
@@ -251,7 +262,7 @@ func printTenants(g *globals, format string, items []*v1.Tenant, list bool) erro
 	}
 	tw := newTable(g.stdout)
 	now := time.Now()
-	fmt.Fprintln(tw, "NAME\tWEIGHT\tINSTANCES\tPRIORITIES\tTOLERATIONS\tQUOTAS\tAGE")
+	fmt.Fprintln(tw, "NAME\tWEIGHT\tINSTANCES\tRUNTIMES\tPRIORITIES\tTOLERATIONS\tQUOTAS\tAGE")
 	for _, t := range items {
 		w := t.Spec.Weight
 		if w == 0 {
@@ -272,8 +283,8 @@ func printTenants(g *globals, format string, items []*v1.Tenant, list bool) erro
 			qs = append(qs, band+"("+strings.Join(parts, ",")+")")
 		}
 		sort.Strings(qs)
-		fmt.Fprintf(tw, "%s\t%g\t%d/%d\t%s\t%s\t%s\t%s\n", t.Metadata.Name, w, t.Status.Instances, t.Status.MaxInstances,
-			orDash(strings.Join(t.Spec.AllowPriorities, ",")), orDash(strings.Join(t.Spec.AllowTolerations, ",")),
+		fmt.Fprintf(tw, "%s\t%g\t%d/%d\t%s\t%s\t%s\t%s\t%s\n", t.Metadata.Name, w, t.Status.Instances, t.Status.MaxInstances,
+			orDash(strings.Join(t.Status.Runtimes, ",")), orDash(strings.Join(t.Spec.AllowPriorities, ",")), orDash(strings.Join(t.Spec.AllowTolerations, ",")),
 			orDash(strings.Join(qs, " ")), age(t.Metadata.CreationTimestamp, now))
 	}
 	return tw.Flush()

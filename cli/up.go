@@ -122,6 +122,7 @@ a fixed HOST:PORT.`,
 	fl.StringArrayVar(&taints, "node-taint", nil, "taint this node key[=value]:NoSchedule (repeatable)")
 	fl.StringVar(&cfg.Placement, "placement", "binpack", "scoring: binpack (fill nodes first) or spread (least allocated first)")
 	fl.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	fl.StringVar(&cfg.DefaultRuntime, "default-runtime", "auto", "runtime of instances that name none, where their tenant may use it: microvm, runc, or auto (microvm once this node can run VMs)")
 	fl.StringArrayVar(&cfg.RegistryAllow, "registry-allow", nil, "let tenants pull from this registry HOST:PORT although it is on loopback, link-local or this host (repeatable)")
 	return cmd
 }

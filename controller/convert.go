@@ -39,6 +39,7 @@ func Request(in *v1.Instance) scheduler.Request {
 		ID: instanceID(in), Tenant: in.Metadata.Tenant, Band: Band(in.Spec.Priority),
 		Resources: Resources(in), NodeSelector: in.Spec.NodeSelector,
 		MaxPerNode: in.Spec.MaxPerNode, Created: in.Metadata.CreationTimestamp,
+		Runtime: in.Spec.Runtime,
 	}
 	if in.Spec.Service != "" {
 		r.ServiceKey = in.Metadata.Tenant + "/" + in.Spec.Service
@@ -89,7 +90,11 @@ func (s *State) Snapshot() *scheduler.Snapshot {
 		sn := scheduler.Node{Name: n.Metadata.Name, Labels: n.Metadata.Labels,
 			Capacity: scheduler.Resources{MilliCPU: cpu, MemoryBytes: mem}, MaxInstances: n.Spec.MaxInstances,
 			Ready: ready, Unschedulable: n.Spec.Unschedulable, Revision: s.NodeRevisions[n.Metadata.Name],
-			CachedImages: n.Status.Images}
+			CachedImages: n.Status.Images, Runtimes: n.Status.Runtimes}
+		if len(sn.Runtimes) == 0 {
+			// A node agent older than runtimes ran runc alone.
+			sn.Runtimes = []string{v1.RuntimeRunc}
+		}
 		for _, t := range n.Spec.Taints {
 			sn.Taints = append(sn.Taints, scheduler.Taint{Key: t.Key, Value: t.Value, Effect: scheduler.TaintEffect(t.Effect)})
 		}

@@ -147,7 +147,7 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 	t.Run("another tenant", func(t *testing.T) {
-		tok := strings.TrimSpace(c.mustCube("tenant", "create", "other"))
+		tok := strings.TrimSpace(c.mustCube("tenant", "create", "other", "--allow-runtime", "runc"))
 		other := client.New(c.client.Server(), tok)
 		if _, err := other.GetInstance(ctx, "taken"); apiError(t, err).Status != 404 {
 			t.Errorf("other tenant reads taken: %v; want 404", err)

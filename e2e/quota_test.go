@@ -18,7 +18,7 @@ func TestQuotaAdmission(t *testing.T) {
 	c := startCluster(t)
 	ctx := context.Background()
 	ref := pushBusybox(t)
-	tok := strings.TrimSpace(c.mustCube("tenant", "create", "acme", "--quota", "batch=cpu=1,instances=3"))
+	tok := strings.TrimSpace(c.mustCube("tenant", "create", "acme", "--allow-runtime", "runc", "--quota", "batch=cpu=1,instances=3"))
 	acme := client.New(c.client.Server(), tok)
 	// A tenant may not pull from a loopback registry (see
 	// security_images_test.go); it imports the same image instead.

@@ -38,11 +38,11 @@ func TestSecurityAPITenantTokenLifecycle(t *testing.T) {
 	c := startCluster(t)
 	ctx := context.Background()
 
-	acme := strings.TrimSpace(c.mustCube("tenant", "create", "acme", "--quota", "batch=cpu=2,instances=3"))
+	acme := strings.TrimSpace(c.mustCube("tenant", "create", "acme", "--allow-runtime", "runc", "--quota", "batch=cpu=2,instances=3"))
 	if !strings.HasPrefix(acme, "cube_") {
 		t.Fatalf("tenant create printed %q; want a token", acme)
 	}
-	out, errOut, code := c.cube("", "tenant", "create", "acme")
+	out, errOut, code := c.cube("", "tenant", "create", "acme", "--allow-runtime", "runc")
 	refused(t, "second tenant create", out, errOut, code, `tenant "acme" already exists`)
 	var tenants []v1.Tenant
 	if err := json.Unmarshal([]byte(c.mustCube("tenant", "ls", "-o", "json")), &tenants); err != nil {
@@ -106,7 +106,7 @@ func TestSecurityAPITenantTokenLifecycle(t *testing.T) {
 	}
 
 	// A tenant token manages no tenants and mints no tokens for others.
-	out, errOut, code = c.cubeAs(acme, "tenant", "create", "evil")
+	out, errOut, code = c.cubeAs(acme, "tenant", "create", "evil", "--allow-runtime", "runc")
 	refused(t, "tenant create as acme", out, errOut, code, "only an admin token of the admin tenant can create tenants")
 	out, errOut, code = c.cubeAs(acme, "token", "create", "--tenant", "admin")
 	refused(t, "token create for admin as acme", out, errOut, code, "only an admin token can mint tokens for another tenant")
@@ -143,6 +143,6 @@ func TestSecurityAPITenantTokenLifecycle(t *testing.T) {
 	c.mustCube("tenant", "rm", "acme")
 	out, errOut, code = c.cubeAs(ro.Token, "ps")
 	refused(t, "cube ps with a token of a removed tenant", out, errOut, code, "the token is not valid")
-	out, errOut, code = c.cubeAs(ro.Token, "tenant", "create", "evil")
+	out, errOut, code = c.cubeAs(ro.Token, "tenant", "create", "evil", "--allow-runtime", "runc")
 	refused(t, "tenant create with a removed tenant's token", out, errOut, code, "not valid")
 }

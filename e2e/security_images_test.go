@@ -20,8 +20,8 @@ import (
 // image when it brings the bytes.
 func TestSecurityImagesLayerTheft(t *testing.T) {
 	c := startCluster(t)
-	acme := strings.TrimSpace(c.mustCube("tenant", "create", "acme"))
-	rival := strings.TrimSpace(c.mustCube("tenant", "create", "rival"))
+	acme := strings.TrimSpace(c.mustCube("tenant", "create", "acme", "--allow-runtime", "runc"))
+	rival := strings.TrimSpace(c.mustCube("tenant", "create", "rival", "--allow-runtime", "runc"))
 
 	secret := imagetest.WithLayer(imagetest.File("secret.txt", 0o600, "acme's private key\n"))
 	imgA := imagetest.BusyboxImage(t, secret)
@@ -64,7 +64,7 @@ func TestSecurityImagesLayerTheft(t *testing.T) {
 
 	// A tenant's image-storage quota (cube tenant create --image-storage)
 	// stops an import at the bound.
-	tiny := strings.TrimSpace(c.mustCube("tenant", "create", "tiny", "--image-storage", "1Mi"))
+	tiny := strings.TrimSpace(c.mustCube("tenant", "create", "tiny", "--allow-runtime", "runc", "--image-storage", "1Mi"))
 	if _, errOut, code := c.cubeAs(tiny, "image", "import", pathA); code == 0 || !strings.Contains(errOut, "image storage quota") || !strings.Contains(errOut, "1.0 MiB") {
 		t.Errorf("import over a 1Mi image storage quota: exit %d, %q; want it refused naming the quota", code, errOut)
 	}
@@ -78,8 +78,8 @@ func TestSecurityImagesLayerTheft(t *testing.T) {
 // image does not take acme's name.
 func TestSecurityImagesNameLeak(t *testing.T) {
 	c := startCluster(t)
-	acme := strings.TrimSpace(c.mustCube("tenant", "create", "acme"))
-	rival := strings.TrimSpace(c.mustCube("tenant", "create", "rival"))
+	acme := strings.TrimSpace(c.mustCube("tenant", "create", "acme", "--allow-runtime", "runc"))
+	rival := strings.TrimSpace(c.mustCube("tenant", "create", "rival", "--allow-runtime", "runc"))
 
 	img := imagetest.BusyboxImage(t)
 	digest := imagetest.Digest(t, img)
@@ -123,7 +123,7 @@ func TestSecurityImagesPullGuard(t *testing.T) {
 	c := startCluster(t)
 	ref := pushBusybox(t)
 	reg, _, _ := strings.Cut(ref, "/")
-	tok := strings.TrimSpace(c.mustCube("tenant", "create", "acme"))
+	tok := strings.TrimSpace(c.mustCube("tenant", "create", "acme", "--allow-runtime", "runc"))
 	_, errOut, code := c.cubeAs(tok, "image", "pull", ref, "--insecure")
 	if code == 0 || !strings.Contains(errOut, "loopback") || !strings.Contains(errOut, "--registry-allow "+reg) {
 		t.Fatalf("tenant pull from %s: exit %d, %q; want it refused naming loopback and --registry-allow %s", reg, code, errOut, reg)

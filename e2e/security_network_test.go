@@ -18,8 +18,8 @@ func TestSecurityNetwork(t *testing.T) {
 	// each imports the image.
 	ref := "cube.test/busybox:net"
 	archive := imagetest.BuildBusybox(t, "", imagetest.WithRef(ref))
-	alpha := strings.TrimSpace(c.mustCube("tenant", "create", "alpha"))
-	beta := strings.TrimSpace(c.mustCube("tenant", "create", "beta"))
+	alpha := strings.TrimSpace(c.mustCube("tenant", "create", "alpha", "--allow-runtime", "runc"))
+	beta := strings.TrimSpace(c.mustCube("tenant", "create", "beta", "--allow-runtime", "runc"))
 	for _, tok := range []string{alpha, beta} {
 		c.mustCubeAs(tok, "image", "import", archive)
 	}

@@ -32,7 +32,7 @@ func TestSecurityRed1WorkdirThroughProcFd(t *testing.T) {
 	}
 	links = append(links, imagetest.Symlink("wok", "/tmp"))
 	archive := imagetest.BuildBusybox(t, "", imagetest.WithRef(ref), imagetest.WithLayer(links...))
-	evil := strings.TrimSpace(c.mustCube("tenant", "create", "evil"))
+	evil := strings.TrimSpace(c.mustCube("tenant", "create", "evil", "--allow-runtime", "runc"))
 	c.mustCubeAs(evil, "image", "import", archive)
 	rel := strings.Repeat("../", 12) + strings.TrimPrefix(hostFile.Name(), "/")
 	ran := 0

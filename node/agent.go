@@ -56,6 +56,8 @@ type Config struct {
 	Labels map[string]string
 	// Taints repel instances that do not tolerate them.
 	Taints []v1.Taint
+	// Runtimes are what the node runs instances in (default RuncOnly).
+	Runtimes Runtimes
 	// HeartbeatInterval between lease renewals (default 3s).
 	HeartbeatInterval time.Duration
 	Log               *slog.Logger
@@ -95,6 +97,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Runtimes == nil {
+		c.Runtimes = RuncOnly{}
 	}
 	return nil
 }
@@ -211,6 +216,7 @@ func (a *Agent) instancesDir() string { return filepath.Join(a.cfg.StateDir, "in
 
 func (a *Agent) heartbeatLoop(ctx context.Context) {
 	registered := a.localImages(ctx)
+	runtimes := a.cfg.Runtimes.Status()
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
@@ -222,10 +228,12 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 			if err := a.cfg.Client.Heartbeat(hctx, a.cfg.Name); err != nil && ctx.Err() == nil {
 				a.log.Warn("heartbeat failed", "err", err)
 			}
-			// Re-register when the local images changed, for image locality.
-			if images := a.localImages(hctx); strings.Join(images, ",") != strings.Join(registered, ",") {
+			// Re-register when the local images changed, for image
+			// locality, or the runtimes did (a guest kernel got built).
+			images, rts := a.localImages(hctx), a.cfg.Runtimes.Status()
+			if strings.Join(images, ",") != strings.Join(registered, ",") || !rts.equal(runtimes) {
 				if got, err := a.register(hctx); err == nil {
-					registered = got
+					registered, runtimes = got, rts
 				}
 			}
 			cancel()
@@ -237,8 +245,10 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 // digests it reported.
 func (a *Agent) register(ctx context.Context) ([]string, error) {
 	images := a.localImages(ctx)
+	rts := a.cfg.Runtimes.Status()
 	node := &v1.Node{Metadata: v1.ObjectMeta{Name: a.cfg.Name, Labels: a.cfg.Labels}, Spec: v1.NodeSpec{Taints: a.cfg.Taints},
-		Status: v1.NodeStatus{Capacity: a.cfg.Capacity, Address: a.address, Backend: "runc", Images: images}}
+		Status: v1.NodeStatus{Capacity: a.cfg.Capacity, Address: a.address, Images: images,
+			Runtimes: rts.Runtimes, Accelerator: rts.Accelerator, GuestKernel: rts.GuestKernel}}
 	_, err := a.cfg.Client.RegisterNode(ctx, node, a.secret)
 	return images, err
 }

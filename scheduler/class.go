@@ -6,7 +6,8 @@ import (
 	"strings"
 )
 
-// class is an equivalence class of requests (same selector, same tolerations).
+// class is an equivalence class of requests (same runtime, selector and
+// tolerations).
 type class struct {
 	ok     []uint64 // bitset over nodes: statically feasible
 	nodes  []int32  // the statically feasible nodes, in snapshot order
@@ -22,7 +23,7 @@ type reasonCount struct {
 
 // classOf returns the equivalence class of r, computing it on first use.
 func (st *state) classOf(r *Request) *class {
-	if len(r.NodeSelector) == 0 && len(r.Tolerations) == 0 {
+	if len(r.NodeSelector) == 0 && len(r.Tolerations) == 0 && r.Runtime == "" {
 		if st.plain == nil {
 			st.plain = st.newClass(r)
 		}
@@ -33,7 +34,8 @@ func (st *state) classOf(r *Request) *class {
 		st.keyNames = append(st.keyNames, k)
 	}
 	slices.Sort(st.keyNames)
-	b := st.keyBuf[:0]
+	b := append(st.keyBuf[:0], r.Runtime...)
+	b = append(b, 0)
 	for _, k := range st.keyNames {
 		b = append(b, k...)
 		b = append(b, 0)

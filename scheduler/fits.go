@@ -1,6 +1,9 @@
 package scheduler
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // FitError says why a request does not fit a node.
 type FitError struct {
@@ -20,7 +23,7 @@ func (e *FitError) Error() string {
 }
 
 // Fits reports whether r can be placed on n as n is now: n ready and not
-// cordoned, selector matched, NoSchedule taints tolerated, instance bound,
+// cordoned, runtime offered, selector matched, NoSchedule taints tolerated, instance bound,
 // service bound (replicasOnNode is how many replicas of r.ServiceKey n runs
 // already) and cpu, memory and disk free. It returns nil or a *FitError.
 // Schedule uses the same predicates, so the applier can re-check a binding
@@ -58,6 +61,7 @@ const (
 	fitOK reason = iota
 	rNotReady
 	rUnschedulable
+	rRuntime
 	rSelector
 	rTaint
 	rMemory
@@ -74,6 +78,8 @@ func (w reason) text(taintKey string, r *Request) string {
 		return "node not ready"
 	case rUnschedulable:
 		return "node unschedulable"
+	case rRuntime:
+		return "runtime " + r.Runtime + " not offered"
 	case rSelector:
 		return "node selector mismatch"
 	case rTaint:
@@ -103,6 +109,9 @@ func staticFit(n *Node, r *Request) (reason, string) {
 	}
 	if n.Unschedulable {
 		return rUnschedulable, ""
+	}
+	if r.Runtime != "" && !slices.Contains(n.Runtimes, r.Runtime) {
+		return rRuntime, ""
 	}
 	for k, v := range r.NodeSelector {
 		if lv, ok := n.Labels[k]; !ok || lv != v {

@@ -8,6 +8,31 @@ import (
 	"github.com/cube-platform/cube/scheduler"
 )
 
+// TestRuntimeClasses: requests of different runtimes are different
+// classes, each placed only on nodes that offer its runtime.
+func TestRuntimeClasses(t *testing.T) {
+	vm, plain := node("vm", 8, 16), node("plain", 8, 16)
+	vm.Runtimes, plain.Runtimes = []string{"microvm", "runc"}, []string{"runc"}
+	withRuntime := func(id, rt string) scheduler.Request {
+		r := req(id, "t", scheduler.BandProduction, 1000, 1, 0)
+		r.Runtime = rt
+		return r
+	}
+	reqs := []scheduler.Request{withRuntime("m1", "microvm"), withRuntime("r1", "runc"), withRuntime("m2", "microvm"), withRuntime("r2", "runc")}
+	p := schedule(t, scheduler.DefaultConfig(), &scheduler.Snapshot{Nodes: []scheduler.Node{plain, vm}}, reqs)
+	placed := map[string]string{}
+	for _, b := range p.Bindings {
+		placed[b.RequestID] = b.Node
+	}
+	if placed["m1"] != "vm" || placed["m2"] != "vm" || placed["r1"] == "" || placed["r2"] == "" {
+		t.Errorf("placements %v; want the microvm requests on vm and the runc ones anywhere", placed)
+	}
+	p = schedule(t, scheduler.DefaultConfig(), &scheduler.Snapshot{Nodes: []scheduler.Node{plain}}, []scheduler.Request{withRuntime("m", "microvm")})
+	if got, want := reasonOf(p, "m"), "0/1 nodes: 1 runtime microvm not offered"; got != want {
+		t.Errorf("reason = %q; want %q", got, want)
+	}
+}
+
 func TestUnschedulableReason(t *testing.T) {
 	gpuNode := func(name string) scheduler.Node {
 		n := node(name, 64, 512)

@@ -132,6 +132,9 @@ type Node struct {
 	Unschedulable bool `json:"unschedulable,omitempty"`
 	// CachedImages lists the image digests the node holds locally.
 	CachedImages []string `json:"cachedImages,omitempty"`
+	// Runtimes are the sandbox runtimes the node can run ("microvm",
+	// "runc"); a request with a Runtime lands only where it is listed.
+	Runtimes []string `json:"runtimes,omitempty"`
 	// Revision is opaque to the scheduler (the store's mod revision of the
 	// node); it is echoed in each Binding so the applier can detect staleness.
 	Revision int64 `json:"revision"`
@@ -147,6 +150,8 @@ type Request struct {
 	// NodeSelector must match node labels exactly (every key, equal value).
 	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 	Tolerations  []Toleration      `json:"tolerations,omitempty"`
+	// Runtime the instance runs in ("microvm", "runc"); empty: any node.
+	Runtime string `json:"runtime,omitempty"`
 	// ServiceKey groups replicas of one service for anti-affinity; empty: none.
 	ServiceKey string `json:"serviceKey,omitempty"`
 	// MaxPerNode bounds the replicas of ServiceKey on one node; 0: no bound.

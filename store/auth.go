@@ -62,6 +62,8 @@ type Tenant struct {
 	// AllowTolerations are the taint keys the tenant may tolerate ("*":
 	// every key, which a toleration without a key needs).
 	AllowTolerations []string `json:"allowTolerations,omitempty"`
+	// AllowRuntimes are the runtimes granted beyond microvm ("runc").
+	AllowRuntimes []string `json:"allowRuntimes,omitempty"`
 	// MaxInstances bounds the tenant's stored instances, every phase
 	// counted; 0 is the server's default.
 	MaxInstances int `json:"maxInstances,omitempty"`

@@ -2,6 +2,8 @@ package v1
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -24,6 +26,8 @@ type TenantSpec struct {
 	AllowPriorities []string `json:"allowPriorities,omitempty"`
 	// AllowTolerations are the taint keys it may tolerate ("*": any).
 	AllowTolerations []string `json:"allowTolerations,omitempty"`
+	// AllowRuntimes are the runtimes granted beyond microvm ("runc").
+	AllowRuntimes []string `json:"allowRuntimes,omitempty"`
 	// MaxInstances bounds its stored instances (0: the server default).
 	MaxInstances int `json:"maxInstances,omitempty"`
 	// ImageStorage caps its images' bytes (empty: the default, 10Gi).
@@ -36,6 +40,9 @@ type TenantStatus struct {
 	Instances int `json:"instances"`
 	// MaxInstances is the bound in force (its own or the default).
 	MaxInstances int `json:"maxInstances"`
+	// Runtimes are those its instances may use (microvm and the grants;
+	// every one for the admin tenant).
+	Runtimes []string `json:"runtimes"`
 }
 
 // TenantUpdate changes only the fields it sets (PATCH /v1/tenants/{name}).
@@ -50,6 +57,8 @@ type TenantUpdate struct {
 	DenyPriorities   []string `json:"denyPriorities,omitempty"`
 	AllowTolerations []string `json:"allowTolerations,omitempty"`
 	DenyTolerations  []string `json:"denyTolerations,omitempty"`
+	AllowRuntimes    []string `json:"allowRuntimes,omitempty"`
+	DenyRuntimes     []string `json:"denyRuntimes,omitempty"`
 	MaxInstances     *int     `json:"maxInstances,omitempty"`
 	// ImageStorage replaces the image storage quota ("20Gi").
 	ImageStorage *string `json:"imageStorage,omitempty"`
@@ -115,6 +124,16 @@ func ParseTTL(s string) (time.Duration, error) {
 	return d, nil
 }
 
+// validateRuntimes checks runtime grants (field names the list).
+func validateRuntimes(field string, rts []string) error {
+	for i, r := range rts {
+		if !slices.Contains(Runtimes, r) {
+			return &FieldError{fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("%q is not one of %s", r, strings.Join(Runtimes, ", "))}
+		}
+	}
+	return nil
+}
+
 func validateGrants(prios, tols []string, maxInstances int) error {
 	for i, p := range prios {
 		switch p {
@@ -158,6 +177,12 @@ func (u *TenantUpdate) Validate() error {
 		if err := (&TenantRequest{Name: "x", ImageStorage: *u.ImageStorage}).Validate(); err != nil {
 			return err
 		}
+	}
+	if err := validateRuntimes("allowRuntimes", u.AllowRuntimes); err != nil {
+		return err
+	}
+	if err := validateRuntimes("denyRuntimes", u.DenyRuntimes); err != nil {
+		return err
 	}
 	return validateGrants(u.DenyPriorities, u.DenyTolerations, 0)
 }

@@ -73,7 +73,23 @@ type InstanceSpec struct {
 	// containers ("1Gi"); a write past it fails with ENOSPC. Default 1Gi,
 	// from 16Mi to 256Gi.
 	Disk string `json:"disk,omitempty"`
+	// Runtime isolates the instance, like a Kubernetes RuntimeClass:
+	// "microvm" runs all its containers in one lightweight VM of their
+	// own, "runc" in namespaces of the node's kernel (trusted workloads
+	// only). Empty: the tenant's default. Only runtimes granted to the
+	// tenant are accepted; a tenant other than admin has microvm alone
+	// unless granted runc.
+	Runtime string `json:"runtime,omitempty"`
 }
+
+// Sandbox runtimes.
+const (
+	RuntimeMicroVM = "microvm"
+	RuntimeRunc    = "runc"
+)
+
+// Runtimes are every sandbox runtime, in the order of preference.
+var Runtimes = []string{RuntimeMicroVM, RuntimeRunc}
 
 // Priority bands, highest first.
 const (
@@ -172,8 +188,11 @@ type InstanceStatus struct {
 	// Node the instance is bound to.
 	Node string `json:"node,omitempty"`
 	// IP on the node's instance network.
-	IP         string            `json:"ip,omitempty"`
-	Containers []ContainerStatus `json:"containers,omitempty"`
+	IP string `json:"ip,omitempty"`
+	// Accelerator runs a microvm instance's VM: "kvm", or "tcg" (QEMU's
+	// software emulation, where the node has no usable KVM).
+	Accelerator string            `json:"accelerator,omitempty"`
+	Containers  []ContainerStatus `json:"containers,omitempty"`
 	// Timestamps of each phase.
 	ScheduledAt *time.Time `json:"scheduledAt,omitempty"`
 	CreatingAt  *time.Time `json:"creatingAt,omitempty"`
@@ -257,8 +276,15 @@ type NodeStatus struct {
 	Instances int `json:"instances"`
 	// Address is where the node agent serves logs and exec to the server.
 	Address string `json:"address,omitempty"`
-	// Backend is the sandbox backend ("runc").
-	Backend string `json:"backend,omitempty"`
+	// Runtimes are the sandbox runtimes the node runs now ("microvm",
+	// "runc"); instances land only on nodes that offer their runtime.
+	Runtimes []string `json:"runtimes,omitempty"`
+	// Accelerator is what runs the node's VMs: "kvm", or "tcg" where KVM
+	// does not work ("": the node runs no VMs).
+	Accelerator string `json:"accelerator,omitempty"`
+	// GuestKernel tells how the node's guest kernel comes along: "ready",
+	// "building 42%", "failed: …", or "" where it runs no VMs.
+	GuestKernel string `json:"guestKernel,omitempty"`
 	// Images are the digests the node holds locally; the scheduler prefers
 	// nodes that already have an instance's image.
 	Images []string `json:"images,omitempty"`
@@ -362,6 +388,8 @@ type TenantRequest struct {
 	AllowPriorities []string `json:"allowPriorities,omitempty"`
 	// AllowTolerations grants tolerations by taint key ("*": any key).
 	AllowTolerations []string `json:"allowTolerations,omitempty"`
+	// AllowRuntimes grants runtimes beyond microvm ("runc").
+	AllowRuntimes []string `json:"allowRuntimes,omitempty"`
 	// MaxInstances bounds the tenant's stored instances, Pending and
 	// finished ones included (0: the server's default, 100).
 	MaxInstances int `json:"maxInstances,omitempty"`

@@ -3,6 +3,7 @@ package v1
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -116,6 +117,9 @@ func (in *Instance) Validate() error {
 	case PrioritySystem, PriorityProduction, PriorityBatch, PriorityBestEffort:
 	default:
 		return &FieldError{"spec.priority", fmt.Sprintf("%q is not one of system, production, batch, best-effort", in.Spec.Priority)}
+	}
+	if in.Spec.Runtime != "" && !slices.Contains(Runtimes, in.Spec.Runtime) {
+		return &FieldError{"spec.runtime", fmt.Sprintf("%q is not one of %s", in.Spec.Runtime, strings.Join(Runtimes, ", "))}
 	}
 	for i, tol := range in.Spec.Tolerations {
 		f := fmt.Sprintf("spec.tolerations[%d]", i)
@@ -255,6 +259,9 @@ func (t *TenantRequest) Validate() error {
 	}
 	if _, err := ParseTTL(t.TokenTTL); err != nil {
 		return &FieldError{"tokenTTL", err.(*FieldError).Reason}
+	}
+	if err := validateRuntimes("allowRuntimes", t.AllowRuntimes); err != nil {
+		return err
 	}
 	return validateGrants(t.AllowPriorities, t.AllowTolerations, t.MaxInstances)
 }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -70,7 +71,14 @@ type Config struct {
 	// RegistryAllow lists registries ("host:port") tenants may pull from
 	// although they are on loopback, link-local or platform addresses.
 	RegistryAllow []string
-	Log           *slog.Logger
+	// DefaultRuntime of instances that name none, where their tenant may
+	// use it: "microvm", "runc", or "auto" (the default): microvm once
+	// this node can run VMs, runc before.
+	DefaultRuntime string
+	// Runtimes are what the node runs instances in (default:
+	// node.RuncOnly).
+	Runtimes node.Runtimes
+	Log      *slog.Logger
 }
 
 // Platform is a running `cube up`.
@@ -94,6 +102,16 @@ func (c *Config) validate() error {
 	if c.Placement != "" && c.Placement != "binpack" && c.Placement != "spread" {
 		return fmt.Errorf("placement %q: want binpack or spread", c.Placement)
 	}
+	switch c.DefaultRuntime {
+	case "":
+		c.DefaultRuntime = "auto"
+	case "auto", v1.RuntimeMicroVM, v1.RuntimeRunc:
+	default:
+		return fmt.Errorf("default runtime %q: want auto, microvm or runc", c.DefaultRuntime)
+	}
+	if c.Runtimes == nil {
+		c.Runtimes = node.RuncOnly{}
+	}
 	if len(c.Etcd.Endpoints) > 0 {
 		if err := c.Etcd.Validate(); err != nil {
 			return err
@@ -113,6 +131,18 @@ func (c *Config) validate() error {
 		c.ShimCommand = []string{exe, "shim", "--config"}
 	}
 	return nil
+}
+
+// defaultRuntime resolves DefaultRuntime: auto is microvm while this
+// node offers it.
+func (c *Config) defaultRuntime() string {
+	if c.DefaultRuntime != "auto" {
+		return c.DefaultRuntime
+	}
+	if slices.Contains(c.Runtimes.Status().Runtimes, v1.RuntimeMicroVM) {
+		return v1.RuntimeMicroVM
+	}
+	return v1.RuntimeRunc
 }
 
 // Start boots the platform, one named step at a time. A failed step
@@ -170,7 +200,7 @@ func Start(ctx context.Context, cfg Config) (*Platform, error) {
 			api, err = apiserver.New(apiserver.Config{Listen: cfg.Listen, Store: st, Images: images, Log: cfg.Log,
 				RegistryAllow: cfg.RegistryAllow, RegistryDeny: deny,
 				NodeSocketDir: filepath.Dir(NodeSocket(cfg.DataDir)),
-				ReservedPorts: reservedPorts(cfg)})
+				ReservedPorts: reservedPorts(cfg), DefaultRuntime: cfg.defaultRuntime})
 			if err != nil {
 				return err
 			}
@@ -217,7 +247,7 @@ func Start(ctx context.Context, cfg Config) (*Platform, error) {
 				Name: p.cfg.NodeName, StateDir: filepath.Join(cfg.DataDir, "node"),
 				Client: client.New(p.URL, nodeToken), Images: images, Network: nm,
 				ShimCommand: cfg.ShimCommand, Listen: nodeListen(cfg), Capacity: cfg.Capacity, Log: cfg.Log,
-				Labels: cfg.NodeLabels, Taints: cfg.NodeTaints,
+				Labels: cfg.NodeLabels, Taints: cfg.NodeTaints, Runtimes: cfg.Runtimes,
 			})
 			if err != nil {
 				return err
