@@ -127,6 +127,11 @@ func Release(vmlinux string) (string, error) {
 // Cmdline is the kernel command line every Cube guest boots with; the VMM
 // driver appends its devices and the agent's arguments. It carries nothing
 // secret (the host's users can read it in ps).
+//
+// The kernel has no ACPI and no PCI: its devices are virtio-mmio ones
+// named on the command line. QEMU's microvm machine adds those
+// (virtio_mmio.device=...) only with acpi=off; with ACPI on, the guest
+// finds no drives. Firecracker always adds them.
 //   - console=ttyS0 quiet: the serial console, errors only (printing is
 //     slow under emulation);
 //   - reboot=t panic=-1: reboot through the triple fault, at once on a
