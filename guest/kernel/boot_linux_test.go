@@ -88,7 +88,7 @@ func qemuArgs(vmlinux, initrd string, extra ...string) []string {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "stdio",
 		"-kernel", vmlinux, "-initrd", initrd,
-		"-append", Cmdline,
+		"-append", Cmdline + " " + CmdlineTCG,
 	}, extra...)
 }
 
@@ -257,5 +257,18 @@ func TestGuestFeatures(t *testing.T) {
 		if got[name] != "ok" {
 			t.Errorf("guest feature %s: %q; want ok", name, got[name])
 		}
+	}
+}
+
+// TestGuestPanicEndsVM: when init dies the kernel panics, and panic=-1
+// with reboot=t and -no-reboot must end QEMU at once (the shim reports
+// GuestPanic from that), with the panic on the console.
+func TestGuestPanicEndsVM(t *testing.T) {
+	qemu := requireQEMU(t)
+	vmlinux := testKernel(t)
+	res := boot(t, qemu, vmlinux, testInitrd(t, "panicinit"))
+	out := strings.Join(res.output, "\n")
+	if !strings.Contains(out, "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000300") {
+		t.Errorf("no panic for init's exit on the console:\n%s", out)
 	}
 }
