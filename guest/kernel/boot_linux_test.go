@@ -88,7 +88,7 @@ func qemuArgs(vmlinux, initrd string, extra ...string) []string {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "stdio",
 		"-kernel", vmlinux, "-initrd", initrd,
-		"-append", Cmdline + " " + CmdlineTCG,
+		"-append", Cmdline + " " + CmdlineTCG(),
 	}, extra...)
 }
 
@@ -182,6 +182,11 @@ func TestBootMarker(t *testing.T) {
 	// quiet: the guest prints next to nothing before init.
 	if n := len(res.output); n > 20 {
 		t.Errorf("console printed %d lines; want a quiet boot:\n%s", n, strings.Join(res.output, "\n"))
+	}
+	// With the TSC frequency given, the guest never falls back to the
+	// coarse jiffies clock.
+	if strings.Contains(CmdlineTCG(), "tsc_early_khz=") && !slices.ContainsFunc(fields, func(f string) bool { return strings.HasPrefix(f, "clocksource=tsc") }) {
+		t.Errorf("marker %q; want the guest on the TSC clocksource", res.marker)
 	}
 	t.Logf("QEMU start to marker: %v (%s)", res.toMarker.Round(time.Millisecond), res.marker)
 }

@@ -141,13 +141,3 @@ func Release(vmlinux string) (string, error) {
 //   - random.trust_cpu=on: the CRNG is ready at once (RDRAND), so the
 //     agent's getrandom does not wait for entropy.
 const Cmdline = "console=ttyS0 quiet reboot=t panic=-1 lpj=9781696 tsc=reliable random.trust_cpu=on"
-
-// CmdlineTCG is appended to Cmdline for a single-vCPU guest under TCG
-// (software emulation): without a TSC-deadline timer the kernel calibrates
-// the local APIC timer against the PIT, which took about 250 ms of an
-// emulated boot; with nolapic_timer the PIT is the clock event device
-// instead (uptime at /init: median 0.90 s -> 0.68 s, 6 runs each on a
-// loaded 2-core host). Not for KVM, whose guests have the TSC-deadline
-// timer and skip the calibration, nor for several vCPUs, which would then
-// need broadcast ticks.
-const CmdlineTCG = "nolapic_timer"

@@ -1,5 +1,5 @@
 // Command markerinit is the boot test's /init: it prints a marker with the
-// kernel release and the guest's uptime on the console, then reboots,
+// kernel release, the guest's uptime and clocksource on the console, then reboots,
 // which ends QEMU (-no-reboot). Built static (CGO_ENABLED=0).
 package main
 
@@ -26,7 +26,13 @@ func main() {
 			up = strings.Fields(string(b))[0]
 		}
 	}
-	fmt.Printf("CUBE-BOOT-MARKER release=%s uptime=%s\n", rel.String(), up)
+	cs := "?"
+	if err := syscall.Mount("sysfs", "/sys", "sysfs", 0, ""); err == nil {
+		if b, err := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource"); err == nil {
+			cs = strings.TrimSpace(string(b))
+		}
+	}
+	fmt.Printf("CUBE-BOOT-MARKER release=%s uptime=%s clocksource=%s\n", rel.String(), up, cs)
 	syscall.Sync()
 	_ = syscall.Reboot(syscall.LINUX_REBOOT_CMD_RESTART)
 	select {}
