@@ -229,7 +229,9 @@ func (b *Builder) runScript(ctx context.Context, kdir string) error {
 	if jobs == 0 {
 		jobs = runtime.NumCPU()
 	}
-	cmd := exec.CommandContext(ctx, "/bin/bash", spath)
+	// Niced: cube up builds in the background on a node that is already
+	// running instances, which must not starve for minutes.
+	cmd := exec.CommandContext(ctx, "nice", "-n", "10", "/bin/bash", spath)
 	cmd.Env = append(os.Environ(),
 		"CACHE="+b.cfg.CacheDir,
 		"FRAGMENT="+fpath,

@@ -5,7 +5,8 @@
 //
 // The fragment and build.sh are embedded, so a binary always asks for the
 // kernel it was built with. The package depends only on the standard
-// library and x/sys; it must not import the rest of Cube.
+// library, x/sys and errdefs; it must not import the rest of Cube (the
+// node, the shim and tests all use it).
 package kernel
 
 import (
