@@ -13,15 +13,19 @@ PREFIX   ?= /usr/local
 # one-shot runs against).
 RUN_PKGS  := runc containernetworking-plugins iptables iproute2 nftables e2fsprogs
 TEST_PKGS := docker-registry busybox-static containerd
+# The microVM runtime: QEMU, mkfs.erofs for images as block devices, and
+# what building the guest kernel from Debian's source takes.
+VM_PKGS     := qemu-system-x86 erofs-utils
+KERNEL_PKGS := linux-source-6.1 flex bison bc libelf-dev libssl-dev build-essential cpio xz-utils
 GOFLAGS_TEST ?= -count=1 -timeout 45m
 
-.PHONY: all build deps deps-test up test vet install clean busybox.tar
+.PHONY: all build deps deps-test up test vet install clean busybox.tar kernel
 
 all: build
 
 # deps installs the missing Debian packages only (apt-get when missing).
 deps:
-	@missing=""; for p in $(RUN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(RUN_PKGS) $(VM_PKGS) $(KERNEL_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -52,8 +56,14 @@ vet:
 
 # test: every test, with the race detector on every package (most start
 # goroutines). The end-to-end suite builds its own cube binary.
-test: deps-test vet
+test: deps-test vet kernel
 	$(GO) test -race $(GOFLAGS_TEST) ./...
+
+# kernel: the guest kernel in /var/cache/cube/kernel/<hash>/, built when
+# missing (minutes; once per config). `make up` does not wait for it: cube
+# up builds it in the background.
+kernel: deps
+	$(GO) run ./guest/kernel/cmd/cube-kernel
 
 # busybox.tar: a tiny OCI image of Debian's static busybox, named
 # docker.io/library/busybox:latest, for the README tour on a machine with

@@ -128,4 +128,8 @@ type Store interface {
 	// RootFS unpacks the image once (safely) and returns the path of its
 	// shared read-only root filesystem. Concurrent calls unpack once.
 	RootFS(ctx context.Context, digest string) (string, error)
+	// BlockImage returns the path of the image's shared read-only block
+	// image (built from RootFS once; concurrent calls build once) and its
+	// filesystem type (FSTypeEROFS), for a VM's root drive.
+	BlockImage(ctx context.Context, digest string) (path, fstype string, err error)
 }

@@ -30,6 +30,8 @@ import (
 //	                          presence is what makes an image "stored"
 //	root/rootfs/HEX/          the unpacked root filesystem of manifest sha256:HEX;
 //	                          it only ever appears complete (atomic rename)
+//	root/block/HEX.erofs      the read-only block image of rootfs/HEX (for VMs);
+//	                          it only ever appears complete (atomic rename)
 //	root/owners/HEX.json      what tenant HEX (hex of its name) owns (owner.go)
 //	root/tmp/                 staging for imports, downloads and unpacks;
 //	                          emptied by NewLocalStore
@@ -39,6 +41,7 @@ const (
 	ociDirName    = "oci"
 	imagesDirName = "images"
 	rootfsDirName = "rootfs"
+	blockDirName  = "block"
 	tmpDirName    = "tmp"
 )
 
@@ -48,6 +51,7 @@ type localStore struct {
 	blobDir   string
 	imagesDir string
 	rootfsDir string
+	blockDir  string
 	tmpDir    string
 	ownersDir string
 	opts      Options
@@ -60,12 +64,17 @@ type localStore struct {
 
 	// unpacks counts unpacks started, for tests and logs.
 	unpacks atomic.Int64
+	// blockBuilds counts block image builds started, for tests.
+	blockBuilds atomic.Int64
 
 	// mu serializes commits (index.json and image records) and guards flights.
 	mu sync.Mutex
 	// flights are the unpacks under way, keyed by manifest digest hex.
 	// Protected by mu.
 	flights map[string]*flight
+	// blockFlights are the block image builds under way, keyed like
+	// flights. Protected by mu.
+	blockFlights map[string]*flight
 
 	// quotaMu guards owners; it is taken after mu, never before.
 	quotaMu sync.Mutex
@@ -96,17 +105,19 @@ func NewLocalStoreWithOptions(root string, log *slog.Logger, opts Options) (Stor
 		return nil, fmt.Errorf("image store %q: %w", root, err)
 	}
 	s := &localStore{
-		root:      abs,
-		ociDir:    filepath.Join(abs, ociDirName),
-		blobDir:   filepath.Join(abs, ociDirName, "blobs", "sha256"),
-		imagesDir: filepath.Join(abs, imagesDirName),
-		rootfsDir: filepath.Join(abs, rootfsDirName),
-		tmpDir:    filepath.Join(abs, tmpDirName),
-		ownersDir: filepath.Join(abs, ownersDirName),
-		opts:      opts,
-		log:       log.With("component", "image"),
-		flights:   make(map[string]*flight),
-		owners:    make(map[string]*ownerState),
+		root:         abs,
+		ociDir:       filepath.Join(abs, ociDirName),
+		blobDir:      filepath.Join(abs, ociDirName, "blobs", "sha256"),
+		imagesDir:    filepath.Join(abs, imagesDirName),
+		rootfsDir:    filepath.Join(abs, rootfsDirName),
+		blockDir:     filepath.Join(abs, blockDirName),
+		tmpDir:       filepath.Join(abs, tmpDirName),
+		ownersDir:    filepath.Join(abs, ownersDirName),
+		opts:         opts,
+		log:          log.With("component", "image"),
+		flights:      make(map[string]*flight),
+		blockFlights: make(map[string]*flight),
+		owners:       make(map[string]*ownerState),
 	}
 	s.transport, s.insecureTransport = newTransports(opts)
 	// 0711: container runtimes and user-namespaced mounters can traverse to
@@ -117,6 +128,7 @@ func NewLocalStoreWithOptions(root string, log *slog.Logger, opts Options) (Stor
 	}{
 		{s.root, 0o711}, {s.ociDir, 0o700}, {s.blobDir, 0o700},
 		{s.imagesDir, 0o700}, {s.rootfsDir, 0o711}, {s.ownersDir, 0o700},
+		{s.blockDir, 0o711},
 	} {
 		if err := os.MkdirAll(d.path, d.perm); err != nil {
 			return nil, fmt.Errorf("image store %s: %w", abs, err)

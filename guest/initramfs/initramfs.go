@@ -1,0 +1,290 @@
+// Package initramfs writes the guest's initramfs: a deterministic,
+// uncompressed newc cpio whose /init is the guest agent, with the few
+// dirs and the /dev/console node the agent and early printk need.
+//
+// The same agent binary always gives the same bytes (fixed mtimes, owner
+// root, sorted entries, inode numbers by position), so the archive can be
+// cached by the agent's hash. The package depends only on the standard
+// library and errdefs; it must not import the rest of Cube.
+package initramfs
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cube-platform/cube/errdefs"
+)
+
+// File is one entry of the archive.
+type File struct {
+	// Name is the path inside the archive, relative ("init", "dev/console").
+	Name string
+	// Mode holds the type (fs.ModeDir, fs.ModeSymlink, fs.ModeDevice|
+	// fs.ModeCharDevice, or none for a regular file) and permission bits
+	// (with fs.ModeSticky, fs.ModeSetuid, fs.ModeSetgid).
+	Mode fs.FileMode
+	// Data is a regular file's content.
+	Data []byte
+	// Linkname is a symlink's target.
+	Linkname string
+	// Major and Minor are a device node's numbers.
+	Major, Minor uint32
+}
+
+// MaxAgentSize bounds the agent binary Build reads.
+const MaxAgentSize = 256 << 20
+
+// layoutVersion is part of Cached's key: bump it when Entries changes, so
+// an old archive is not reused for the new layout.
+const layoutVersion = "1"
+
+// Entries returns the archive's files for an agent binary: /init (the
+// agent, 0755), /dev/console (char 5,1, 0600), and the dirs /dev, /proc,
+// /sys, /tmp (1777), /run, /mnt.
+func Entries(agent []byte) []File {
+	return []File{
+		{Name: "dev", Mode: fs.ModeDir | 0o755},
+		{Name: "dev/console", Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600, Major: 5, Minor: 1},
+		{Name: "init", Mode: 0o755, Data: agent},
+		{Name: "mnt", Mode: fs.ModeDir | 0o755},
+		{Name: "proc", Mode: fs.ModeDir | 0o555},
+		{Name: "run", Mode: fs.ModeDir | 0o755},
+		{Name: "sys", Mode: fs.ModeDir | 0o555},
+		{Name: "tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777},
+	}
+}
+
+// Write writes files as a newc cpio archive, sorted by name (so a dir
+// always precedes what is in it), owner root, mtime 0, with inode numbers
+// by position, and the trailer.
+func Write(w io.Writer, files []File) error {
+	sorted := slices.Clone(files)
+	slices.SortFunc(sorted, func(a, b File) int { return strings.Compare(a.Name, b.Name) })
+	bw := bufio.NewWriter(w)
+	for i, f := range sorted {
+		if err := checkName(f.Name); err != nil {
+			return err
+		}
+		if i > 0 && sorted[i-1].Name == f.Name {
+			return fmt.Errorf("initramfs: %q twice: %w", f.Name, errdefs.ErrInvalid)
+		}
+		mode, data, err := newcMode(f)
+		if err != nil {
+			return err
+		}
+		nlink := uint32(1)
+		if f.Mode.IsDir() {
+			nlink = 2
+		}
+		if err := writeEntry(bw, uint32(i+1), mode, nlink, f.Major, f.Minor, f.Name, data); err != nil {
+			return err
+		}
+	}
+	if err := writeEntry(bw, 0, 0, 1, 0, 0, "TRAILER!!!", nil); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+func checkName(name string) error {
+	if name == "" || name == "." || path.IsAbs(name) || path.Clean(name) != name ||
+		name == ".." || strings.HasPrefix(name, "../") || strings.ContainsRune(name, 0) || name == "TRAILER!!!" {
+		return fmt.Errorf("initramfs: bad entry name %q (want a clean relative path): %w", name, errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// Mode bits of the newc header (those of stat(2)).
+const (
+	sIFDIR  = 0o040000
+	sIFREG  = 0o100000
+	sIFLNK  = 0o120000
+	sIFCHR  = 0o020000
+	sIFBLK  = 0o060000
+	sISUID  = 0o4000
+	sISGID  = 0o2000
+	sISVTX  = 0o1000
+	modeMax = 0o7777
+)
+
+func newcMode(f File) (uint32, []byte, error) {
+	m := uint32(f.Mode.Perm())
+	if f.Mode&fs.ModeSetuid != 0 {
+		m |= sISUID
+	}
+	if f.Mode&fs.ModeSetgid != 0 {
+		m |= sISGID
+	}
+	if f.Mode&fs.ModeSticky != 0 {
+		m |= sISVTX
+	}
+	switch t := f.Mode.Type(); {
+	case t == 0:
+		return m | sIFREG, f.Data, nil
+	case t == fs.ModeDir:
+		return m | sIFDIR, nil, nil
+	case t == fs.ModeSymlink:
+		if f.Linkname == "" {
+			return 0, nil, fmt.Errorf("initramfs: symlink %q has no target: %w", f.Name, errdefs.ErrInvalid)
+		}
+		return m | sIFLNK, []byte(f.Linkname), nil
+	case t == fs.ModeDevice|fs.ModeCharDevice:
+		return m | sIFCHR, nil, nil
+	case t == fs.ModeDevice:
+		return m | sIFBLK, nil, nil
+	default:
+		return 0, nil, fmt.Errorf("initramfs: %q has unsupported type %v: %w", f.Name, t, errdefs.ErrInvalid)
+	}
+}
+
+// writeEntry writes one newc header, the NUL-terminated name and the
+// data, each padded to 4 bytes.
+func writeEntry(w io.Writer, ino, mode, nlink, rmajor, rminor uint32, name string, data []byte) error {
+	if uint64(len(data)) > 0xffffffff {
+		return fmt.Errorf("initramfs: %q is larger than newc's 4 GiB: %w", name, errdefs.ErrInvalid)
+	}
+	hdr := fmt.Sprintf("070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x",
+		ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rmajor, rminor, len(name)+1, 0)
+	var b []byte
+	b = append(b, hdr...)
+	b = append(b, name...)
+	b = append(b, 0)
+	b = pad4(b)
+	if _, err := w.Write(b); err != nil {
+		return err
+	}
+	if _, err := w.Write(data); err != nil {
+		return err
+	}
+	_, err := w.Write(make([]byte, (4-len(data)%4)%4))
+	return err
+}
+
+func pad4(b []byte) []byte {
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// readAgent reads the agent binary, bounded by MaxAgentSize.
+func readAgent(agentBinary string) ([]byte, error) {
+	f, err := os.Open(agentBinary)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("initramfs: agent %s not found (build it with make build): %w", agentBinary, errdefs.ErrNotFound)
+		}
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("initramfs: agent %s is not a regular file: %w", agentBinary, errdefs.ErrInvalid)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxAgentSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: read agent: %w", err)
+	}
+	if len(data) > MaxAgentSize {
+		return nil, fmt.Errorf("initramfs: agent %s is larger than %d MiB: %w", agentBinary, MaxAgentSize>>20, errdefs.ErrInvalid)
+	}
+	return data, nil
+}
+
+// Build writes the initramfs of agentBinary to outPath, atomically: a
+// temp file beside it, synced, then renamed.
+func Build(agentBinary, outPath string) error {
+	agent, err := readAgent(agentBinary)
+	if err != nil {
+		return err
+	}
+	return writeFile(outPath, agent)
+}
+
+func writeFile(outPath string, agent []byte) (err error) {
+	dir := filepath.Dir(outPath)
+	tmp, err := os.CreateTemp(dir, ".initramfs-*")
+	if err != nil {
+		return fmt.Errorf("initramfs: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := Write(tmp, Entries(agent)); err != nil {
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return fmt.Errorf("initramfs: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("initramfs: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("initramfs: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), outPath); err != nil {
+		return fmt.Errorf("initramfs: %w", err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("initramfs: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("initramfs: sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Key is Cached's cache key for an agent binary's content: the first 16
+// hex digits of sha256 over the layout version and the agent.
+func Key(agent []byte) string {
+	h := sha256.New()
+	io.WriteString(h, "cube-initramfs "+layoutVersion+"\n")
+	h.Write(agent)
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// Cached returns the initramfs of agentBinary under
+// cacheDir/initramfs/<key>/initramfs.cpio, building it the first time.
+// Concurrent callers (in any process) may both build it; each writes a
+// temp file and renames it over the same bytes, so a reader never sees a
+// partial archive.
+func Cached(cacheDir, agentBinary string) (string, error) {
+	agent, err := readAgent(agentBinary)
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(cacheDir, "initramfs", Key(agent))
+	out := filepath.Join(dir, "initramfs.cpio")
+	if fi, err := os.Stat(out); err == nil && fi.Mode().IsRegular() {
+		return out, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("initramfs: %w", err)
+	}
+	if err := writeFile(out, agent); err != nil {
+		return "", err
+	}
+	return out, nil
+}
