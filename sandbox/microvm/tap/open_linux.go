@@ -70,4 +70,3 @@ func inNetNS(path string, fn func() error) error {
 	runtime.UnlockOSThread()
 	return ferr
 }
-

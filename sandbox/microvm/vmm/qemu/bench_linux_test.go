@@ -1,0 +1,146 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cube-platform/cube/sandbox/microvm/vmm"
+)
+
+// BenchmarkBootToInit measures QEMU start (StartVM called) to the test
+// init's marker on the console, under TCG with the jail, and reports the
+// median as ms/boot-p50:
+//
+//	go test -run '^$' -bench BootToInit -benchtime 5x ./sandbox/microvm/vmm/qemu/
+func BenchmarkBootToInit(b *testing.B) {
+	kernel := testKernelOrSkip(b)
+	var ms []float64
+	for i := 0; i < b.N; i++ {
+		cfg := benchConfig(b, kernel, "poweroff")
+		d, err := New(Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), bootDeadline)
+		start := time.Now()
+		v, err := d.StartVM(ctx, cfg)
+		if err != nil {
+			cancel()
+			b.Fatal(err)
+		}
+		if err := v.WaitConsole(ctx, marker); err != nil {
+			cancel()
+			v.Stop(context.Background())
+			b.Fatal(err)
+		}
+		ms = append(ms, float64(time.Since(start).Microseconds())/1000)
+		<-v.Done()
+		cancel()
+		removeCgroupParent(cfg.Jail.CgroupParent)
+	}
+	slices.Sort(ms)
+	b.ReportMetric(ms[len(ms)/2], "ms/boot-p50")
+	b.ReportMetric(ms[len(ms)-1], "ms/boot-max")
+	b.Logf("boot to init (ms): %v", ms)
+}
+
+// BenchmarkVMMOverhead boots a guest that touches 64 MiB and reports the
+// QEMU process's RSS minus the resident part of the guest RAM mapping
+// (what the guest touched) as MiB/vmm-overhead:
+//
+//	go test -run '^$' -bench VMMOverhead -benchtime 3x ./sandbox/microvm/vmm/qemu/
+func BenchmarkVMMOverhead(b *testing.B) {
+	kernel := testKernelOrSkip(b)
+	var over, privOver []float64
+	for i := 0; i < b.N; i++ {
+		cfg := benchConfig(b, kernel, "touch")
+		cfg.Cmdline += " cubemib=64"
+		d, _ := New(Options{})
+		ctx, cancel := context.WithTimeout(context.Background(), bootDeadline)
+		v, err := d.StartVM(ctx, cfg)
+		if err != nil {
+			cancel()
+			b.Fatal(err)
+		}
+		if err := v.WaitConsole(ctx, "CUBE-TEST-TOUCHED"); err != nil {
+			cancel()
+			v.Stop(context.Background())
+			b.Fatal(err)
+		}
+		rss, priv, guest, err := rssSplit(v.Pid(), int64(cfg.MemoryMiB)<<20)
+		v.Stop(context.Background())
+		cancel()
+		removeCgroupParent(cfg.Jail.CgroupParent)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("qemu rss %.1f MiB (anonymous %.1f MiB), guest ram resident %.1f MiB", mib(rss), mib(priv), mib(guest))
+		over = append(over, mib(rss-guest))
+		privOver = append(privOver, mib(priv-guest))
+	}
+	slices.Sort(over)
+	slices.Sort(privOver)
+	b.ReportMetric(over[len(over)/2], "MiB/vmm-overhead")
+	// Anonymous memory only, without the file pages every QEMU shares
+	// (binary, libraries): closer to what each further VM costs the node.
+	b.ReportMetric(privOver[len(privOver)/2], "MiB/vmm-anon-overhead")
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// rssSplit reads /proc/pid/smaps: the total RSS, its anonymous part (not
+// file pages, which every QEMU on the node shares), and the RSS of the
+// guest RAM mapping (the anonymous mapping of exactly the guest's size).
+func rssSplit(pid int, guestBytes int64) (total, private, guest int64, err error) {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/smaps")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	var size int64
+	var anon bool
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) >= 2 && strings.Contains(fs[0], "-") && !strings.HasSuffix(fs[0], ":") {
+			var lo, hi uint64
+			fmt.Sscanf(fs[0], "%x-%x", &lo, &hi)
+			size = int64(hi - lo)
+			anon = len(fs) >= 5 && fs[4] == "0"
+			continue
+		}
+		if len(fs) == 3 && fs[0] == "Rss:" {
+			kb, _ := strconv.ParseInt(fs[1], 10, 64)
+			total += kb << 10
+			if anon {
+				private += kb << 10
+			}
+			if size == guestBytes {
+				guest += kb << 10
+			}
+		}
+	}
+	return total, private, guest, sc.Err()
+}
+
+func testKernelOrSkip(b *testing.B) string {
+	if os.Geteuid() != 0 || initErr != nil {
+		b.Skip("needs root and the test initramfs")
+	}
+	k := testKernel()
+	if k == "" {
+		b.Skip("no guest kernel: make kernel or set CUBE_TEST_KERNEL")
+	}
+	return k
+}
+
+func benchConfig(b *testing.B, kernel, mode string) vmm.Config {
+	return testConfig(b, kernel, mode)
+}
