@@ -22,8 +22,12 @@ const (
 )
 
 // MachineOptions are microvm's, as measured in ENVIRONMENT.md: without the
-// PIT and RTC a TCG guest hangs calibrating its TSC.
-const MachineOptions = "microvm,x-option-roms=off,isa-serial=on,pit=on,pic=on,rtc=on"
+// PIT and RTC a TCG guest hangs calibrating its TSC. acpi=off because the
+// guest kernel has no ACPI: only then does QEMU list the virtio-mmio
+// devices on the kernel command line (virtio_mmio.device=...), and
+// without that the guest finds no drive, card or agent port (measured:
+// with ACPI tables on, the guest saw none of them).
+const MachineOptions = "microvm,x-option-roms=off,isa-serial=on,pit=on,pic=on,rtc=on,acpi=off"
 
 // TCGCacheMiB caps TCG's translation cache. QEMU's default is 1 GiB of
 // address space that fills as the guest runs new code; a boot to init
@@ -36,7 +40,9 @@ const TCGCacheMiB = 16
 const SandboxOptions = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 // args builds QEMU's argv (without argv[0]) for cfg. The fd layout: 3 the
-// QMP listener, 4 the agent listener, then the tap, then the drives.
+// QMP listener, 4 the agent listener, then the tap, then the drives (one
+// O_RDONLY fd each, and an O_RDWR one after it for a writable drive); see
+// driveFiles.
 func args(cfg *vmm.Config) []string {
 	a := []string{
 		"-M", MachineOptions,
@@ -84,12 +90,18 @@ func args(cfg *vmm.Config) []string {
 		if d.ReadOnly {
 			ro = "on"
 		}
+		a = append(a, "-add-fd", fmt.Sprintf("fd=%d,set=%d", fd, set))
+		fd++
+		if !d.ReadOnly {
+			// QEMU opens a writable image read-only first, then
+			// read-write: the set holds one fd of each mode.
+			a = append(a, "-add-fd", fmt.Sprintf("fd=%d,set=%d", fd, set))
+			fd++
+		}
 		a = append(a,
-			"-add-fd", fmt.Sprintf("fd=%d,set=%d", fd, set),
 			"-drive", fmt.Sprintf("if=none,id=d%d,file=/dev/fdset/%d,format=raw,readonly=%s", i, set, ro),
 			"-device", fmt.Sprintf("virtio-blk-device,drive=d%d,serial=%s", i, d.ID),
 		)
-		fd++
 	}
 	return a
 }

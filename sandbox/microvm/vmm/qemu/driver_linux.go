@@ -135,17 +135,13 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 		files = append(files, f)
 	}
 	for _, dr := range cfg.Drives {
-		flag := os.O_RDWR
-		if dr.ReadOnly {
-			flag = os.O_RDONLY
-		}
-		f, err := os.OpenFile(dr.Path, flag, 0)
+		fs, size, err := driveFiles(dr)
 		if err != nil {
-			return nil, fmt.Errorf("vm %s: drive %s: %w", cfg.ID, dr.ID, err)
+			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
 		}
-		files = append(files, f)
-		if st, err := f.Stat(); err == nil && !dr.ReadOnly && st.Size() > maxFile {
-			maxFile = st.Size()
+		files = append(files, fs...)
+		if !dr.ReadOnly && size > maxFile {
+			maxFile = size
 		}
 	}
 
@@ -219,24 +215,38 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	closePipes() // QEMU holds the write ends now
 	v.cmd = cmd
 	v.pid = cmd.Process.Pid
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	cleanups = append(cleanups, func() { cmd.Process.Kill(); <-exited })
+	v.exited = make(chan struct{})
+	go func() { v.waitErr = cmd.Wait(); close(v.exited) }()
+	cleanups = append(cleanups, func() { cmd.Process.Kill(); <-v.exited })
 
 	// A QEMU that failed says why on stderr: let it finish saying so.
 	failed := func(what string, err error) error {
 		cmd.Process.Kill()
-		<-exited
-		exited <- nil // for the cleanup
+		<-v.exited
+		// Exited with a status of its own, not by our SIGKILL.
+		var ee *exec.ExitError
+		died := errors.As(v.waitErr, &ee) && ee.ExitCode() > 0
 		closePipes()
 		v.copiers.Wait()
-		if l := v.stderr.lastLine(""); l != "" {
-			return fmt.Errorf("vm %s: %s (%s: %w)", cfg.ID, l, what, err)
+		l := v.stderr.lastLine("")
+		if died && l != "" {
+			return fmt.Errorf("vm %s: qemu exited while starting: %s", cfg.ID, l)
+		}
+		if l != "" {
+			return fmt.Errorf("vm %s: %s: %w (qemu: %s)", cfg.ID, what, err, l)
 		}
 		return fmt.Errorf("vm %s: %s: %w", cfg.ID, what, err)
 	}
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	// A QEMU that dies before it speaks QMP ends the wait at once.
+	go func() {
+		select {
+		case <-v.exited:
+			cancel()
+		case <-qctx.Done():
+		}
+	}()
 	c, err := qmp.Dial(qctx, v.qmpPath)
 	if err != nil {
 		return nil, failed("connect to qemu", err)
@@ -248,9 +258,32 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	if _, err := c.Execute(qctx, "cont", nil); err != nil {
 		return nil, failed("start the guest", err)
 	}
-	go v.reap(exited)
+	go v.reap()
 	v.log.Debug("vm started", "pid", v.pid, "accel", accelOf(&cfg))
 	return v, nil
+}
+
+// driveFiles opens a drive for QEMU's fdset (see args): O_RDONLY, plus
+// O_RDWR when writable. Only regular files and block devices are drives.
+func driveFiles(dr vmm.Drive) ([]*os.File, int64, error) {
+	ro, err := os.Open(dr.Path)
+	if err != nil {
+		return nil, 0, fmt.Errorf("drive %s: %w", dr.ID, err)
+	}
+	st, err := ro.Stat()
+	if err != nil || !(st.Mode().IsRegular() || st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0) {
+		ro.Close()
+		return nil, 0, fmt.Errorf("drive %s: %s is not a regular file or block device: %w", dr.ID, dr.Path, errdefs.ErrInvalid)
+	}
+	if dr.ReadOnly {
+		return []*os.File{ro}, st.Size(), nil
+	}
+	rw, err := os.OpenFile(dr.Path, os.O_RDWR, 0)
+	if err != nil {
+		ro.Close()
+		return nil, 0, fmt.Errorf("drive %s: %w", dr.ID, err)
+	}
+	return []*os.File{ro, rw}, st.Size(), nil
 }
 
 func listenUnix(path string) (*net.UnixListener, error) {

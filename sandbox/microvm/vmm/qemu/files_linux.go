@@ -104,11 +104,15 @@ func findJailFiles(binary string) (*jailFiles, error) {
 	}
 	// QEMU finds its data and modules relative to its own binary.
 	prefix := filepath.Dir(filepath.Dir(binary))
-	bios := filepath.Join(prefix, "share/qemu/bios-microvm.bin")
-	if _, err := os.Stat(bios); err != nil {
-		return nil, fmt.Errorf("microvm firmware: %w (apt-get install qemu-system-x86)", err)
+	// microvm's firmware: qboot.rom with acpi=off, bios-microvm.bin
+	// otherwise.
+	for _, fw := range []string{"qboot.rom", "bios-microvm.bin"} {
+		bios := filepath.Join(prefix, "share/qemu", fw)
+		if _, err := os.Stat(bios); err != nil {
+			return nil, fmt.Errorf("microvm firmware: %w (apt-get install qemu-system-x86)", err)
+		}
+		jf.common = append(jf.common, jail.Bind{Src: bios, Dst: bios})
 	}
-	jf.common = append(jf.common, jail.Bind{Src: bios, Dst: bios})
 	for _, d := range []string{"null", "zero", "urandom"} {
 		jf.common = append(jf.common, jail.Bind{Src: "/dev/" + d, Dst: "/dev/" + d, Dev: true, Writable: true})
 	}

@@ -46,6 +46,9 @@ type VM struct {
 	// stopping is set once Stop was called; protected by mu.
 	stopping bool
 
+	exited  chan struct{} // closed when QEMU was reaped; waitErr is then set
+	waitErr error
+
 	done chan struct{} // closed once exit is set and everything released
 	exit vmm.ExitInfo
 }
@@ -139,8 +142,9 @@ func (v *VM) watchEvents() {
 
 // reap waits for QEMU to exit, classifies the exit, releases everything
 // Start made, and only then closes done.
-func (v *VM) reap(exited <-chan error) {
-	err := <-exited
+func (v *VM) reap() {
+	<-v.exited
+	err := v.waitErr
 	// QEMU's last words (a SHUTDOWN event, console lines) were written
 	// before it exited; read them to the end before judging.
 	v.events.Wait()

@@ -23,6 +23,10 @@ func main() {
 		for {
 			time.Sleep(time.Hour)
 		}
+	case "devices":
+		devices()
+		syscall.Sync()
+		syscall.Reboot(syscall.LINUX_REBOOT_CMD_RESTART)
 	case "panic":
 		// PID 1 exiting panics the kernel ("Attempted to kill init").
 		os.Exit(3)
