@@ -32,10 +32,15 @@ type tail struct {
 
 	file    *os.File // may be nil; only the copier goroutine writes it
 	written int64
+	limit   int64 // of the file
 }
 
+// consoleLogLimit caps the console log file; a variable so a test can
+// flood past it quickly.
+var consoleLogLimit int64 = vmm.MaxConsoleLogBytes
+
 func newTail(file *os.File) *tail {
-	return &tail{changed: make(chan struct{}), file: file}
+	return &tail{changed: make(chan struct{}), file: file, limit: consoleLogLimit}
 }
 
 // copyFrom reads r until EOF; run it in its own goroutine.
@@ -61,15 +66,16 @@ func (t *tail) copyFrom(r io.Reader) {
 }
 
 func (t *tail) write(p []byte) {
-	if t.file != nil && t.written < vmm.MaxConsoleLogBytes {
+	if t.file != nil && t.written < t.limit {
 		q := p
-		if room := vmm.MaxConsoleLogBytes - t.written; int64(len(q)) > room {
+		if room := t.limit - t.written; int64(len(q)) > room {
 			q = q[:room]
 		}
 		n, _ := t.file.Write(q)
 		t.written += int64(n)
-		if t.written >= vmm.MaxConsoleLogBytes {
-			fmt.Fprintf(t.file, "\n[console log truncated at %d bytes]\n", vmm.MaxConsoleLogBytes)
+		if t.written >= t.limit {
+			fmt.Fprintf(t.file, "\n[console log truncated at %d bytes]\n", t.limit)
+			t.written = t.limit // also when a write failed short
 		}
 	}
 	t.mu.Lock()

@@ -395,3 +395,28 @@ func TestBootDeadline(t *testing.T) {
 	}
 	assertNothingLeft(t, cfg, pid)
 }
+
+// TestConsoleFlood: a guest that writes far more to its console than the
+// host keeps gets its log cut at the cap (with a note) and the in-memory
+// tail bounded, and the host still sees what it prints last.
+func TestConsoleFlood(t *testing.T) {
+	kernel := requireVM(t)
+	old := consoleLogLimit
+	consoleLogLimit = 64 << 10
+	t.Cleanup(func() { consoleLogLimit = old })
+	cfg := testConfig(t, kernel, "flood")
+	v := startVM(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), bootDeadline)
+	defer cancel()
+	if err := v.WaitConsole(ctx, "CUBE-FLOOD-DONE"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(v.Console()); n > tailBytes {
+		t.Errorf("console tail holds %d bytes; want at most %d", n, tailBytes)
+	}
+	v.Stop(ctx)
+	b, _ := os.ReadFile(cfg.ConsoleLog)
+	if len(b) > 64<<10+100 || !strings.Contains(string(b), "[console log truncated at 65536 bytes]") {
+		t.Errorf("console log is %d bytes (ends %q); want it cut at 64 KiB with a note", len(b), b[max(0, len(b)-60):])
+	}
+}

@@ -27,6 +27,16 @@ func main() {
 		devices()
 		syscall.Sync()
 		syscall.Reboot(syscall.LINUX_REBOOT_CMD_RESTART)
+	case "flood":
+		// A hostile guest: far more console output than the host keeps.
+		line := []byte(strings.Repeat("x", 1023) + "\n")
+		for i := 0; i < 512; i++ {
+			os.Stdout.Write(line)
+		}
+		fmt.Println("CUBE-FLOOD-DONE")
+		for {
+			time.Sleep(time.Hour)
+		}
 	case "panic":
 		// PID 1 exiting panics the kernel ("Attempted to kill init").
 		os.Exit(3)
