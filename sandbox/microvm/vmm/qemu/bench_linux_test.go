@@ -19,6 +19,9 @@ import (
 // median as ms/boot-p50:
 //
 //	go test -run '^$' -bench BootToInit -benchtime 5x ./sandbox/microvm/vmm/qemu/
+//
+// On a host with working KVM (bare metal or nested VMX/SVM, not kvm_pvm)
+// add CUBE_TEST_ACCEL=kvm to measure the KVM boot.
 func BenchmarkBootToInit(b *testing.B) {
 	kernel := testKernelOrSkip(b)
 	var ms []float64

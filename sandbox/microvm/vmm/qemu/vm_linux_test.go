@@ -68,10 +68,19 @@ func testConfig(t testing.TB, kernel, mode string) vmm.Config {
 		MemoryMiB:   128,
 		AgentSocket: filepath.Join(state, "agent.sock"),
 		ConsoleLog:  filepath.Join(state, "console.log"),
-		Accel:       vmm.AccelTCG,
+		Accel:       testAccel(),
 		StateDir:    state,
 		Jail:        vmm.JailConfig{UID: uid, GID: uid, CgroupParent: "/cube-test/" + id},
 	}
+}
+
+// testAccel is tcg unless CUBE_TEST_ACCEL=kvm (on a host whose KVM
+// works, e.g. to measure the KVM boot time with BenchmarkBootToInit).
+func testAccel() vmm.Accel {
+	if os.Getenv("CUBE_TEST_ACCEL") == "kvm" {
+		return vmm.AccelKVM
+	}
+	return vmm.AccelTCG
 }
 
 func startVM(t *testing.T, cfg vmm.Config) *VM {
