@@ -6,12 +6,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // requireJail skips unless the test may build jails: root and a static
@@ -248,5 +251,54 @@ func TestAllocateID(t *testing.T) {
 	c, _ := AllocateID(dir, "vm-c")
 	if c != FirstID {
 		t.Errorf("after release, vm-c got %d; want the freed %d", c, FirstID)
+	}
+}
+
+// TestSurvivesCallerThreadExit: a VMM started from a goroutine whose OS
+// thread then exits (locked and never unlocked) keeps running: the
+// parent-death signal is tied to the forking thread, which Start keeps
+// alive for the life of the process.
+func TestSurvivesCallerThreadExit(t *testing.T) {
+	requireJail(t)
+	s := busyboxSpec(t, "sleep", "60")
+	type result struct {
+		cmd *exec.Cmd
+		tid int
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with us
+		cmd, err := Start(context.Background(), s)
+		res <- result{cmd, unix.Gettid(), err}
+	}()
+	r := <-res
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer func() { r.cmd.Process.Kill(); r.cmd.Wait() }()
+	pidfd, err := unix.PidfdOpen(r.cmd.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	// Wait for the caller's thread to be gone.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat("/proc/self/task/" + strconv.Itoa(r.tid)); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			n, _ := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, 0)
+			st, _ := os.ReadFile("/proc/self/task/" + strconv.Itoa(r.tid) + "/stat")
+			t.Fatalf("thread %d did not exit (%s); jailed process dead: %v", r.tid, st, n != 0)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Had the signal fired, the process would be dead by now; give a
+	// delivered SIGKILL a moment to land before judging.
+	n, _ := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, 200)
+	if n != 0 {
+		t.Errorf("the jailed process died when its caller's thread exited")
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -92,7 +94,7 @@ func Start(ctx context.Context, s Spec) (*exec.Cmd, error) {
 			Setsid:     true,
 		},
 	}
-	if err := cmd.Start(); err != nil {
+	if err := onForkThread(cmd.Start); err != nil {
 		return nil, fmt.Errorf("start vmm jail helper: %w", err)
 	}
 	specR.Close()
@@ -128,4 +130,31 @@ func Start(ctx context.Context, s Spec) (*exec.Cmd, error) {
 		return fail(fmt.Errorf("jail vmm: %w", ctx.Err()))
 	}
 	return cmd, nil
+}
+
+// The parent-death signal fires when the *thread* that forked the child
+// exits, not the process (golang/go#27505), and the Go runtime retires a
+// thread whose goroutine ends while locked to it. So every VMM is forked
+// from one goroutine locked to its thread for the life of the process:
+// the VMMs die with the process, and only then.
+var forker struct {
+	once sync.Once
+	reqs chan func()
+}
+
+func onForkThread(start func() error) error {
+	forker.once.Do(func() {
+		forker.reqs = make(chan func())
+		go forkLoop(forker.reqs)
+	})
+	errc := make(chan error, 1)
+	forker.reqs <- func() { errc <- start() }
+	return <-errc
+}
+
+func forkLoop(reqs <-chan func()) {
+	runtime.LockOSThread() // never unlocked: this thread must not exit
+	for f := range reqs {
+		f()
+	}
 }
