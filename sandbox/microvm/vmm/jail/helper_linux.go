@@ -192,7 +192,7 @@ func dropPrivileges(s *helperSpec) error {
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
 		return fmt.Errorf("clear ambient capabilities: %w", err)
 	}
-	if err := syscall.Setgroups(nil); err != nil {
+	if err := syscall.Setgroups(s.Groups); err != nil {
 		return fmt.Errorf("setgroups: %w", err)
 	}
 	if err := syscall.Setresgid(s.GID, s.GID, s.GID); err != nil {

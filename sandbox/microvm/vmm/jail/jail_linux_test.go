@@ -131,6 +131,24 @@ func TestJailedProcess(t *testing.T) {
 	}
 }
 
+// TestGroups: supplementary groups given are the only ones the process has.
+func TestGroups(t *testing.T) {
+	requireJail(t)
+	s := busyboxSpec(t, "sleep", "60")
+	s.Groups = []int{107}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd, err := Start(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	status, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/status")
+	if !strings.Contains(string(status), "Groups:\t107 \n") && !strings.Contains(string(status), "Groups:\t107\n") {
+		t.Errorf("status %s; want Groups: 107", status)
+	}
+}
+
 // TestJailEscapes runs commands inside the jail that try to get out or
 // get privileges back; each must fail.
 func TestJailEscapes(t *testing.T) {

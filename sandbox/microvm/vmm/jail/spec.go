@@ -43,6 +43,7 @@ type helperSpec struct {
 	Binds   []Bind   `json:"binds"`
 	UID     int      `json:"uid"`
 	GID     int      `json:"gid"`
+	Groups  []int    `json:"groups,omitempty"`
 	Rlimits []Rlimit `json:"rlimits"`
 	// NFiles is how many extra files the parent passed (fds 3..).
 	NFiles int `json:"nfiles"`
@@ -57,6 +58,11 @@ func (s *helperSpec) validate() error {
 	}
 	if s.UID <= 0 || s.GID <= 0 {
 		return bad("uid and gid must be non-zero, got %d:%d", s.UID, s.GID)
+	}
+	for _, g := range s.Groups {
+		if g <= 0 {
+			return bad("supplementary group %d must be non-zero", g)
+		}
 	}
 	if !path.IsAbs(s.Root) || path.Clean(s.Root) == "/" {
 		return bad("root %q must be an absolute path other than /", s.Root)

@@ -29,6 +29,9 @@ type Spec struct {
 	Binds []Bind
 	// UID and GID the VMM runs as (non-zero).
 	UID, GID int
+	// Groups are supplementary groups, only for device access (the group
+	// owning /dev/kvm); none by default.
+	Groups []int
 	// Rlimits to set; see DefaultRlimits.
 	Rlimits []Rlimit
 	// ExtraFiles become the VMM's fds 3, 4, ... in order; nothing else
@@ -59,7 +62,7 @@ func DefaultRlimits(maxFileBytes uint64) []Rlimit {
 func Start(ctx context.Context, s Spec) (*exec.Cmd, error) {
 	hs := helperSpec{
 		Path: s.Path, Args: s.Args, Root: s.Root, Binds: s.Binds,
-		UID: s.UID, GID: s.GID, Rlimits: s.Rlimits,
+		UID: s.UID, GID: s.GID, Groups: s.Groups, Rlimits: s.Rlimits,
 		NFiles: len(s.ExtraFiles), ParentPid: os.Getpid(),
 	}
 	if err := hs.validate(); err != nil {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cube-platform/cube/errdefs"
@@ -196,7 +197,20 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	closePipes := func() { outW.Close(); errW.Close() }
 	cleanups = append(cleanups, func() { closePipes(); v.copiers.Wait() })
 
+	// /dev/kvm is root:kvm 0660 on the host and the jail binds it as it
+	// is: the VMM gets the owning group, and nothing else, for it.
+	var groups []int
+	if accelOf(&cfg) == vmm.AccelKVM {
+		st, err := os.Stat("/dev/kvm")
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: accel kvm: %w", cfg.ID, err)
+		}
+		if gid := int(st.Sys().(*syscall.Stat_t).Gid); gid != 0 {
+			groups = []int{gid}
+		}
+	}
 	cmd, err := jail.Start(ctx, jail.Spec{
+		Groups:     groups,
 		Path:       d.binary,
 		Args:       args(&cfg),
 		Root:       v.jailDir,
