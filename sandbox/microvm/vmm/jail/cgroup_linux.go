@@ -17,8 +17,9 @@ import (
 
 // Cgroup is the VMM's own cgroup, e.g. "/cube/<id>/vmm", made in every
 // hierarchy that has one of the controllers it limits (cgroup v1 memory
-// and pids; the v2 unified hierarchy when it has them), so the VMM's
-// memory counts against its sandbox and is capped.
+// and pids; the v2 unified hierarchy when it has them) and in the v1 cpu
+// and cpuacct ones (placement only), so the VMM's memory and CPU count
+// against its sandbox and its memory and tasks are capped.
 type Cgroup struct {
 	// Path relative to the hierarchy roots.
 	Path string
@@ -97,7 +98,10 @@ func (c *Cgroup) Create() error {
 				files = append(files, [2]string{"pids.max", strconv.FormatInt(c.PidsMax, 10)})
 			}
 		}
-		if len(files) == 0 {
+		// In the cpu hierarchies the VMM only needs to sit below the
+		// sandbox, so the sandbox's cpu limit and accounting cover it.
+		placeOnly := !m.v2 && len(files) == 0 && (slices.Contains(m.opts, "cpu") || slices.Contains(m.opts, "cpuacct"))
+		if len(files) == 0 && !placeOnly {
 			continue
 		}
 		dir := filepath.Join(m.point, c.Path)

@@ -218,7 +218,7 @@ func TestCgroup(t *testing.T) {
 	}
 	defer func() {
 		cg.Remove(context.Background())
-		for _, h := range []string{"memory", "pids", "unified"} {
+		for _, h := range []string{"memory", "pids", "unified", "cpu", "cpuacct"} {
 			syscall.Rmdir(filepath.Join("/sys/fs/cgroup", h, filepath.Dir(cg.Path)))
 		}
 	}()
@@ -237,6 +237,12 @@ func TestCgroup(t *testing.T) {
 	}
 	if strings.TrimSpace(string(limit)) != strconv.Itoa(64<<20) {
 		t.Errorf("memory limit = %q; want %d", limit, 64<<20)
+	}
+	for _, h := range []string{"pids", "cpu", "cpuacct"} {
+		procs, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", h, cg.Path, "cgroup.procs"))
+		if err == nil && !slices.Contains(strings.Fields(string(procs)), strconv.Itoa(cmd.Process.Pid)) {
+			t.Errorf("pid %d not in the %s cgroup", cmd.Process.Pid, h)
+		}
 	}
 	cmd.Process.Kill()
 	cmd.Wait()

@@ -31,6 +31,11 @@ func TestMain(m *testing.M) {
 	testInitrd, initErr = buildInitrd(dir)
 	code := m.Run()
 	os.RemoveAll(dir)
+	// Every test VM's cgroup parent sits below /cube-test (shared with
+	// other packages' tests, so only removed when empty).
+	for _, h := range []string{"memory", "pids", "unified", "cpu", "cpuacct"} {
+		unix.Rmdir(filepath.Join("/sys/fs/cgroup", h, "cube-test"))
+	}
 	if code == 0 {
 		if err := checkGoroutineLeaks(5 * time.Second); err != nil {
 			fmt.Fprintln(os.Stderr, err)

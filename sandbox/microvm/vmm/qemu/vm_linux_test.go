@@ -59,6 +59,7 @@ func testConfig(t testing.TB, kernel, mode string) vmm.Config {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { jail.ReleaseID(idDir, id) })
+	t.Cleanup(func() { removeCgroupParent("/cube-test/" + id) })
 	return vmm.Config{
 		ID:          id,
 		Kernel:      kernel,
@@ -95,10 +96,7 @@ func startVM(t *testing.T, cfg vmm.Config) *VM {
 	if err != nil {
 		t.Fatalf("StartVM: %v", err)
 	}
-	t.Cleanup(func() {
-		v.Stop(context.Background())
-		removeCgroupParent(cfg.Jail.CgroupParent)
-	})
+	t.Cleanup(func() { v.Stop(context.Background()) })
 	return v
 }
 
@@ -135,7 +133,7 @@ func assertNothingLeft(t *testing.T, cfg vmm.Config, pid int) {
 			t.Errorf("state dir still holds %s", e.Name())
 		}
 	}
-	for _, h := range []string{"memory", "pids", "unified"} {
+	for _, h := range []string{"memory", "pids", "unified", "cpu", "cpuacct"} {
 		p := filepath.Join("/sys/fs/cgroup", h, cfg.Jail.CgroupParent, "vmm")
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("cgroup %s still exists", p)
@@ -158,7 +156,7 @@ func processGone(pid int) bool {
 }
 
 func removeCgroupParent(parent string) {
-	for _, h := range []string{"memory", "pids", "unified", "cpu"} {
+	for _, h := range []string{"memory", "pids", "unified", "cpu", "cpuacct"} {
 		syscall.Rmdir(filepath.Join("/sys/fs/cgroup", h, parent))
 	}
 }
