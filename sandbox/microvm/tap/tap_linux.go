@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -33,7 +34,19 @@ func Setup(netnsPath, link, tapName string) (mac net.HardwareAddr, retErr error)
 		if !isNotFound(err) {
 			return nil, fmt.Errorf("tap: look up %s: %w", tapName, err)
 		}
-		if err := inNetNS(netnsPath, func() error { return createTap(tapName) }); err != nil {
+		if err := inNetNS(netnsPath, func() error {
+			if err := createTap(tapName); err != nil {
+				return err
+			}
+			// The tap is a wire to the guest, not an interface of the
+			// namespace: no IPv6 link-local, router or MLD chatter from
+			// it into the guest. /proc/sys/net is the opener's netns.
+			err := os.WriteFile("/proc/sys/net/ipv6/conf/"+tapName+"/disable_ipv6", []byte("1"), 0)
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("tap: disable ipv6 on %s: %w", tapName, err)
+			}
+			return nil
+		}); err != nil {
 			return nil, err
 		}
 		if t, err = h.LinkByName(tapName); err != nil {

@@ -138,6 +138,12 @@ func TestRedirectBothWays(t *testing.T) {
 		}
 		return err
 	})
+	inNetNS(nsA, func() error {
+		if b, _ := os.ReadFile("/proc/sys/net/ipv6/conf/tap0/disable_ipv6"); string(b) != "1\n" {
+			t.Errorf("ipv6 on tap0 = %q; want disabled", b)
+		}
+		return nil
+	})
 	if mac.String() != ethMAC.String() {
 		t.Errorf("Setup returned MAC %s; want eth0's %s", mac, ethMAC)
 	}
