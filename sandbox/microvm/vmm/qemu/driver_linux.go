@@ -127,7 +127,9 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 		}
 		files = append(files, f)
 	}
-	var maxFile int64 = 1 << 20
+	// RLIMIT_FSIZE: the largest file QEMU may write is a writable drive
+	// or a snapshot of the guest's memory (migrate to an fd).
+	maxFile := int64(cfg.MemoryMiB+64) << 20
 	if n := cfg.Net; n != nil {
 		f, err := tap.Open(n.NetNS, n.Tap)
 		if err != nil {

@@ -5,7 +5,7 @@
 // and a malformed line ends the connection with an error instead of
 // crashing the caller.
 //
-// It depends on nothing but the standard library.
+// It depends on nothing but the standard library and x/sys/unix.
 package qmp
 
 import (
@@ -17,9 +17,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cube-platform/cube/errdefs"
 )
@@ -222,6 +225,22 @@ func (c *Client) readLoop(br *bufio.Reader) error {
 // Execute runs one command with args (nil or a JSON-marshallable value)
 // and returns its "return" value. An error reply is an *Error.
 func (c *Client) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
+	return c.execute(ctx, command, args, nil)
+}
+
+// SendFile hands f to QEMU under name (QMP getfd, the descriptor passed
+// with SCM_RIGHTS), for commands that take "fd:name", such as a migration
+// to a snapshot file: a jailed QEMU can open no path and spawn nothing.
+// The connection must be a unix socket.
+func (c *Client) SendFile(ctx context.Context, name string, f *os.File) error {
+	if _, ok := c.conn.(*net.UnixConn); !ok {
+		return fmt.Errorf("qmp getfd: not a unix socket: %w", errdefs.ErrInvalid)
+	}
+	_, err := c.execute(ctx, "getfd", map[string]string{"fdname": name}, f)
+	return err
+}
+
+func (c *Client) execute(ctx context.Context, command string, args any, f *os.File) (json.RawMessage, error) {
 	c.cmdMu.Lock()
 	defer c.cmdMu.Unlock()
 	ch := make(chan reply, 1)
@@ -253,7 +272,12 @@ func (c *Client) Execute(ctx context.Context, command string, args any) (json.Ra
 	if dl, ok := ctx.Deadline(); ok {
 		c.conn.SetWriteDeadline(dl)
 	}
-	_, err = c.conn.Write(append(b, '\n'))
+	if f != nil {
+		rights := unix.UnixRights(int(f.Fd()))
+		_, _, err = c.conn.(*net.UnixConn).WriteMsgUnix(append(b, '\n'), rights, nil)
+	} else {
+		_, err = c.conn.Write(append(b, '\n'))
+	}
 	c.conn.SetWriteDeadline(time.Time{})
 	if err != nil {
 		cleanup()

@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cube-platform/cube/errdefs"
 )
@@ -155,4 +158,70 @@ func FuzzReadLoop(f *testing.F) {
 		}
 		cl.Close()
 	})
+}
+
+// TestSendFile: getfd carries the descriptor as SCM_RIGHTS on a unix
+// socket, and is refused on any other connection.
+func TestSendFile(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, sf := os.NewFile(uintptr(fds[0]), "c"), os.NewFile(uintptr(fds[1]), "s")
+	cconn, _ := net.FileConn(cf)
+	sconn, _ := net.FileConn(sf)
+	cf.Close()
+	sf.Close()
+	defer sconn.Close()
+	gotFD := make(chan bool, 1)
+	go func() {
+		us := sconn.(*net.UnixConn)
+		us.Write([]byte(greeting))
+		buf, oob := make([]byte, 4096), make([]byte, 256)
+		for {
+			n, oobn, _, _, err := us.ReadMsgUnix(buf, oob)
+			if err != nil {
+				return
+			}
+			req := string(buf[:n])
+			if strings.Contains(req, "getfd") {
+				msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+				ok := false
+				for _, m := range msgs {
+					if fds, err := unix.ParseUnixRights(&m); err == nil && len(fds) == 1 {
+						ok = true
+						unix.Close(fds[0])
+					}
+				}
+				gotFD <- ok
+			}
+			us.Write([]byte(`{"return": {}, "id": ` + idOf(req) + "}\n"))
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := New(ctx, cconn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	f, _ := os.Open(os.DevNull)
+	defer f.Close()
+	if err := c.SendFile(ctx, "snap", f); err != nil {
+		t.Fatal(err)
+	}
+	if !<-gotFD {
+		t.Errorf("getfd arrived without a descriptor")
+	}
+
+	pc := fakeQEMU(t, greeting, func(req string) string { return `{"return": {}, "id": ` + idOf(req) + "}\n" })
+	defer pc.Close()
+	c2, err := New(ctx, pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if err := c2.SendFile(ctx, "snap", f); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("SendFile over a pipe = %v; want ErrInvalid", err)
+	}
 }
