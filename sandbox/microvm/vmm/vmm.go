@@ -6,6 +6,7 @@ import (
 	"net"
 	"regexp"
 	"syscall"
+	"time"
 
 	"github.com/cube-platform/cube/errdefs"
 )
@@ -213,4 +214,15 @@ func (e ExitInfo) String() string {
 		s += ": " + e.Detail
 	}
 	return s
+}
+
+// DefaultBootTimeout is how long a caller waits for a guest's agent
+// before it gives up on the VM (Stop, then report that it never booted):
+// 60 s under TCG, which boots in about a second when the node is idle and
+// far slower when it is not, and 10 s under KVM.
+func DefaultBootTimeout(a Accel) time.Duration {
+	if a == AccelKVM {
+		return 10 * time.Second
+	}
+	return 60 * time.Second
 }
