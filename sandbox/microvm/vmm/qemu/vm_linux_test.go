@@ -427,3 +427,32 @@ func TestConsoleFlood(t *testing.T) {
 		t.Errorf("console log is %d bytes (ends %q); want it cut at 64 KiB with a note", len(b), b[max(0, len(b)-60):])
 	}
 }
+
+// TestMemoryLimitRoom: a guest that touches most of its memory keeps its
+// VMM alive under the VMM cgroup's limit (guest memory + the default
+// overhead), and the cgroup's peak stays below that limit.
+func TestMemoryLimitRoom(t *testing.T) {
+	kernel := requireVM(t)
+	cfg := testConfig(t, kernel, "touch")
+	cfg.MemoryMiB = 256
+	cfg.Cmdline += " cubemib=200"
+	v := startVM(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), bootDeadline)
+	defer cancel()
+	if err := v.WaitConsole(ctx, "CUBE-TEST-TOUCHED 200"); err != nil {
+		t.Fatalf("%v; console:\n%s", err, v.Console())
+	}
+	st, err := v.QMP().QueryStatus(ctx)
+	if err != nil || !st.Running {
+		t.Fatalf("after touching 200 MiB: %+v, %v; want running", st, err)
+	}
+	dir := filepath.Join("/sys/fs/cgroup/memory", cfg.Jail.CgroupParent, "vmm")
+	peak, _ := os.ReadFile(filepath.Join(dir, "memory.max_usage_in_bytes"))
+	failcnt, _ := os.ReadFile(filepath.Join(dir, "memory.failcnt"))
+	p, _ := strconv.ParseInt(strings.TrimSpace(string(peak)), 10, 64)
+	limit := int64(cfg.MemoryMiB+vmm.DefaultMemoryOverheadMiB) << 20
+	t.Logf("vmm cgroup peak %d MiB of %d MiB, failcnt %s", p>>20, limit>>20, strings.TrimSpace(string(failcnt)))
+	if p == 0 || p >= limit || strings.TrimSpace(string(failcnt)) != "0" {
+		t.Errorf("vmm cgroup peak %d, failcnt %s; want below the limit %d and no failures", p, failcnt, limit)
+	}
+}
