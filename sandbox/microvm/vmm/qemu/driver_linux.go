@@ -211,6 +211,7 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 			groups = []int{gid}
 		}
 	}
+	t0 := time.Now()
 	cmd, err := jail.Start(ctx, jail.Spec{
 		Groups:     groups,
 		Path:       d.binary,
@@ -229,6 +230,7 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 		return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
 	}
 	closePipes() // QEMU holds the write ends now
+	tJail := time.Since(t0)
 	v.cmd = cmd
 	v.pid = cmd.Process.Pid
 	v.exited = make(chan struct{})
@@ -268,6 +270,7 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 		return nil, failed("connect to qemu", err)
 	}
 	v.qmp = c
+	tQMP := time.Since(t0)
 	cleanups = append(cleanups, func() { c.Close() })
 	v.events.Add(1)
 	go v.watchEvents()
@@ -275,7 +278,8 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 		return nil, failed("start the guest", err)
 	}
 	go v.reap()
-	v.log.Debug("vm started", "pid", v.pid, "accel", accelOf(&cfg))
+	v.log.Debug("vm started", "pid", v.pid, "accel", accelOf(&cfg),
+		"exec_ms", tJail.Milliseconds(), "qmp_ready_ms", tQMP.Milliseconds(), "running_ms", time.Since(t0).Milliseconds())
 	return v, nil
 }
 
