@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -185,8 +186,22 @@ func TestPoweroff(t *testing.T) {
 func TestRunningJailedAndStop(t *testing.T) {
 	kernel := requireVM(t)
 	cfg := testConfig(t, kernel, "hang")
+	cfg.VCPUs = 2
 	v := startVM(t, cfg)
 	waitBoot(t, v)
+	// The guest is sized as asked: 2 vCPUs, and 128 MiB less what the
+	// kernel reserves.
+	bctx, bcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer bcancel()
+	if err := v.WaitConsole(bctx, "kB"); err != nil { // the marker line's end
+		t.Fatal(err)
+	}
+	line := v.console.lastLine(marker)
+	var kb int
+	fmt.Sscanf(line[strings.Index(line, "MemTotal:")+len("MemTotal:"):], "%dkB", &kb)
+	if !strings.Contains(line, "cpus=2") || kb < 100<<10 || kb > 128<<10 {
+		t.Errorf("guest reports %q; want cpus=2 and MemTotal near 128 MiB", line)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := v.QMP().QueryStatus(ctx)

@@ -7,6 +7,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,7 +18,9 @@ func main() {
 	syscall.Mount("proc", "/proc", "proc", 0, "")
 	up, _ := os.ReadFile("/proc/uptime")
 	mode := os.Getenv("cubemode")
-	fmt.Printf("CUBE-TEST-INIT-OK mode=%s uptime=%s\n", mode, strings.Fields(string(up) + " ?")[0])
+	mem, _ := os.ReadFile("/proc/meminfo")
+	memTotal := strings.Join(strings.Fields(strings.SplitN(string(mem)+"\n", "\n", 2)[0]), "")
+	fmt.Printf("CUBE-TEST-INIT-OK mode=%s uptime=%s cpus=%d %s\n", mode, strings.Fields(string(up) + " ?")[0], runtime.NumCPU(), memTotal)
 	switch mode {
 	case "hang":
 		for {
