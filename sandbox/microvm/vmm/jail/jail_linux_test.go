@@ -290,13 +290,32 @@ func TestSurvivesCallerThreadExit(t *testing.T) {
 		tid int
 		err error
 	}
-	res := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with us
-		cmd, err := Start(context.Background(), s)
-		res <- result{cmd, unix.Gettid(), err}
-	}()
-	r := <-res
+	var r result
+	// Holding our own thread keeps the goroutines below off it, so they
+	// get threads of their own.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for try := 0; ; try++ {
+		res := make(chan result, 1)
+		go func() {
+			runtime.LockOSThread()
+			if unix.Gettid() == unix.Getpid() {
+				// The runtime wedges the main thread instead of
+				// ending it: no thread exit to test on it.
+				runtime.UnlockOSThread()
+				res <- result{tid: -1}
+				return
+			}
+			cmd, err := Start(context.Background(), s)
+			res <- result{cmd, unix.Gettid(), err} // still locked: the thread exits with us
+		}()
+		if r = <-res; r.tid != -1 {
+			break
+		}
+		if try == 100 {
+			t.Fatal("every goroutine ran on the main thread")
+		}
+	}
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
