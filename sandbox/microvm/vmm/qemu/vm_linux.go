@@ -152,7 +152,10 @@ func (v *VM) reap() {
 	v.copiers.Wait()
 	v.exit = v.classify(err)
 	v.release()
-	v.log.Debug("vm ended", "exit", v.exit.String())
+	v.mu.Lock()
+	sd := v.shutdown
+	v.mu.Unlock()
+	v.log.Debug("vm ended", "exit", v.exit.String(), "shutdown_event", fmt.Sprintf("%+v", sd))
 	close(v.done)
 }
 
