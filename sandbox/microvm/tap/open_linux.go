@@ -8,16 +8,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Open opens the existing tap device name inside the network namespace at
+// Open opens the tap device name inside the network namespace at
 // netnsPath ("" for the caller's own) and returns its queue file, ready to
 // be handed to a VMM as a file descriptor: the VMM itself then needs no
-// access to /dev/net/tun or to the namespace.
+// access to /dev/net/tun or to the namespace. A tap that Setup made
+// persists; if there is none yet, Open makes one that lives as long as
+// the returned file (and the VMM's copy of it), so a VM may boot before
+// Setup wires its tap.
 func Open(netnsPath, name string) (*os.File, error) {
 	var f *os.File
 	err := inNetNS(netnsPath, func() error {
 		var err error
-		f, err = openTap(name)
-		return err
+		if f, err = openTap(name); err != nil {
+			return err
+		}
+		if err := noIPv6(name); err != nil {
+			f.Close()
+			f = nil
+			return err
+		}
+		return nil
 	})
 	return f, err
 }

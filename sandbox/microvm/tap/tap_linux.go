@@ -34,19 +34,7 @@ func Setup(netnsPath, link, tapName string) (mac net.HardwareAddr, retErr error)
 		if !isNotFound(err) {
 			return nil, fmt.Errorf("tap: look up %s: %w", tapName, err)
 		}
-		if err := inNetNS(netnsPath, func() error {
-			if err := createTap(tapName); err != nil {
-				return err
-			}
-			// The tap is a wire to the guest, not an interface of the
-			// namespace: no IPv6 link-local, router or MLD chatter from
-			// it into the guest. /proc/sys/net is the opener's netns.
-			err := os.WriteFile("/proc/sys/net/ipv6/conf/"+tapName+"/disable_ipv6", []byte("1"), 0)
-			if err != nil && !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("tap: disable ipv6 on %s: %w", tapName, err)
-			}
-			return nil
-		}); err != nil {
+		if err := inNetNS(netnsPath, func() error { return createTap(tapName) }); err != nil {
 			return nil, err
 		}
 		if t, err = h.LinkByName(tapName); err != nil {
@@ -60,6 +48,9 @@ func Setup(netnsPath, link, tapName string) (mac net.HardwareAddr, retErr error)
 			Remove(netnsPath, link, tapName)
 		}
 	}()
+	if err := inNetNS(netnsPath, func() error { return noIPv6(tapName) }); err != nil {
+		return nil, err
+	}
 	if err := h.LinkSetMTU(t, eth.Attrs().MTU); err != nil {
 		return nil, fmt.Errorf("tap: set mtu of %s: %w", tapName, err)
 	}
@@ -135,6 +126,18 @@ func nsName(p string) string {
 func isNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+// noIPv6 turns IPv6 off on the tap in the current thread's namespace
+// (/proc/sys/net is the opener's netns). The tap is a wire to the guest,
+// not an interface of the namespace: no link-local address, router
+// solicitations or MLD reports from it into the guest.
+func noIPv6(name string) error {
+	err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("tap: disable ipv6 on %s: %w", name, err)
+	}
+	return nil
 }
 
 // createTap makes a persistent tap in the current thread's namespace.

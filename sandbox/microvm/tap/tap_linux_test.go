@@ -219,3 +219,41 @@ func TestSetupIdempotentRemoveClean(t *testing.T) {
 		t.Errorf("Remove in a missing netns = %v; want nil", err)
 	}
 }
+
+// TestOpenBeforeSetup: a VM may boot before its tap is wired: Open makes
+// a tap that lives as long as its file, Setup then wires that one, frames
+// flow, and once the file is closed no tap is left.
+func TestOpenBeforeSetup(t *testing.T) {
+	requireNetAdmin(t)
+	nsA, nsB := twoNetns(t)
+	tapf, err := Open(nsA, "tap0")
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	mac, err := Setup(nsA, "eth0", "tap0")
+	if err != nil {
+		tapf.Close()
+		t.Fatalf("Setup after Open: %v", err)
+	}
+	peer, _ := packetSocket(t, nsB, "peer")
+	out := frame(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, mac, "early-tap")
+	if _, err := tapf.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	readFrame(t, peer, "early-tap")
+	inNetNS(nsA, func() error {
+		if b, _ := os.ReadFile("/proc/sys/net/ipv6/conf/tap0/disable_ipv6"); string(b) != "1\n" {
+			t.Errorf("ipv6 on an Open-made tap0 = %q; want disabled", b)
+		}
+		return nil
+	})
+	tapf.Close()
+	if err := Remove(nsA, "eth0", "tap0"); err != nil {
+		t.Fatal(err)
+	}
+	h, _ := handle(nsA)
+	defer h.Close()
+	if _, err := h.LinkByName("tap0"); err == nil {
+		t.Errorf("tap0 still exists after its file was closed and Remove ran")
+	}
+}
