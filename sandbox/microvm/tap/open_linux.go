@@ -14,7 +14,9 @@ import (
 // access to /dev/net/tun or to the namespace. A tap that Setup made
 // persists; if there is none yet, Open makes one that lives as long as
 // the returned file (and the VMM's copy of it), so a VM may boot before
-// Setup wires its tap.
+// Setup wires its tap. Frames read or written on the file start with a
+// virtio-net header (VNetHdrLen bytes until the VMM changes it with
+// TUNSETVNETHDRSZ).
 func Open(netnsPath, name string) (*os.File, error) {
 	var f *os.File
 	err := inNetNS(netnsPath, func() error {
@@ -32,6 +34,9 @@ func Open(netnsPath, name string) (*os.File, error) {
 	return f, err
 }
 
+// VNetHdrLen is the virtio-net header's default length on an Open file.
+const VNetHdrLen = 10
+
 func openTap(name string) (*os.File, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -42,7 +47,11 @@ func openTap(name string) (*os.File, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("tap %q: %w", name, err)
 	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	// IFF_VNET_HDR: every frame on this fd carries a virtio-net header,
+	// which QEMU detects on an fd it is handed and then offers the guest
+	// checksum and segmentation offloads (large frames cross the tap and
+	// the tc redirect whole instead of MTU-sized).
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("attach to tap %s: %w", name, err)

@@ -68,6 +68,12 @@ func frame(dst, src net.HardwareAddr, payload string) []byte {
 // arrives (other traffic, e.g. IPv6 solicitations, is skipped) or the
 // deadline passes.
 func readFrame(t *testing.T, fd int, payload string) []byte {
+	return readFrameAt(t, fd, payload, 0)
+}
+
+// readFrameAt is readFrame for frames that start at off (after a
+// virtio-net header on a tap file).
+func readFrameAt(t *testing.T, fd int, payload string, off int) []byte {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	buf := make([]byte, 65536)
@@ -88,7 +94,7 @@ func readFrame(t *testing.T, fd int, payload string) []byte {
 			t.Fatal(err)
 		}
 		f := buf[:m]
-		if len(f) >= 14 && binary.BigEndian.Uint16(f[12:]) == testEtherType && bytes.Contains(f, []byte(payload)) {
+		if len(f) >= off+14 && binary.BigEndian.Uint16(f[off+12:]) == testEtherType && bytes.Contains(f, []byte(payload)) {
 			return append([]byte(nil), f...)
 		}
 	}
@@ -157,7 +163,7 @@ func TestRedirectBothWays(t *testing.T) {
 	// Guest -> tap -> eth0 -> peer.
 	bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 	out := frame(bcast, mac, "from-guest")
-	if _, err := tapf.Write(out); err != nil {
+	if _, err := tapf.Write(append(make([]byte, VNetHdrLen), out...)); err != nil {
 		t.Fatalf("write to tap: %v", err)
 	}
 	if got := readFrame(t, peer, "from-guest"); !bytes.Equal(got[:len(out)], out) {
@@ -169,7 +175,7 @@ func TestRedirectBothWays(t *testing.T) {
 	if err := unix.Sendto(peer, in, 0, &unix.SockaddrLinklayer{Ifindex: peerIdx, Halen: 6, Addr: [8]byte{mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]}}); err != nil {
 		t.Fatalf("send from peer: %v", err)
 	}
-	if got := readFrame(t, int(tapf.Fd()), "to-guest"); !bytes.Equal(got[:len(in)], in) {
+	if got := readFrameAt(t, int(tapf.Fd()), "to-guest", VNetHdrLen); !bytes.Equal(got[VNetHdrLen:VNetHdrLen+len(in)], in) {
 		t.Errorf("tap got %x; want %x", got, in)
 	}
 }
@@ -237,7 +243,7 @@ func TestOpenBeforeSetup(t *testing.T) {
 	}
 	peer, _ := packetSocket(t, nsB, "peer")
 	out := frame(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, mac, "early-tap")
-	if _, err := tapf.Write(out); err != nil {
+	if _, err := tapf.Write(append(make([]byte, VNetHdrLen), out...)); err != nil {
 		t.Fatal(err)
 	}
 	readFrame(t, peer, "early-tap")

@@ -41,6 +41,12 @@ func devices() {
 	}
 	mac, _ := os.ReadFile("/sys/class/net/eth0/address")
 	fmt.Printf("MAC %s\n", strings.TrimSpace(string(mac)))
+	// The virtio-net feature bits the device offered ('1' at bit 0:
+	// VIRTIO_NET_F_CSUM, at bit 11: HOST_TSO4).
+	feat, _ := os.ReadFile("/sys/class/net/eth0/device/features")
+	if f := strings.TrimSpace(string(feat)); len(f) > 11 {
+		fmt.Printf("NETFEAT csum=%c tso4=%c\n", f[0], f[11])
+	}
 	if err := sendFrame("eth0", os.Getenv("cubepayload")); err != nil {
 		fmt.Printf("FRAME error %v\n", err)
 	} else {
