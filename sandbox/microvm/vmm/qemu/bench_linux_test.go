@@ -1,13 +1,9 @@
 package qemu
 
 import (
-	"bufio"
 	"context"
-	"fmt"
 	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -81,16 +77,16 @@ func BenchmarkVMMOverhead(b *testing.B) {
 			v.Stop(context.Background())
 			b.Fatal(err)
 		}
-		rss, priv, guest, err := rssSplit(v.Pid(), int64(cfg.MemoryMiB)<<20)
+		u, err := ReadMemoryUsage(v.Pid(), cfg.MemoryMiB)
 		v.Stop(context.Background())
 		cancel()
 		removeCgroupParent(cfg.Jail.CgroupParent)
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.Logf("qemu rss %.1f MiB (anonymous %.1f MiB), guest ram resident %.1f MiB", mib(rss), mib(priv), mib(guest))
-		over = append(over, mib(rss-guest))
-		privOver = append(privOver, mib(priv-guest))
+		b.Logf("qemu rss %.1f MiB (anonymous %.1f MiB), guest ram resident %.1f MiB", mib(u.RSS), mib(u.Anon), mib(u.Guest))
+		over = append(over, mib(u.Overhead()))
+		privOver = append(privOver, mib(u.Anon-u.Guest))
 	}
 	slices.Sort(over)
 	slices.Sort(privOver)
@@ -101,41 +97,6 @@ func BenchmarkVMMOverhead(b *testing.B) {
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
-
-// rssSplit reads /proc/pid/smaps: the total RSS, its anonymous part (not
-// file pages, which every QEMU on the node shares), and the RSS of the
-// guest RAM mapping (the anonymous mapping of exactly the guest's size).
-func rssSplit(pid int, guestBytes int64) (total, private, guest int64, err error) {
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/smaps")
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	var size int64
-	var anon bool
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) >= 2 && strings.Contains(fs[0], "-") && !strings.HasSuffix(fs[0], ":") {
-			var lo, hi uint64
-			fmt.Sscanf(fs[0], "%x-%x", &lo, &hi)
-			size = int64(hi - lo)
-			anon = len(fs) >= 5 && fs[4] == "0"
-			continue
-		}
-		if len(fs) == 3 && fs[0] == "Rss:" {
-			kb, _ := strconv.ParseInt(fs[1], 10, 64)
-			total += kb << 10
-			if anon {
-				private += kb << 10
-			}
-			if size == guestBytes {
-				guest += kb << 10
-			}
-		}
-	}
-	return total, private, guest, sc.Err()
-}
 
 func testKernelOrSkip(b *testing.B) string {
 	if os.Geteuid() != 0 || initErr != nil {

@@ -468,6 +468,12 @@ func TestMemoryLimitRoom(t *testing.T) {
 	if err != nil || !st.Running {
 		t.Fatalf("after touching 200 MiB: %+v, %v; want running", st, err)
 	}
+	// ReadMemoryUsage finds the guest's touched memory in QEMU's RSS.
+	u, err := ReadMemoryUsage(v.Pid(), cfg.MemoryMiB)
+	if err != nil || u.Guest < 200<<20 || u.Guest > int64(cfg.MemoryMiB)<<20 || u.Overhead() <= 0 || u.Anon > u.RSS {
+		t.Errorf("ReadMemoryUsage = %+v, %v; want guest resident between 200 and 256 MiB, a positive overhead", u, err)
+	}
+	t.Logf("qemu rss %d MiB, guest resident %d MiB, overhead %d MiB", u.RSS>>20, u.Guest>>20, u.Overhead()>>20)
 	dir := filepath.Join("/sys/fs/cgroup/memory", cfg.Jail.CgroupParent, "vmm")
 	peak, _ := os.ReadFile(filepath.Join(dir, "memory.max_usage_in_bytes"))
 	failcnt, _ := os.ReadFile(filepath.Join(dir, "memory.failcnt"))
