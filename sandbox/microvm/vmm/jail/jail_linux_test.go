@@ -345,3 +345,28 @@ func TestSurvivesCallerThreadExit(t *testing.T) {
 		t.Errorf("the jailed process died when its caller's thread exited")
 	}
 }
+
+// TestAllocateIDConcurrent: VMs allocating at once (several shims) never
+// share a uid.
+func TestAllocateIDConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	const n = 20
+	ids := make(chan int, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			id, err := AllocateID(dir, "vm-"+strconv.Itoa(i))
+			if err != nil {
+				t.Error(err)
+			}
+			ids <- id
+		}()
+	}
+	seen := map[int]bool{}
+	for i := 0; i < n; i++ {
+		id := <-ids
+		if seen[id] {
+			t.Errorf("uid %d handed out twice", id)
+		}
+		seen[id] = true
+	}
+}
