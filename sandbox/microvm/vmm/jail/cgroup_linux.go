@@ -1,0 +1,204 @@
+package jail
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Cgroup is the VMM's own cgroup, e.g. "/cube/<id>/vmm", made in every
+// hierarchy that has one of the controllers it limits (cgroup v1 memory
+// and pids; the v2 unified hierarchy when it has them) and in the v1 cpu
+// and cpuacct ones (placement only), so the VMM's memory and CPU count
+// against its sandbox and its memory and tasks are capped.
+type Cgroup struct {
+	// Path relative to the hierarchy roots.
+	Path string
+	// MemoryBytes caps the VMM's memory (guest RAM + its own overhead).
+	MemoryBytes int64
+	// PidsMax caps its tasks (threads).
+	PidsMax int64
+
+	dirs []string // made by Create
+}
+
+type cgroupMount struct {
+	point string
+	v2    bool
+	opts  []string // v1 super options: the controllers
+}
+
+func cgroupMounts() ([]cgroupMount, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var ms []cgroupMount
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// id parent maj:min root point opts [optional...] - fstype source superopts
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		a, b := strings.Fields(pre), strings.Fields(post)
+		if len(a) < 5 || len(b) < 3 {
+			continue
+		}
+		switch b[0] {
+		case "cgroup2":
+			ms = append(ms, cgroupMount{point: a[4], v2: true})
+		case "cgroup":
+			ms = append(ms, cgroupMount{point: a[4], opts: strings.Split(b[2], ",")})
+		}
+	}
+	return ms, sc.Err()
+}
+
+// Create makes the cgroup and sets its limits. It fails when no hierarchy
+// has a memory controller: an unbounded VMM could take the node.
+func (c *Cgroup) Create() error {
+	if !filepath.IsAbs(c.Path) || strings.Contains(c.Path, "..") {
+		return fmt.Errorf("vmm cgroup %q must be an absolute path", c.Path)
+	}
+	ms, err := cgroupMounts()
+	if err != nil {
+		return err
+	}
+	memSet := false
+	for _, m := range ms {
+		var files [][2]string
+		if m.v2 {
+			b, err := os.ReadFile(filepath.Join(m.point, "cgroup.controllers"))
+			if err != nil {
+				continue
+			}
+			ctl := strings.Fields(string(b))
+			if slices.Contains(ctl, "memory") {
+				files = append(files, [2]string{"memory.max", strconv.FormatInt(c.MemoryBytes, 10)}, [2]string{"memory.swap.max", "0"})
+			}
+			if slices.Contains(ctl, "pids") {
+				files = append(files, [2]string{"pids.max", strconv.FormatInt(c.PidsMax, 10)})
+			}
+		} else {
+			if slices.Contains(m.opts, "memory") {
+				files = append(files, [2]string{"memory.limit_in_bytes", strconv.FormatInt(c.MemoryBytes, 10)})
+			}
+			if slices.Contains(m.opts, "pids") {
+				files = append(files, [2]string{"pids.max", strconv.FormatInt(c.PidsMax, 10)})
+			}
+		}
+		// In the cpu hierarchies the VMM only needs to sit below the
+		// sandbox, so the sandbox's cpu limit and accounting cover it.
+		placeOnly := !m.v2 && len(files) == 0 && (slices.Contains(m.opts, "cpu") || slices.Contains(m.opts, "cpuacct"))
+		if len(files) == 0 && !placeOnly {
+			continue
+		}
+		dir := filepath.Join(m.point, c.Path)
+		if m.v2 {
+			// Enable the controllers down to our parent, as runc does.
+			if err := enableV2(m.point, filepath.Dir(c.Path)); err != nil {
+				c.Remove(context.Background())
+				return err
+			}
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			c.Remove(context.Background())
+			return fmt.Errorf("create vmm cgroup: %w", err)
+		}
+		c.dirs = append(c.dirs, dir)
+		for _, f := range files {
+			if err := os.WriteFile(filepath.Join(dir, f[0]), []byte(f[1]), 0); err != nil {
+				if f[0] == "memory.swap.max" && errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				c.Remove(context.Background())
+				return fmt.Errorf("set vmm cgroup %s=%s: %w", f[0], f[1], err)
+			}
+			if strings.HasPrefix(f[0], "memory.") {
+				memSet = true
+			}
+		}
+	}
+	if !memSet {
+		c.Remove(context.Background())
+		return fmt.Errorf("no cgroup hierarchy has a memory controller for the vmm: mount cgroup v1 memory or cgroup v2 with memory enabled")
+	}
+	return nil
+}
+
+func enableV2(root, rel string) error {
+	dir := root
+	for _, part := range strings.Split(strings.Trim(rel, "/"), "/") {
+		if part == "" {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
+		for _, ctl := range []string{"memory", "pids"} {
+			if slices.Contains(strings.Fields(string(b)), ctl) {
+				os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+"+ctl), 0)
+			}
+		}
+		dir = filepath.Join(dir, part)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("create cgroup %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// Add moves pid into the cgroup in every hierarchy it was made in.
+func (c *Cgroup) Add(pid int) error {
+	for _, d := range c.dirs {
+		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+			return fmt.Errorf("move vmm %d into cgroup %s: %w", pid, d, err)
+		}
+	}
+	return nil
+}
+
+// Remove deletes the cgroup once its tasks are gone (the kernel may need a
+// moment after the last one is reaped); it gives up when ctx is done.
+// Missing dirs are fine, so Remove is idempotent.
+func (c *Cgroup) Remove(ctx context.Context) error {
+	dirs := c.dirs
+	if dirs == nil {
+		// Not made by this process (a shim's leftover): find every copy.
+		ms, err := cgroupMounts()
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			dirs = append(dirs, filepath.Join(m.point, c.Path))
+		}
+	}
+	var errs []error
+	for _, d := range dirs {
+		for {
+			err := unix.Rmdir(d)
+			if err == nil || errors.Is(err, unix.ENOENT) {
+				break
+			}
+			if !errors.Is(err, unix.EBUSY) || ctx.Err() != nil {
+				errs = append(errs, fmt.Errorf("remove vmm cgroup %s: %w", d, err))
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(5 * time.Millisecond): // poll: no event says "empty" on v1
+			}
+		}
+	}
+	c.dirs = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,325 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cube-platform/cube/errdefs"
+	"github.com/cube-platform/cube/sandbox/microvm/tap"
+	"github.com/cube-platform/cube/sandbox/microvm/vmm"
+	"github.com/cube-platform/cube/sandbox/microvm/vmm/jail"
+	"github.com/cube-platform/cube/sandbox/microvm/vmm/qmp"
+)
+
+// Options configure the driver.
+type Options struct {
+	// Binary is qemu-system-x86_64's path; "" looks it up in PATH.
+	Binary string
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// Driver is the QEMU microvm driver.
+type Driver struct {
+	binary string
+	log    *slog.Logger
+
+	filesOnce sync.Once
+	files     *jailFiles
+	filesErr  error
+}
+
+var _ vmm.Driver = (*Driver)(nil)
+
+// New returns a driver for the given QEMU binary.
+func New(opts Options) (*Driver, error) {
+	bin := opts.Binary
+	if bin == "" {
+		p, err := exec.LookPath("qemu-system-x86_64")
+		if err != nil {
+			return nil, fmt.Errorf("qemu-system-x86_64 not found in PATH (apt-get install qemu-system-x86): %w", errdefs.ErrUnavailable)
+		}
+		bin = p
+	}
+	abs, err := filepath.Abs(bin)
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Driver{binary: abs, log: log.With("component", "qemu")}, nil
+}
+
+// Start implements vmm.Driver.
+func (d *Driver) Start(ctx context.Context, cfg vmm.Config) (vmm.VM, error) {
+	return d.StartVM(ctx, cfg)
+}
+
+// StartVM boots cfg and returns the concrete VM (for QMP and console
+// access beyond vmm.VM). The steps, each undone in reverse on failure:
+// validate → sockets → files (tap, drives) → cgroup → jailed QEMU → QMP
+// handshake → cont.
+func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d.filesOnce.Do(func() { d.files, d.filesErr = findJailFiles(d.binary) })
+	if d.filesErr != nil {
+		return nil, d.filesErr
+	}
+	for _, p := range []string{cfg.Kernel, cfg.Initrd} {
+		if p == "" {
+			continue
+		}
+		// The jailed QEMU reads them as its own uid.
+		if st, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+		} else if st.Mode().Perm()&0o004 == 0 {
+			return nil, fmt.Errorf("vm %s: %s must be world-readable (chmod a+r): the jailed vmm reads it: %w", cfg.ID, p, errdefs.ErrInvalid)
+		}
+	}
+	v := &VM{
+		id:      cfg.ID,
+		log:     d.log.With("vm", cfg.ID),
+		done:    make(chan struct{}),
+		qmpPath: filepath.Join(cfg.StateDir, "qmp.sock"),
+		agent:   cfg.AgentSocket,
+		jailDir: filepath.Join(cfg.StateDir, "jail"),
+	}
+	var cleanups []func()
+	defer func() {
+		if retErr != nil {
+			for i := len(cleanups) - 1; i >= 0; i-- {
+				cleanups[i]()
+			}
+		}
+	}()
+	var files []*os.File // the VMM's fds 3..; ours are closed once it runs
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+
+	// Sockets: listening before QEMU starts, handed over as fds, so
+	// neither side races the other and the jail needs no socket path.
+	for _, p := range []string{v.qmpPath, v.agent} {
+		l, err := listenUnix(p)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+		}
+		cleanups = append(cleanups, func() { os.Remove(p) })
+		f, err := l.File()
+		l.Close() // the file is a dup; the socket stays listening
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, f)
+	}
+	// RLIMIT_FSIZE: the largest file QEMU may write is a writable drive
+	// or a snapshot of the guest's memory (migrate to an fd).
+	maxFile := int64(cfg.MemoryMiB+64) << 20
+	if n := cfg.Net; n != nil {
+		f, err := tap.Open(n.NetNS, n.Tap)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+		}
+		files = append(files, f)
+	}
+	for _, dr := range cfg.Drives {
+		fs, size, err := driveFiles(dr)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+		}
+		files = append(files, fs...)
+		if !dr.ReadOnly && size > maxFile {
+			maxFile = size
+		}
+	}
+
+	if err := os.Mkdir(v.jailDir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("vm %s: jail dir: %w", cfg.ID, err)
+	}
+	cleanups = append(cleanups, func() { os.Remove(v.jailDir) })
+
+	if cfg.Jail.CgroupParent != "" {
+		over := cfg.Jail.MemoryOverheadMiB
+		if over == 0 {
+			over = vmm.DefaultMemoryOverheadMiB
+		}
+		v.cgroup = &jail.Cgroup{
+			Path:        filepath.Join(cfg.Jail.CgroupParent, "vmm"),
+			MemoryBytes: int64(cfg.MemoryMiB+over) << 20,
+			PidsMax:     128,
+		}
+		if err := v.cgroup.Create(); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+		}
+		cleanups = append(cleanups, func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			v.cgroup.Remove(ctx)
+		})
+	}
+
+	var console *os.File
+	if cfg.ConsoleLog != "" {
+		f, err := os.OpenFile(cfg.ConsoleLog, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: console log: %w", cfg.ID, err)
+		}
+		console = f
+	}
+	v.console = newTail(console)
+	v.stderr = newTail(nil)
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, err
+	}
+	v.copiers.Add(2)
+	go func() { defer v.copiers.Done(); v.console.copyFrom(outR); outR.Close() }()
+	go func() { defer v.copiers.Done(); v.stderr.copyFrom(errR); errR.Close() }()
+	closePipes := func() { outW.Close(); errW.Close() }
+	cleanups = append(cleanups, func() { closePipes(); v.copiers.Wait() })
+
+	// /dev/kvm is root:kvm 0660 on the host and the jail binds it as it
+	// is: the VMM gets the owning group, and nothing else, for it.
+	var groups []int
+	if accelOf(&cfg) == vmm.AccelKVM {
+		st, err := os.Stat("/dev/kvm")
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: accel kvm: %w", cfg.ID, err)
+		}
+		if gid := int(st.Sys().(*syscall.Stat_t).Gid); gid != 0 {
+			groups = []int{gid}
+		}
+	}
+	t0 := time.Now()
+	cmd, err := jail.Start(ctx, jail.Spec{
+		Groups:     groups,
+		Path:       d.binary,
+		Args:       args(&cfg),
+		Root:       v.jailDir,
+		Binds:      d.files.binds(&cfg),
+		UID:        cfg.Jail.UID,
+		GID:        cfg.Jail.GID,
+		Rlimits:    jail.DefaultRlimits(uint64(maxFile)),
+		ExtraFiles: files,
+		Stdout:     outW,
+		Stderr:     errW,
+		Cgroup:     v.cgroup,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+	}
+	closePipes() // QEMU holds the write ends now
+	tJail := time.Since(t0)
+	v.cmd = cmd
+	v.pid = cmd.Process.Pid
+	v.exited = make(chan struct{})
+	go func() { v.waitErr = cmd.Wait(); close(v.exited) }()
+	cleanups = append(cleanups, func() { cmd.Process.Kill(); <-v.exited })
+
+	// A QEMU that failed says why on stderr: let it finish saying so.
+	failed := func(what string, err error) error {
+		cmd.Process.Kill()
+		<-v.exited
+		// Exited with a status of its own, not by our SIGKILL.
+		var ee *exec.ExitError
+		died := errors.As(v.waitErr, &ee) && ee.ExitCode() > 0
+		closePipes()
+		v.copiers.Wait()
+		l := v.stderr.lastLine("")
+		if died && l != "" {
+			return fmt.Errorf("vm %s: qemu exited while starting: %s", cfg.ID, l)
+		}
+		if l != "" {
+			return fmt.Errorf("vm %s: %s: %w (qemu: %s)", cfg.ID, what, err, l)
+		}
+		return fmt.Errorf("vm %s: %s: %w", cfg.ID, what, err)
+	}
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	// A QEMU that dies before it speaks QMP ends the wait at once.
+	go func() {
+		select {
+		case <-v.exited:
+			cancel()
+		case <-qctx.Done():
+		}
+	}()
+	c, err := qmp.Dial(qctx, v.qmpPath)
+	if err != nil {
+		return nil, failed("connect to qemu", err)
+	}
+	v.qmp = c
+	tQMP := time.Since(t0)
+	cleanups = append(cleanups, func() { c.Close() })
+	v.events.Add(1)
+	go v.watchEvents()
+	if _, err := c.Execute(qctx, "cont", nil); err != nil {
+		return nil, failed("start the guest", err)
+	}
+	go v.reap()
+	v.log.Debug("vm started", "pid", v.pid, "accel", accelOf(&cfg),
+		"exec_ms", tJail.Milliseconds(), "qmp_ready_ms", tQMP.Milliseconds(), "running_ms", time.Since(t0).Milliseconds())
+	return v, nil
+}
+
+// driveFiles opens a drive for QEMU's fdset (see args): O_RDONLY, plus
+// O_RDWR when writable. Only regular files and block devices are drives.
+func driveFiles(dr vmm.Drive) ([]*os.File, int64, error) {
+	ro, err := os.Open(dr.Path)
+	if err != nil {
+		return nil, 0, fmt.Errorf("drive %s: %w", dr.ID, err)
+	}
+	st, err := ro.Stat()
+	if err != nil || !(st.Mode().IsRegular() || st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0) {
+		ro.Close()
+		return nil, 0, fmt.Errorf("drive %s: %s is not a regular file or block device: %w", dr.ID, dr.Path, errdefs.ErrInvalid)
+	}
+	if dr.ReadOnly {
+		return []*os.File{ro}, st.Size(), nil
+	}
+	rw, err := os.OpenFile(dr.Path, os.O_RDWR, 0)
+	if err != nil {
+		ro.Close()
+		return nil, 0, fmt.Errorf("drive %s: %w", dr.ID, err)
+	}
+	return []*os.File{ro, rw}, st.Size(), nil
+}
+
+func listenUnix(path string) (*net.UnixListener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	// We remove the file ourselves; closing our listener must not.
+	l.SetUnlinkOnClose(false)
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	return l, nil
+}

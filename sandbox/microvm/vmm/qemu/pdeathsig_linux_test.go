@@ -1,0 +1,94 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cube-platform/cube/sandbox/microvm/vmm"
+)
+
+// fakeShimEnv makes the test binary act as a shim (see runFakeShim): it
+// starts the VM described by the variable's JSON, prints the VMM's pid,
+// and blocks until killed.
+const fakeShimEnv = "CUBE_QEMU_TEST_FAKE_SHIM"
+
+func init() {
+	if os.Getenv(fakeShimEnv) != "" {
+		runFakeShim()
+	}
+}
+
+func runFakeShim() {
+	var cfg vmm.Config
+	if err := json.Unmarshal([]byte(os.Getenv(fakeShimEnv)), &cfg); err != nil {
+		fmt.Println("error", err)
+		os.Exit(2)
+	}
+	d, err := New(Options{})
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(2)
+	}
+	v, err := d.StartVM(context.Background(), cfg)
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(2)
+	}
+	fmt.Println("pid", v.Pid())
+	<-v.Done()
+	os.Exit(0)
+}
+
+// TestShimDeath: SIGKILL of the VMM's owner (the shim) takes the VMM with
+// it (PR_SET_PDEATHSIG), and Cleanup then removes every leftover.
+func TestShimDeath(t *testing.T) {
+	kernel := requireVM(t)
+	cfg := testConfig(t, kernel, "hang")
+	b, _ := json.Marshal(cfg)
+	exe, _ := os.Executable()
+	shim := exec.Command(exe, "-test.run=^$")
+	shim.Env = append(os.Environ(), fakeShimEnv+"="+string(b))
+	out, _ := shim.StdoutPipe()
+	shim.Stderr = os.Stderr
+	if err := shim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { shim.Process.Kill(); shim.Wait() }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "pid ") {
+		t.Fatalf("fake shim said %q, %v", line, err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "pid ")))
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatalf("pidfd_open(%d): %v", pid, err)
+	}
+	defer unix.Close(pidfd)
+
+	shim.Process.Signal(syscall.SIGKILL)
+	shim.Wait()
+	// A pidfd becomes readable when its process ends.
+	n, err := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, int((30 * time.Second).Milliseconds()))
+	if err != nil || n != 1 {
+		t.Fatalf("vmm %d still runs 30s after its shim was killed (poll %d, %v)", pid, n, err)
+	}
+	d, _ := New(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.Cleanup(ctx, cfg); err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	removeCgroupParent(cfg.Jail.CgroupParent)
+	assertNothingLeft(t, cfg, pid)
+}
