@@ -1,0 +1,102 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Main is cmd/cube-agent's main: a container's init when RoleEnv says
+// so, else the agent as the VM's PID 1. It returns only to exit.
+func Main() int {
+	if os.Getenv(RoleEnv) == RoleContainerInit {
+		return runContainerInit()
+	}
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "cube-agent: run me as the VM's init (PID 1); the host starts VMs with it")
+		return 2
+	}
+	err := runInit()
+	// An init that returns panics the kernel; reboot instead, so that
+	// QEMU (-no-reboot) exits and the shim sees why on the console.
+	fmt.Fprintln(os.Stderr, "cube-agent: fatal:", err)
+	powerOff()
+	return 1
+}
+
+func runInit() error {
+	if err := mountBase(); err != nil {
+		return err
+	}
+	cfg := DefaultConfig()
+	a, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fctx, fcancel := context.WithTimeout(ctx, 30*time.Second)
+	dev, err := findPort(fctx, PortName)
+	fcancel()
+	if err != nil {
+		return err
+	}
+	srv, err := a.NewServer()
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- a.servePort(ctx, dev, srv) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", dev, err)
+	case <-a.Done():
+	}
+	// The Shutdown call is answered once the server is idle (its reply
+	// written), bounded in case the host stopped reading.
+	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+	srv.Shutdown(sctx)
+	scancel()
+	powerOff()
+	return errors.New("still running after reboot")
+}
+
+// mountBase mounts what an init must: /proc, /sys, /dev and friends, and
+// cgroup v2.
+func mountBase() error {
+	type m struct {
+		src, target, fstype string
+		flags               uintptr
+		data                string
+	}
+	nodev := uintptr(unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
+	for _, x := range []m{
+		{"proc", "/proc", "proc", nodev, ""},
+		{"sysfs", "/sys", "sysfs", nodev, ""},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "ptmxmode=0666,mode=0620"},
+		{"shm", "/dev/shm", "tmpfs", nodev, "mode=1777"},
+		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2", nodev, ""},
+	} {
+		if err := os.MkdirAll(x.target, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(x.src, x.target, x.fstype, x.flags, x.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount %s: %w", x.target, err)
+		}
+	}
+	return nil
+}
+
+// powerOff ends the VM: reboot(RESTART), which QEMU's -no-reboot turns
+// into an exit (without ACPI, a power-off would not end QEMU).
+func powerOff() {
+	unix.Sync()
+	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+}

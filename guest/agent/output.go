@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"sync"
+)
+
+// maxBuffered bounds what the agent holds of one stream that nobody has
+// read yet. Past it the agent stops reading the pipe: the kernel's pipe
+// buffer fills and the process blocks on write (back-pressure; nothing is
+// dropped, and memory stays bounded however slowly the host reads).
+const maxBuffered = 64 << 10
+
+// output is one process stream (stdout, stderr, or a terminal) between
+// its pipe and ReadOutput.
+type output struct {
+	mu      sync.Mutex
+	data    []byte        // protected by mu
+	eof     bool          // protected by mu
+	changed chan struct{} // closed and replaced on every change; protected by mu
+}
+
+func newOutput() *output { return &output{changed: make(chan struct{})} }
+
+// Preconditions: o.mu is held.
+func (o *output) notifyLocked() {
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+// pump copies r into the buffer until EOF or an error (a terminal whose
+// last slave closed reads EIO: that is its EOF), then closes r.
+func (o *output) pump(r io.ReadCloser) {
+	defer r.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		o.mu.Lock()
+		for len(o.data) >= maxBuffered {
+			ch := o.changed
+			o.mu.Unlock()
+			<-ch
+			o.mu.Lock()
+		}
+		room := min(len(buf), maxBuffered-len(o.data))
+		o.mu.Unlock()
+		n, err := r.Read(buf[:room])
+		o.mu.Lock()
+		if n > 0 {
+			o.data = append(o.data, buf[:n]...)
+		}
+		if err != nil {
+			o.eof = true
+		}
+		o.notifyLocked()
+		done := o.eof
+		o.mu.Unlock()
+		if done {
+			return
+		}
+	}
+}
+
+// closeEmpty marks a stream that has no pipe (stderr of a terminal) done.
+func (o *output) closeEmpty() {
+	o.mu.Lock()
+	o.eof = true
+	o.notifyLocked()
+	o.mu.Unlock()
+}
+
+// read waits for bytes or EOF and takes at most max bytes.
+func (o *output) read(ctx context.Context, max int) ([]byte, bool, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for len(o.data) == 0 && !o.eof {
+		ch := o.changed
+		o.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			o.mu.Lock()
+			return nil, false, ctx.Err()
+		}
+		o.mu.Lock()
+	}
+	n := min(max, len(o.data))
+	out := append([]byte(nil), o.data[:n]...)
+	o.data = o.data[n:]
+	if len(o.data) == 0 {
+		o.data = nil // let the backing array go
+	}
+	o.notifyLocked()
+	return out, o.eof && len(o.data) == 0, nil
+}
