@@ -32,6 +32,7 @@ const (
 	stateEnv    = "_CUBE_AGENT_TEST_STATE"
 	cgroupEnv   = "_CUBE_AGENT_TEST_CGROUP"
 	drivesEnv   = "_CUBE_AGENT_TEST_DRIVES" // serial=dev,serial=dev
+	sockEnv     = "_CUBE_AGENT_TEST_SOCK"   // more connections, for raw requests
 	testTimeout = 60 * time.Second
 )
 
@@ -101,6 +102,18 @@ func serveChild() int {
 		<-a.Done()
 		cancel()
 	}()
+	srv, err := a.NewServer()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	l, err := net.Listen("unix", os.Getenv(sockEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	go srv.Serve(ctx, l)
+	defer srv.Close()
 	if err := a.ServeConn(ctx, c); err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		return 1
@@ -195,6 +208,7 @@ type testVM struct {
 	c     *agentapi.Client
 	cmd   *exec.Cmd
 	state string
+	sock  string
 	cg    string
 	exit  chan error
 }
@@ -222,9 +236,9 @@ func startAgent(t *testing.T) *testVM {
 	}
 	host, guest := os.NewFile(uintptr(fds[0]), "host"), os.NewFile(uintptr(fds[1]), "guest")
 	defer guest.Close()
-	vm := &testVM{state: filepath.Join(tmp, "state"), cg: "cube-agent-test/" + randomID(), exit: make(chan error, 1)}
+	vm := &testVM{state: filepath.Join(tmp, "state"), sock: filepath.Join(tmp, "agent.sock"), cg: "cube-agent-test/" + randomID(), exit: make(chan error, 1)}
 	cmd := exec.Command("/proc/self/exe", "-test.run=^$")
-	cmd.Env = append(os.Environ(), serveEnv+"=1", stateEnv+"="+vm.state, cgroupEnv+"="+vm.cg, drivesEnv+"="+drives)
+	cmd.Env = append(os.Environ(), serveEnv+"=1", stateEnv+"="+vm.state, sockEnv+"="+vm.sock, cgroupEnv+"="+vm.cg, drivesEnv+"="+drives)
 	cmd.ExtraFiles = []*os.File{guest}
 	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
