@@ -137,6 +137,9 @@ func (ci *containerInit) run(r *reaper, m initMsg, files []*os.File, mainDone ch
 		}
 		pid := p.Pid
 		p.Release()
+		// It inherited the init's -1000; the OOM killer must be able to
+		// pick it (raising the score needs no privilege).
+		os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte("0"), 0)
 		ci.mu.Lock()
 		ci.procs[pid] = m.ID
 		ci.ids[m.ID] = pid

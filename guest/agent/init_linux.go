@@ -29,6 +29,9 @@ func Main() int {
 }
 
 func runInit() error {
+	if err := leaveRootfs(); err != nil {
+		return err
+	}
 	if err := mountBase(); err != nil {
 		return err
 	}
@@ -63,6 +66,30 @@ func runInit() error {
 	scancel()
 	powerOff()
 	return errors.New("still running after reboot")
+}
+
+// leaveRootfs moves the agent's root off the initramfs' rootfs onto a
+// bind mount of it. The kernel refuses pivot_root in a namespace whose
+// root mount is rootfs (it has no parent), so without this no container
+// could pivot into its root; switch_root does the same move.
+func leaveRootfs() error {
+	const nr = "/.root"
+	if err := os.MkdirAll(nr, 0o700); err != nil {
+		return err
+	}
+	if err := unix.Mount("/", nr, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind the initramfs: %w", err)
+	}
+	if err := unix.Chdir(nr); err != nil {
+		return err
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move the initramfs root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot: %w", err)
+	}
+	return unix.Chdir("/")
 }
 
 // mountBase mounts what an init must: /proc, /sys, /dev and friends, and

@@ -35,7 +35,8 @@ func findPort(ctx context.Context, name string) (string, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return "", fmt.Errorf("no virtio-serial port named %q (start QEMU with -device virtserialport,name=%s): %w", name, name, ctx.Err())
+			devs, _ := filepath.Glob("/sys/bus/virtio/devices/*")
+			return "", fmt.Errorf("no virtio-serial port named %q among %q (virtio devices %q; start QEMU with -device virtserialport,name=%s): %w", name, matches, devs, name, ctx.Err())
 		case <-tick.C:
 		}
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -195,7 +196,11 @@ func (p *process) closeStdin() error {
 		_, err := p.stdin.Write([]byte{4})
 		return err
 	}
-	return p.stdin.Close()
+	// The process may have exited (and its stdin been closed) already.
+	if err := p.stdin.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return err
+	}
+	return nil
 }
 
 func openPty() (master, slave *os.File, err error) {

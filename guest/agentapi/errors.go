@@ -64,7 +64,7 @@ func fromStatus(op string, err error) error {
 	msg := sanitize(st.Message())
 	for _, c := range classes {
 		if st.Code() == c.code {
-			return fmt.Errorf("agent %s: %w: %s", op, c.err, msg)
+			return fmt.Errorf("agent %s: %w: %s", op, c.err, strings.TrimPrefix(msg, c.err.Error()+": "))
 		}
 	}
 	return fmt.Errorf("agent %s: %s (code %d)", op, msg, uint32(st.Code()))
