@@ -278,6 +278,7 @@ func TestQEMUBoot(t *testing.T) {
 	case <-c.Done():
 		t.Fatalf("qemu still running after Shutdown; console: %s", console.String())
 	}
+	t.Logf("console:\n%s", console.String())
 	if s := console.String(); strings.Contains(s, "Kernel panic") || strings.Contains(s, "fatal") {
 		t.Errorf("console shows a failure: %s", s)
 	}
