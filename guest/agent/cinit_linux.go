@@ -44,15 +44,21 @@ func runContainerInit() int {
 		sendMsg(conn, initMsg{Op: "failed", Error: err.Error()})
 		return 1
 	}
+	sp, err := newSpawner()
+	if err != nil {
+		sendMsg(conn, initMsg{Op: "failed", Error: err.Error()})
+		return 1
+	}
 	if err := sendMsg(conn, initMsg{Op: "ready"}); err != nil {
 		return 1
 	}
-	return (&containerInit{conn: conn, procs: map[int]string{}}).serve()
+	return (&containerInit{conn: conn, procs: map[int]string{}, spawn: sp}).serve()
 }
 
 type containerInit struct {
-	conn *net.UnixConn
-	mu   sync.Mutex
+	conn  *net.UnixConn
+	spawn *spawner
+	mu    sync.Mutex
 	// procs maps a running process's pid to its id. Protected by mu.
 	procs map[int]string
 	// ids maps an id back to its pid. Protected by mu.
@@ -131,12 +137,10 @@ func (ci *containerInit) run(r *reaper, m initMsg, files []*os.File, mainDone ch
 		},
 	}
 	pid, ch, err := r.start(func() (int, error) {
-		p, err := os.StartProcess(path, m.Args, attr)
+		pid, err := ci.spawn.start(path, m.Args, attr)
 		if err != nil {
 			return 0, err
 		}
-		pid := p.Pid
-		p.Release()
 		// It inherited the init's -1000; the OOM killer must be able to
 		// pick it (raising the score needs no privilege).
 		os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte("0"), 0)

@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"net"
+	"os"
 
 	"github.com/vishvananda/netlink"
 
@@ -20,6 +21,11 @@ func (a *Agent) configureNetwork(n *agentapi.Network) error {
 	}
 	if err := netlink.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("set lo up: %w", err)
+	}
+	// Containers have no CAP_NET_RAW; ping then needs ICMP datagram
+	// sockets, which cannot spoof (as the runc backend sets it).
+	if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 2147483647"), 0); err != nil {
+		return fmt.Errorf("set ping_group_range: %w", err)
 	}
 	if n.GetIpv4Cidr() == "" {
 		return nil
