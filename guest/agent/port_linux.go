@@ -118,7 +118,7 @@ func (a *Agent) ServeConn(ctx context.Context, conn net.Conn) error {
 	}()
 	go l.offer(conn)
 	err = srv.Serve(ctx, l)
-	if errors.Is(err, net.ErrClosed) || errors.Is(err, context.Canceled) {
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, ttrpc.ErrServerClosed) {
 		return nil
 	}
 	return err

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cube-platform/cube/errdefs"
@@ -383,4 +384,62 @@ func rawConn(t *testing.T, vm *testVM) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// TestExecUser: an exec runs as the uid and gid asked, and a container
+// restart keeps what the container wrote on the writable drive.
+func TestExecUser(t *testing.T) {
+	vm := startAgent(t)
+	startSleeper(t, vm, sh("app", "echo kept >> /data; exec sleep 1000"))
+	p := agentapi.Process{Container: "app", ExecID: "id"}
+	err := vm.c.Exec(ctx(t), &agentapi.ExecRequest{Process: &agentapi.ProcessRef{Container: "app", ExecId: "id"},
+		Args: []string{"sh", "-c", "id -u; id -g; cat /data"}, Env: []string{"PATH=/bin"}, Uid: 65534, Gid: 65534})
+	if err != nil {
+		t.Fatalf("Exec: %v", err)
+	}
+	if got := readAll(t, vm, p, agentapi.Stream_STREAM_STDOUT); got != "65534\n65534\nkept\n" {
+		t.Errorf("exec as 65534 printed %q; want uid, gid and the file", got)
+	}
+	if err := vm.c.Signal(ctx(t), agentapi.Process{Container: "app"}, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.c.Wait(ctx(t), agentapi.Process{Container: "app"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.c.Start(ctx(t), "app"); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	p = agentapi.Process{Container: "app", ExecID: "cat"}
+	if err := vm.c.Exec(ctx(t), &agentapi.ExecRequest{Process: &agentapi.ProcessRef{Container: "app", ExecId: "cat"}, Args: []string{"cat", "/data"}}); err != nil {
+		t.Fatalf("Exec: %v", err)
+	}
+	if got := readAll(t, vm, p, agentapi.Stream_STREAM_STDOUT); got != "kept\nkept\n" {
+		t.Errorf("after a restart /data = %q; want both runs' lines", got)
+	}
+}
+
+// TestShutdown: Shutdown stops the containers and ends the agent as a
+// VM powering off would; nothing answers afterwards.
+func TestShutdown(t *testing.T) {
+	vm := startAgent(t)
+	startSleeper(t, vm)
+	initPid := findPid(t, "cube-init:app")
+	if err := vm.c.Shutdown(ctx(t)); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	select {
+	case err := <-vm.exit:
+		vm.exit <- err
+		if err != nil {
+			t.Errorf("agent ended with %v after Shutdown; want 0", err)
+		}
+	case <-ctx(t).Done():
+		t.Fatal("agent still running after Shutdown")
+	}
+	if err := unix.Kill(initPid, 0); err == nil {
+		t.Errorf("container init %d alive after Shutdown", initPid)
+	}
+	if _, err := vm.c.Hello(ctx(t)); err == nil {
+		t.Errorf("Hello after Shutdown succeeded; want the connection gone")
+	}
 }

@@ -1,0 +1,92 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestOutputBackPressure: a process that writes faster than anyone reads
+// is held back by its pipe once the agent holds maxBuffered bytes; the
+// agent's memory stays bounded and nothing is dropped.
+func TestOutputBackPressure(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pipeSize, err := unix.FcntlInt(w.Fd(), unix.F_GETPIPE_SZ, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total, chunk = 4 << 20, 4096
+	var written atomic.Int64
+	go func() {
+		defer w.Close()
+		b := make([]byte, chunk)
+		for i := 0; i < total/chunk; i++ {
+			for j := range b {
+				b[j] = byte(i + j)
+			}
+			n, err := w.Write(b)
+			written.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	o := newOutput()
+	go o.pump(r)
+	// Wait for the agent's buffer to fill.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		o.mu.Lock()
+		n := len(o.data)
+		o.mu.Unlock()
+		if n >= maxBuffered {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("buffer holds %d bytes after 10s; want %d", n, maxBuffered)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	bound := int64(maxBuffered + pipeSize + chunk)
+	if got := written.Load(); got > bound {
+		t.Errorf("writer got %d bytes out with nobody reading; want at most %d (buffer + pipe)", got, bound)
+	}
+	o.mu.Lock()
+	if len(o.data) > maxBuffered {
+		t.Errorf("agent holds %d bytes; want at most %d", len(o.data), maxBuffered)
+	}
+	o.mu.Unlock()
+	// Drain: every byte arrives, in order.
+	var got bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		b, eof, err := o.read(ctx, 64<<10)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		got.Write(b)
+		if eof {
+			break
+		}
+	}
+	if got.Len() != total {
+		t.Fatalf("read %d bytes; want %d", got.Len(), total)
+	}
+	data := got.Bytes()
+	for i := 0; i < total/chunk; i++ {
+		for j := 0; j < chunk; j += 511 {
+			if data[i*chunk+j] != byte(i+j) {
+				t.Fatalf("byte %d = %d; want %d", i*chunk+j, data[i*chunk+j], byte(i+j))
+			}
+		}
+	}
+}
