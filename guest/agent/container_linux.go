@@ -146,6 +146,9 @@ func (r *containerRun) listen() {
 		switch m.Op {
 		case "started", "failed":
 			if ch, ok := r.pending[m.ID]; ok {
+				if p := r.processLocked(m.ID); p != nil && m.Op == "started" && m.Pid > 0 && m.Pid <= agentapi.MaxPidsLimit {
+					p.pid, p.started = m.Pid, time.Now()
+				}
 				delete(r.pending, m.ID)
 				ch <- m
 			}
@@ -191,13 +194,20 @@ func (r *containerRun) runProcess(ctx context.Context, p *process, m initMsg) er
 		if rep.Op == "failed" {
 			return fmt.Errorf("%w: start %v: %s", errdefs.ErrInvalid, m.Args[0], agentSanitize(rep.Error))
 		}
-		p.pid = rep.Pid
-		p.started = time.Now()
 		return nil
 	case <-ctx.Done():
 		r.dropPending(m.ID)
 		return fmt.Errorf("%w: start: %w", errdefs.ErrTimeout, ctx.Err())
 	}
+}
+
+// processLocked finds a process of the run by id ("" is the main one).
+// Preconditions: r.mu is held.
+func (r *containerRun) processLocked(id string) *process {
+	if id == "" {
+		return r.main
+	}
+	return r.execs[id]
 }
 
 func (r *containerRun) dropPending(id string) {

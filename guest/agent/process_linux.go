@@ -24,11 +24,12 @@ type process struct {
 	// master is its terminal's master (nil without a TTY), for resizes.
 	master         *os.File
 	stdout, stderr *output
-	// The fields below are set once and then read-only: pid before
-	// started is closed, exit before done is closed.
+	// pid and started are set when the init reports the start.
+	// Protected by the run's mu.
 	pid     int
 	started time.Time
-	exit    *agentapi.WaitResponse
+	// exit is set once, before done is closed.
+	exit *agentapi.WaitResponse
 	done    chan struct{}
 	// pendingStatus is the main process's status as its init reported
 	// it, kept until the init is gone (hasStatus says it came).
@@ -130,13 +131,17 @@ func (p *process) closeAll() {
 }
 
 // finish records how the process ended (once) and wakes its waiters.
+// Preconditions: the run's mu is held.
 func (p *process) finish(ws syscall.WaitStatus, oom bool) {
 	select {
 	case <-p.done:
 		return
 	default:
 	}
-	r := &agentapi.WaitResponse{StartedUnixNano: p.started.UnixNano(), FinishedUnixNano: time.Now().UnixNano(), OomKilled: oom}
+	r := &agentapi.WaitResponse{FinishedUnixNano: time.Now().UnixNano(), OomKilled: oom}
+	if !p.started.IsZero() {
+		r.StartedUnixNano = p.started.UnixNano()
+	}
 	switch {
 	case ws.Exited():
 		r.ExitCode = int32(ws.ExitStatus() & 0xff)

@@ -410,7 +410,10 @@ func TestExecUser(t *testing.T) {
 		t.Fatalf("restart: %v", err)
 	}
 	p = agentapi.Process{Container: "app", ExecID: "cat"}
-	if err := vm.c.Exec(ctx(t), &agentapi.ExecRequest{Process: &agentapi.ProcessRef{Container: "app", ExecId: "cat"}, Args: []string{"cat", "/data"}}); err != nil {
+	// The new run appends its line soon after it starts; wait for it
+	// (a restart that lost the first run's line never gets to two).
+	wait := "while [ $(wc -l < /data) -lt 2 ]; do sleep 0.05; done; cat /data"
+	if err := vm.c.Exec(ctx(t), &agentapi.ExecRequest{Process: &agentapi.ProcessRef{Container: "app", ExecId: "cat"}, Args: []string{"sh", "-c", wait}, Env: []string{"PATH=/bin"}}); err != nil {
 		t.Fatalf("Exec: %v", err)
 	}
 	if got := readAll(t, vm, p, agentapi.Stream_STREAM_STDOUT); got != "kept\nkept\n" {

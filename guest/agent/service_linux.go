@@ -128,7 +128,10 @@ func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agent
 		unix.Kill(run.initPid, unix.SIGKILL)
 		return nil, err
 	}
-	return &agentapi.StartResponse{Pid: int32(main.pid)}, nil
+	run.mu.Lock()
+	pid := main.pid
+	run.mu.Unlock()
+	return &agentapi.StartResponse{Pid: int32(pid)}, nil
 }
 
 // find resolves a process reference.
@@ -178,12 +181,15 @@ func (s *service) Signal(ctx context.Context, req *agentapi.SignalRequest) (*age
 		return nil, fmt.Errorf("%w: the process has exited", errdefs.ErrNotFound)
 	}
 	if req.GetSignal() == int32(syscall.SIGKILL) && req.GetProcess().GetExecId() == "" {
-		// The init too: SIGKILL of the container is the container's end,
-		// whatever its processes do.
-		unix.Kill(run.initPid, unix.SIGKILL)
+		// Kill the init: SIGKILL of the container is its end, whatever
+		// its processes do (the kernel kills the rest of its namespace).
+		if err := unix.Kill(run.initPid, unix.SIGKILL); err != nil && err != unix.ESRCH {
+			return nil, fmt.Errorf("kill the container: %w", err)
+		}
+		return &agentapi.Empty{}, nil
 	}
 	if err := sendMsg(run.conn, initMsg{Op: "signal", ID: p.id, Signal: int(req.GetSignal())}); err != nil {
-		return nil, fmt.Errorf("%w: signal: %w", errdefs.ErrNotFound, err)
+		return nil, fmt.Errorf("%w: the container has exited: %w", errdefs.ErrNotFound, err)
 	}
 	return &agentapi.Empty{}, nil
 }
@@ -340,7 +346,6 @@ func (s *service) State(ctx context.Context, _ *agentapi.Empty) (*agentapi.State
 		for _, p := range run.execs {
 			procs = append(procs, p)
 		}
-		run.mu.Unlock()
 		for _, p := range procs {
 			ps := &agentapi.ProcessState{Process: &agentapi.ProcessRef{Container: name, ExecId: p.id}, Pid: int32(p.pid), Status: agentapi.Status_STATUS_RUNNING}
 			if !p.running() {
@@ -348,6 +353,7 @@ func (s *service) State(ctx context.Context, _ *agentapi.Empty) (*agentapi.State
 			}
 			resp.Processes = append(resp.Processes, ps)
 		}
+		run.mu.Unlock()
 	}
 	return resp, nil
 }
