@@ -446,3 +446,33 @@ func TestShutdown(t *testing.T) {
 		t.Errorf("Hello after Shutdown succeeded; want the connection gone")
 	}
 }
+
+// TestPidsLimit: Setup's pids limit bounds every process of the sandbox
+// together: a fork loop in an exec hits it, and the agent stays up.
+func TestPidsLimit(t *testing.T) {
+	vm := startAgent(t)
+	setup := baseSetup(sh("app", "exec sleep 1000"))
+	setup.PidsLimit = 48
+	if err := vm.c.Setup(ctx(t), setup); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	if _, err := vm.c.Start(ctx(t), "app"); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	p := agentapi.Process{Container: "app", ExecID: "forks"}
+	script := "i=0; while [ $i -lt 100 ]; do sleep 1000 >/dev/null 2>&1 & i=$((i+1)); done; echo started-all"
+	if err := vm.c.Exec(ctx(t), &agentapi.ExecRequest{Process: &agentapi.ProcessRef{Container: "app", ExecId: "forks"}, Args: []string{"sh", "-c", script}, Env: []string{"PATH=/bin"}}); err != nil {
+		t.Fatalf("Exec: %v", err)
+	}
+	stdout := readAll(t, vm, p, agentapi.Stream_STREAM_STDOUT)
+	stderr := readAll(t, vm, p, agentapi.Stream_STREAM_STDERR)
+	if strings.Contains(stdout, "started-all") || !strings.Contains(stderr, "fork") {
+		t.Errorf("100 forks under pids.max 48: stdout %q, stderr %q; want fork failures", stdout, stderr)
+	}
+	if err := vm.c.Signal(ctx(t), agentapi.Process{Container: "app"}, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.c.Hello(ctx(t)); err != nil {
+		t.Errorf("Hello after the fork loop: %v", err)
+	}
+}
