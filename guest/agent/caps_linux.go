@@ -38,8 +38,8 @@ type spawnReq struct {
 }
 
 type spawnResult struct {
-	pid int
-	err error
+	proc *os.Process
+	err  error
 }
 
 func newSpawner() (*spawner, error) {
@@ -52,13 +52,7 @@ func newSpawner() (*spawner, error) {
 		ready <- narrowThread()
 		for r := range s.reqs {
 			p, err := os.StartProcess(r.path, r.args, r.attr)
-			if err != nil {
-				r.done <- spawnResult{err: err}
-				continue
-			}
-			pid := p.Pid
-			p.Release()
-			r.done <- spawnResult{pid: pid}
+			r.done <- spawnResult{proc: p, err: err}
 		}
 	}()
 	if err := <-ready; err != nil {
@@ -96,9 +90,9 @@ func lastCap() uintptr {
 }
 
 // start runs a process from the narrowed thread.
-func (s *spawner) start(path string, args []string, attr *os.ProcAttr) (int, error) {
+func (s *spawner) start(path string, args []string, attr *os.ProcAttr) (*os.Process, error) {
 	done := make(chan spawnResult, 1)
 	s.reqs <- spawnReq{path: path, args: args, attr: attr, done: done}
 	r := <-done
-	return r.pid, r.err
+	return r.proc, r.err
 }

@@ -61,12 +61,13 @@ type containerInit struct {
 	mu    sync.Mutex
 	// procs maps a running process's pid to its id. Protected by mu.
 	procs map[int]string
-	// ids maps an id back to its pid. Protected by mu.
-	ids map[string]int
+	// ids maps an id to its process: signals go through its handle (a
+	// pidfd), never to a pid that may have been reused. Protected by mu.
+	ids map[string]*os.Process
 }
 
 func (ci *containerInit) serve() int {
-	ci.ids = map[string]int{}
+	ci.ids = map[string]*os.Process{}
 	r := newReaper(true)
 	// Exits reach the agent in the order they were reaped; the main
 	// process's ends the init (and, with it, every process left in the
@@ -87,10 +88,10 @@ func (ci *containerInit) serve() int {
 			case "signal":
 				closeFiles(files)
 				ci.mu.Lock()
-				pid, ok := ci.ids[m.ID]
+				p, ok := ci.ids[m.ID]
 				ci.mu.Unlock()
 				if ok && m.Signal > 0 && m.Signal <= 64 {
-					unix.Kill(pid, syscall.Signal(m.Signal))
+					p.Signal(syscall.Signal(m.Signal))
 				}
 			default:
 				closeFiles(files)
@@ -137,16 +138,17 @@ func (ci *containerInit) run(r *reaper, m initMsg, files []*os.File, mainDone ch
 		},
 	}
 	pid, ch, err := r.start(func() (int, error) {
-		pid, err := ci.spawn.start(path, m.Args, attr)
+		proc, err := ci.spawn.start(path, m.Args, attr)
 		if err != nil {
 			return 0, err
 		}
+		pid := proc.Pid
 		// It inherited the init's -1000; the OOM killer must be able to
 		// pick it (raising the score needs no privilege).
 		os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte("0"), 0)
 		ci.mu.Lock()
 		ci.procs[pid] = m.ID
-		ci.ids[m.ID] = pid
+		ci.ids[m.ID] = proc
 		ci.mu.Unlock()
 		return pid, nil
 	})
@@ -159,6 +161,9 @@ func (ci *containerInit) run(r *reaper, m initMsg, files []*os.File, mainDone ch
 		ws := <-ch
 		ci.mu.Lock()
 		delete(ci.procs, pid)
+		if p := ci.ids[m.ID]; p != nil {
+			p.Release()
+		}
 		delete(ci.ids, m.ID)
 		ci.mu.Unlock()
 		sendMsg(ci.conn, initMsg{Op: "exited", ID: m.ID, Status: int(ws)})

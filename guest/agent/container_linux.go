@@ -32,7 +32,9 @@ type container struct {
 // containerRun is one start of a container: its init, its main process
 // and its execs.
 type containerRun struct {
-	conn    *net.UnixConn
+	conn *net.UnixConn
+	// init is the container init's handle; initPid its pid, for logs.
+	init    *os.Process
 	initPid int
 	cg      cgroup
 
@@ -77,22 +79,27 @@ func (a *Agent) startInit(name string, cg cgroup, cfg initConfig) (*containerRun
 			Pdeathsig:  syscall.SIGKILL,
 		},
 	}
-	pid, exited, err := a.reaper.start(func() (int, error) {
+	// The handle (a pidfd) is kept for signals: the pid alone could name
+	// another process once the init is reaped. The reaper, not the
+	// handle, waits for it.
+	var proc *os.Process
+	_, exited, err := a.reaper.start(func() (int, error) {
 		p, err := os.StartProcess(a.cfg.Executable, []string{"cube-init:" + name}, attr)
 		if err != nil {
 			return 0, err
 		}
-		pid := p.Pid
-		p.Release()
-		return pid, nil
+		proc = p
+		return p.Pid, nil
 	})
 	if err != nil {
 		conn.Close()
 		return nil, nil, fmt.Errorf("start the init of container %q: %w", name, err)
 	}
+	pid := proc.Pid
 	fail := func(err error) (*containerRun, <-chan syscall.WaitStatus, error) {
-		unix.Kill(pid, unix.SIGKILL)
+		proc.Signal(unix.SIGKILL)
 		<-exited
+		proc.Release()
 		conn.Close()
 		return nil, nil, fmt.Errorf("container %q: %w", name, err)
 	}
@@ -115,7 +122,7 @@ func (a *Agent) startInit(name string, cg cgroup, cfg initConfig) (*containerRun
 		return fail(fmt.Errorf("init failed: %s", agentSanitize(m.Error)))
 	}
 	conn.SetReadDeadline(time.Time{})
-	return &containerRun{conn: conn, initPid: pid, cg: cg, execs: map[string]*process{}, pending: map[string]chan initMsg{}}, exited, nil
+	return &containerRun{conn: conn, init: proc, initPid: pid, cg: cg, execs: map[string]*process{}, pending: map[string]chan initMsg{}}, exited, nil
 }
 
 // agentSanitize bounds an error string from a container init.
@@ -241,4 +248,14 @@ func (r *containerRun) reaped(ws syscall.WaitStatus) {
 	}
 	r.mu.Unlock()
 	r.conn.Close()
+	r.init.Release()
+}
+
+// kill ends the run: SIGKILL to its init (the kernel kills what is left
+// of its PID namespace). Killing a run already over is not an error.
+func (r *containerRun) kill() error {
+	if err := r.init.Signal(unix.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) && r.alive() {
+		return err
+	}
+	return nil
 }

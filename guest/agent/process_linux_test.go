@@ -393,7 +393,7 @@ func TestExecUser(t *testing.T) {
 	startSleeper(t, vm, sh("app", "echo kept >> /data; exec sleep 1000"))
 	p := agentapi.Process{Container: "app", ExecID: "id"}
 	err := vm.c.Exec(ctx(t), &agentapi.ExecRequest{Process: &agentapi.ProcessRef{Container: "app", ExecId: "id"},
-		Args: []string{"sh", "-c", "id -u; id -g; cat /data"}, Env: []string{"PATH=/bin"}, Uid: 65534, Gid: 65534})
+		Args: []string{"sh", "-c", "id -u; id -g; while [ ! -s /data ]; do sleep 0.05; done; cat /data"}, Env: []string{"PATH=/bin"}, Uid: 65534, Gid: 65534})
 	if err != nil {
 		t.Fatalf("Exec: %v", err)
 	}

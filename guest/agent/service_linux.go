@@ -125,7 +125,7 @@ func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agent
 		UID: spec.GetUid(), GID: spec.GetGid(), Groups: spec.GetAdditionalGids(), TTY: spec.GetTty(),
 	})
 	if err != nil {
-		unix.Kill(run.initPid, unix.SIGKILL)
+		run.kill()
 		return nil, err
 	}
 	run.mu.Lock()
@@ -183,7 +183,7 @@ func (s *service) Signal(ctx context.Context, req *agentapi.SignalRequest) (*age
 	if req.GetSignal() == int32(syscall.SIGKILL) && req.GetProcess().GetExecId() == "" {
 		// Kill the init: SIGKILL of the container is its end, whatever
 		// its processes do (the kernel kills the rest of its namespace).
-		if err := unix.Kill(run.initPid, unix.SIGKILL); err != nil && err != unix.ESRCH {
+		if err := run.kill(); err != nil {
 			return nil, fmt.Errorf("kill the container: %w", err)
 		}
 		return &agentapi.Empty{}, nil
@@ -382,7 +382,7 @@ func (s *service) Shutdown(ctx context.Context, _ *agentapi.Empty) (*agentapi.Em
 	wctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	for _, r := range runs {
-		unix.Kill(r.initPid, unix.SIGKILL)
+		r.kill()
 	}
 	for _, r := range runs {
 		select {
