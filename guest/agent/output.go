@@ -2,8 +2,11 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sync"
+
+	"github.com/cube-platform/cube/errdefs"
 )
 
 // maxBuffered bounds what the agent holds of one stream that nobody has
@@ -15,7 +18,10 @@ const maxBuffered = 64 << 10
 // output is one process stream (stdout, stderr, or a terminal) between
 // its pipe and ReadOutput.
 type output struct {
-	mu      sync.Mutex
+	mu sync.Mutex
+	// base is the stream offset of data[0]: the host has acknowledged
+	// every byte before it. Protected by mu.
+	base    uint64
 	data    []byte        // protected by mu
 	eof     bool          // protected by mu
 	changed chan struct{} // closed and replaced on every change; protected by mu
@@ -69,10 +75,23 @@ func (o *output) closeEmpty() {
 	o.mu.Unlock()
 }
 
-// read waits for bytes or EOF and takes at most max bytes.
-func (o *output) read(ctx context.Context, max int) ([]byte, bool, error) {
+// read acknowledges the bytes before offset (they are dropped), waits
+// for bytes past it or EOF, and returns at most max of them, keeping
+// them until a later read acknowledges them.
+func (o *output) read(ctx context.Context, offset uint64, max int) ([]byte, bool, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if offset < o.base || offset-o.base > uint64(len(o.data)) {
+		return nil, false, fmt.Errorf("%w: offset %d is outside the unacknowledged bytes [%d, %d]", errdefs.ErrInvalid, offset, o.base, o.base+uint64(len(o.data)))
+	}
+	if n := int(offset - o.base); n > 0 {
+		o.data = o.data[n:]
+		o.base = offset
+		if len(o.data) == 0 {
+			o.data = nil // let the backing array go
+		}
+		o.notifyLocked()
+	}
 	for len(o.data) == 0 && !o.eof {
 		ch := o.changed
 		o.mu.Unlock()
@@ -85,11 +104,5 @@ func (o *output) read(ctx context.Context, max int) ([]byte, bool, error) {
 		o.mu.Lock()
 	}
 	n := min(max, len(o.data))
-	out := append([]byte(nil), o.data[:n]...)
-	o.data = o.data[n:]
-	if len(o.data) == 0 {
-		o.data = nil // let the backing array go
-	}
-	o.notifyLocked()
-	return out, o.eof && len(o.data) == 0, nil
+	return append([]byte(nil), o.data[:n]...), o.eof && n == len(o.data), nil
 }

@@ -69,7 +69,7 @@ func TestOutputBackPressure(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for {
-		b, eof, err := o.read(ctx, 64<<10)
+		b, eof, err := o.read(ctx, uint64(got.Len()), 64<<10)
 		if err != nil {
 			t.Fatalf("read: %v", err)
 		}
@@ -88,5 +88,50 @@ func TestOutputBackPressure(t *testing.T) {
 				t.Fatalf("byte %d = %d; want %d", i*chunk+j, data[i*chunk+j], byte(i+j))
 			}
 		}
+	}
+}
+
+// TestOutputReread: an answer the host lost (a read it timed out on) is
+// given again at the same offset; acknowledged bytes are gone, and an
+// offset outside what the agent holds is refused.
+func TestOutputReread(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := newOutput()
+	go o.pump(r)
+	w.Write([]byte("hello"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	first, _, err := o.read(ctx, 0, 64)
+	if err != nil || len(first) == 0 {
+		t.Fatalf("read(0) = %q, %v", first, err)
+	}
+	again, _, err := o.read(ctx, 0, 64)
+	if err != nil || string(again) != string(first) {
+		t.Fatalf("read(0) again = %q, %v; want %q", again, err, first)
+	}
+	if _, _, err := o.read(ctx, uint64(len(first))+1, 64); err == nil {
+		t.Errorf("read past the held bytes succeeded; want an error")
+	}
+	w.Write([]byte(" world"))
+	w.Close()
+	var got []byte = append([]byte(nil), first...)
+	for {
+		b, eof, err := o.read(ctx, uint64(len(got)), 64)
+		if err != nil {
+			t.Fatalf("read(%d): %v", len(got), err)
+		}
+		got = append(got, b...)
+		if eof {
+			break
+		}
+	}
+	if string(got) != "hello world" {
+		t.Errorf("stream = %q; want %q", got, "hello world")
+	}
+	if _, _, err := o.read(ctx, 0, 64); err == nil {
+		t.Errorf("read(0) after offset 11 was acknowledged succeeded; want an error")
 	}
 }

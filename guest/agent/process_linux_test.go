@@ -91,7 +91,7 @@ func TestExecTTY(t *testing.T) {
 	readUntil := func(want string) {
 		t.Helper()
 		for !strings.Contains(out.String(), want) {
-			b, err := vm.c.ReadOutput(ctx(t), p, agentapi.Stream_STREAM_STDOUT, 0)
+			b, err := vm.c.ReadOutput(ctx(t), p, agentapi.Stream_STREAM_STDOUT, uint64(out.Len()), 0)
 			if err != nil {
 				t.Fatalf("ReadOutput: %v (so far %q; want %q)", err, out.String(), want)
 			}
@@ -115,7 +115,7 @@ func TestExecTTY(t *testing.T) {
 	if st, err := vm.c.Wait(ctx(t), p); err != nil || st.Code != 0 {
 		t.Errorf("Wait(tty exec) = %+v, %v; want exit 0", st, err)
 	}
-	if b, err := vm.c.ReadOutput(ctx(t), p, agentapi.Stream_STREAM_STDERR, 0); err != io.EOF {
+	if b, err := vm.c.ReadOutput(ctx(t), p, agentapi.Stream_STREAM_STDERR, 0, 0); err != io.EOF {
 		t.Errorf("stderr of a tty exec = %q, %v; want EOF", b, err)
 	}
 }

@@ -245,7 +245,7 @@ func TestQEMUBoot(t *testing.T) {
 	p := agentapi.Process{Container: "app"}
 	var out strings.Builder
 	for !strings.Contains(out.String(), "data\n") {
-		b, err := vm.c.ReadOutput(c, p, agentapi.Stream_STREAM_STDOUT, 0)
+		b, err := vm.c.ReadOutput(c, p, agentapi.Stream_STREAM_STDOUT, uint64(out.Len()), 0)
 		if err != nil {
 			t.Fatalf("ReadOutput: %v (so far %q); console: %s", err, out.String(), console.String())
 		}

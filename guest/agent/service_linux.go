@@ -296,9 +296,12 @@ func (s *service) ReadOutput(ctx context.Context, req *agentapi.ReadOutputReques
 	if req.GetStream() == agentapi.Stream_STREAM_STDERR {
 		o = p.stderr
 	}
-	data, eof, err := o.read(ctx, int(req.GetMaxBytes()))
+	data, eof, err := o.read(ctx, req.GetOffset(), int(req.GetMaxBytes()))
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("%w: read output: %w", errdefs.ErrTimeout, ctx.Err())
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: read output: %w", errdefs.ErrTimeout, err)
+		return nil, err
 	}
 	return &agentapi.ReadOutputResponse{Data: data, Eof: eof}, nil
 }

@@ -1289,10 +1289,12 @@ func (x *WriteStdinResponse) GetWritten() uint32 {
 }
 
 type ReadOutputRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Process       *ProcessRef            `protobuf:"bytes,1,opt,name=process,proto3" json:"process,omitempty"`
-	Stream        Stream                 `protobuf:"varint,2,opt,name=stream,proto3,enum=cube.agent.v1.Stream" json:"stream,omitempty"`
-	MaxBytes      uint32                 `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Process  *ProcessRef            `protobuf:"bytes,1,opt,name=process,proto3" json:"process,omitempty"`
+	Stream   Stream                 `protobuf:"varint,2,opt,name=stream,proto3,enum=cube.agent.v1.Stream" json:"stream,omitempty"`
+	MaxBytes uint32                 `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	// The bytes of the stream the host has received so far.
+	Offset        uint64 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1348,10 +1350,19 @@ func (x *ReadOutputRequest) GetMaxBytes() uint32 {
 	return 0
 }
 
+func (x *ReadOutputRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
 type ReadOutputResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
-	Eof           bool                   `protobuf:"varint,2,opt,name=eof,proto3" json:"eof,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stream's bytes from the request's offset on.
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// No byte of the stream lies past data.
+	Eof           bool `protobuf:"varint,2,opt,name=eof,proto3" json:"eof,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1665,11 +1676,12 @@ const file_agent_proto_rawDesc = "" +
 	"\aprocess\x18\x01 \x01(\v2\x19.cube.agent.v1.ProcessRefR\aprocess\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\".\n" +
 	"\x12WriteStdinResponse\x12\x18\n" +
-	"\awritten\x18\x01 \x01(\rR\awritten\"\x94\x01\n" +
+	"\awritten\x18\x01 \x01(\rR\awritten\"\xac\x01\n" +
 	"\x11ReadOutputRequest\x123\n" +
 	"\aprocess\x18\x01 \x01(\v2\x19.cube.agent.v1.ProcessRefR\aprocess\x12-\n" +
 	"\x06stream\x18\x02 \x01(\x0e2\x15.cube.agent.v1.StreamR\x06stream\x12\x1b\n" +
-	"\tmax_bytes\x18\x03 \x01(\rR\bmaxBytes\":\n" +
+	"\tmax_bytes\x18\x03 \x01(\rR\bmaxBytes\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\x04R\x06offset\":\n" +
 	"\x12ReadOutputResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x10\n" +
 	"\x03eof\x18\x02 \x01(\bR\x03eof\"o\n" +

@@ -231,13 +231,16 @@ func (c *Client) CloseStdin(ctx context.Context, p Process) error {
 	return fromStatus("close stdin", err)
 }
 
-// ReadOutput blocks until p's stream has bytes or is at EOF, and returns
-// at most max of them (io.EOF once the stream is done and drained).
-func (c *Client) ReadOutput(ctx context.Context, p Process, s Stream, max int) ([]byte, error) {
+// ReadOutput blocks until p's stream has bytes past offset (the bytes
+// the caller already has) or is at EOF, and returns at most max of them
+// (io.EOF once the stream is done and drained). Asking again with the
+// same offset returns the same bytes: an answer lost to ctx's end loses
+// nothing.
+func (c *Client) ReadOutput(ctx context.Context, p Process, s Stream, offset uint64, max int) ([]byte, error) {
 	if max <= 0 || max > MaxChunk {
 		max = MaxChunk
 	}
-	req := &ReadOutputRequest{Process: p.ref(), Stream: s, MaxBytes: uint32(max)}
+	req := &ReadOutputRequest{Process: p.ref(), Stream: s, MaxBytes: uint32(max), Offset: offset}
 	if err := req.Validate(); err != nil {
 		return nil, fmt.Errorf("agent read output: %w", err)
 	}
@@ -257,13 +260,23 @@ func (c *Client) ReadOutput(ctx context.Context, p Process, s Stream, max int) (
 	return r.GetData(), nil
 }
 
-// CopyOutput copies p's stream to w until EOF, an error or ctx's end.
+// readPoll bounds one ReadOutput of CopyOutput: a quiet stream is asked
+// again (at the same offset) rather than waited on forever.
+const readPoll = 10 * time.Second
+
+// CopyOutput copies p's stream to w until EOF, an error or ctx's end,
+// and returns how many bytes it copied.
 func (c *Client) CopyOutput(ctx context.Context, p Process, s Stream, w io.Writer) (int64, error) {
 	var n int64
 	for {
-		b, err := c.ReadOutput(ctx, p, s, MaxChunk)
+		rctx, cancel := context.WithTimeout(ctx, readPoll)
+		b, err := c.ReadOutput(rctx, p, s, uint64(n), MaxChunk)
+		cancel()
 		if err == io.EOF {
 			return n, nil
+		}
+		if errors.Is(err, errdefs.ErrTimeout) && ctx.Err() == nil {
+			continue
 		}
 		if err != nil {
 			return n, err

@@ -82,7 +82,7 @@ func call(t *testing.T, op byte, b []byte) {
 			t.Errorf("Wait returned %+v", st)
 		}
 	case 2:
-		data, err := c.ReadOutput(ctx, p, Stream_STREAM_STDOUT, 100)
+		data, err := c.ReadOutput(ctx, p, Stream_STREAM_STDOUT, 0, 100)
 		if err == nil && (len(data) == 0 || len(data) > 100) {
 			t.Errorf("ReadOutput(max 100) returned %d bytes", len(data))
 		}
