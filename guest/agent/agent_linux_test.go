@@ -122,3 +122,28 @@ func TestUndeclaredRefused(t *testing.T) {
 		t.Errorf("Wait = %+v, %v; want killed by SIGKILL", st, err)
 	}
 }
+
+// TestTwoContainers: two containers of one VM reach each other on
+// localhost (one network namespace) and each has its own filesystem.
+func TestTwoContainers(t *testing.T) {
+	vm := startAgent(t)
+	server := sh("server", "touch /only-server; echo hi-from-server | nc -l -p 8080")
+	client := sh("client", "test -e /only-server && echo shared-fs; until nc 127.0.0.1 8080 </dev/null; do sleep 0.05; done")
+	if err := vm.c.Setup(ctx(t), baseSetup(server, client)); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	for _, n := range []string{"server", "client"} {
+		if _, err := vm.c.Start(ctx(t), n); err != nil {
+			t.Fatalf("Start(%s): %v", n, err)
+		}
+	}
+	got := readAll(t, vm, agentapi.Process{Container: "client"}, agentapi.Stream_STREAM_STDOUT)
+	if got != "hi-from-server\n" {
+		t.Errorf("client printed %q; want the server's line over localhost and no shared file", got)
+	}
+	for _, n := range []string{"server", "client"} {
+		if st, err := vm.c.Wait(ctx(t), agentapi.Process{Container: n}); err != nil || st.Code != 0 {
+			t.Errorf("Wait(%s) = %+v, %v; want exit 0", n, st, err)
+		}
+	}
+}

@@ -626,8 +626,11 @@ type ContainerSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The serial of the image drive holding its root filesystem.
-	ImageDrive     string   `protobuf:"bytes,2,opt,name=image_drive,json=imageDrive,proto3" json:"image_drive,omitempty"`
-	Args           []string `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`
+	ImageDrive string `protobuf:"bytes,2,opt,name=image_drive,json=imageDrive,proto3" json:"image_drive,omitempty"`
+	// The command, resolved in the container's PATH (from env) when
+	// args[0] has no slash.
+	Args []string `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`
+	// The whole environment; nothing is inherited from the agent.
 	Env            []string `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`
 	Cwd            string   `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`
 	Uid            uint32   `protobuf:"varint,6,opt,name=uid,proto3" json:"uid,omitempty"`
@@ -1077,17 +1080,19 @@ func (x *SignalRequest) GetSignal() int32 {
 }
 
 type ExecRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Process       *ProcessRef            `protobuf:"bytes,1,opt,name=process,proto3" json:"process,omitempty"`
-	Args          []string               `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
-	Env           []string               `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty"`
-	Cwd           string                 `protobuf:"bytes,4,opt,name=cwd,proto3" json:"cwd,omitempty"`
-	Uid           uint32                 `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           uint32                 `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"`
-	Tty           bool                   `protobuf:"varint,7,opt,name=tty,proto3" json:"tty,omitempty"`
-	Stdin         bool                   `protobuf:"varint,8,opt,name=stdin,proto3" json:"stdin,omitempty"`
-	Rows          uint32                 `protobuf:"varint,9,opt,name=rows,proto3" json:"rows,omitempty"`
-	Cols          uint32                 `protobuf:"varint,10,opt,name=cols,proto3" json:"cols,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Process *ProcessRef            `protobuf:"bytes,1,opt,name=process,proto3" json:"process,omitempty"`
+	Args    []string               `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
+	// The process's whole environment: the host merges the container's
+	// (as the runc backend does); nothing is inherited.
+	Env           []string `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty"`
+	Cwd           string   `protobuf:"bytes,4,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Uid           uint32   `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32   `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"`
+	Tty           bool     `protobuf:"varint,7,opt,name=tty,proto3" json:"tty,omitempty"`
+	Stdin         bool     `protobuf:"varint,8,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	Rows          uint32   `protobuf:"varint,9,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32   `protobuf:"varint,10,opt,name=cols,proto3" json:"cols,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
