@@ -168,7 +168,13 @@ func (ci *containerInit) run(r *reaper, m initMsg, files []*os.File, mainDone ch
 		ci.mu.Unlock()
 		sendMsg(ci.conn, initMsg{Op: "exited", ID: m.ID, Status: int(ws)})
 		if m.ID == "" {
-			mainDone <- 0
+			// The init's own status says how the main process ended too,
+			// should its report be lost.
+			code := ws.ExitStatus()
+			if ws.Signaled() {
+				code = 128 + int(ws.Signal())
+			}
+			mainDone <- code & 0xff
 		}
 	}()
 }

@@ -118,8 +118,28 @@ func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agent
 	}
 	run.main = main
 	c.run = run
-	go run.listen()
-	go func() { run.reaped(<-exited) }()
+	// The init's last reports (its main process's exit) are read before
+	// the run is closed: the reaper can see the init gone before the
+	// listener has read them.
+	listened := make(chan struct{})
+	go func() {
+		run.listen()
+		close(listened)
+	}()
+	go func() {
+		ws := <-exited
+		// The init's end of the socket closed with it; should anything
+		// else still hold it, stop listening after a bound.
+		t := time.NewTimer(5 * time.Second)
+		select {
+		case <-listened:
+		case <-t.C:
+			run.conn.Close()
+			<-listened
+		}
+		t.Stop()
+		run.reaped(ws)
+	}()
 	err = run.runProcess(ctx, main, initMsg{
 		ID: "", Args: spec.GetArgs(), Env: spec.GetEnv(), Cwd: spec.GetCwd(),
 		UID: spec.GetUid(), GID: spec.GetGid(), Groups: spec.GetAdditionalGids(), TTY: spec.GetTty(),
