@@ -251,6 +251,27 @@ func (r *containerRun) reaped(ws syscall.WaitStatus) {
 	r.init.Release()
 }
 
+// abandonOutput lets go of the output of a run a new Start replaced: no
+// one can name its processes any more.
+func (r *containerRun) abandonOutput() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range append([]*process{r.main}, mapValues(r.execs)...) {
+		if p != nil {
+			p.stdout.abandon()
+			p.stderr.abandon()
+		}
+	}
+}
+
+func mapValues(m map[string]*process) []*process {
+	out := make([]*process, 0, len(m))
+	for _, p := range m {
+		out = append(out, p)
+	}
+	return out
+}
+
 // kill ends the run: SIGKILL to its init (the kernel kills what is left
 // of its PID namespace). Killing a run already over is not an error.
 func (r *containerRun) kill() error {

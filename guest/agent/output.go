@@ -24,6 +24,9 @@ type output struct {
 	base    uint64
 	data    []byte        // protected by mu
 	eof     bool          // protected by mu
+	// abandoned: nobody will read again (the process's run was
+	// replaced); the pump drains and drops. Protected by mu.
+	abandoned bool
 	changed chan struct{} // closed and replaced on every change; protected by mu
 }
 
@@ -42,11 +45,14 @@ func (o *output) pump(r io.ReadCloser) {
 	buf := make([]byte, 32<<10)
 	for {
 		o.mu.Lock()
-		for len(o.data) >= maxBuffered {
+		for len(o.data) >= maxBuffered && !o.abandoned {
 			ch := o.changed
 			o.mu.Unlock()
 			<-ch
 			o.mu.Lock()
+		}
+		if o.abandoned {
+			o.data = nil
 		}
 		room := min(len(buf), maxBuffered-len(o.data))
 		o.mu.Unlock()
@@ -65,6 +71,17 @@ func (o *output) pump(r io.ReadCloser) {
 			return
 		}
 	}
+}
+
+// abandon drops what the stream holds and will hold: its reader is gone
+// for good. The pump keeps draining the pipe (so the writer never blocks
+// on a reader that will not come) until EOF.
+func (o *output) abandon() {
+	o.mu.Lock()
+	o.abandoned = true
+	o.data = nil
+	o.notifyLocked()
+	o.mu.Unlock()
 }
 
 // closeEmpty marks a stream that has no pipe (stderr of a terminal) done.

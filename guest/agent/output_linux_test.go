@@ -135,3 +135,40 @@ func TestOutputReread(t *testing.T) {
 		t.Errorf("read(0) after offset 11 was acknowledged succeeded; want an error")
 	}
 }
+
+// TestOutputAbandoned: once a stream's run is replaced, nobody reads it
+// again: the agent drains and drops it, so its writer is not blocked
+// forever and the agent holds nothing.
+func TestOutputAbandoned(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := newOutput()
+	pumped := make(chan struct{})
+	go func() {
+		o.pump(r)
+		close(pumped)
+	}()
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := w.Write(make([]byte, 4*maxBuffered))
+		w.Close()
+		wrote <- err
+	}()
+	o.abandon()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer of an abandoned stream is still blocked after 10s")
+	}
+	<-pumped
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.data) > 32<<10 {
+		t.Errorf("an abandoned stream holds %d bytes", len(o.data))
+	}
+}

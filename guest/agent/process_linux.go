@@ -155,6 +155,10 @@ func (p *process) finish(ws syscall.WaitStatus, oom bool) {
 	if p.stdin != nil && p.stdin != p.master {
 		p.stdin.Close()
 	}
+	if p.master != nil {
+		// The pump reads its own duplicate until the terminal drains.
+		p.master.Close()
+	}
 	close(p.done)
 }
 

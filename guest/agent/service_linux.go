@@ -117,6 +117,9 @@ func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agent
 		return nil, err
 	}
 	run.main = main
+	if old := c.run; old != nil {
+		old.abandonOutput()
+	}
 	c.run = run
 	// The init's last reports (its main process's exit) are read before
 	// the run is closed: the reaper can see the init gone before the
