@@ -262,6 +262,16 @@ func TestQEMUBoot(t *testing.T) {
 	if _, err := vm.c.CopyOutput(c, e, agentapi.Stream_STREAM_STDOUT, &eout); err != nil || eout.String() != info.KernelRelease+"\n" {
 		t.Errorf("exec uname -r = %q, %v; want %q", eout.String(), err, info.KernelRelease)
 	}
+	// What a container's init costs its memory limit (logged: the VM's
+	// size counts it).
+	rss := agentapi.Process{Container: "app", ExecID: "rss"}
+	if err := vm.c.Exec(c, &agentapi.ExecRequest{Process: &agentapi.ProcessRef{Container: "app", ExecId: "rss"}, Args: []string{"grep", "-E", "VmRSS|RssAnon", "/proc/1/status"}}); err != nil {
+		t.Fatalf("Exec: %v", err)
+	}
+	var rout strings.Builder
+	vm.c.CopyOutput(c, rss, agentapi.Stream_STREAM_STDOUT, &rout)
+	t.Logf("container init: %s", strings.Join(strings.Fields(rout.String()), " "))
+
 	// cgroup v2 in the guest: memory.max holds and memory.events counts
 	// the OOM kill.
 	if _, err := vm.c.Start(c, "oom"); err != nil {
