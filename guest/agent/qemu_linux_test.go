@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -107,6 +108,8 @@ func testInitrd(t testing.TB) string {
 
 // qemuVM is a booted guest.
 type qemuVM struct {
+	sock    string
+	qmp     string
 	cmd     *exec.Cmd
 	c       *agentapi.Client
 	console *strings.Builder
@@ -128,10 +131,18 @@ func (l *lockedBuilder) Write(p []byte) (int, error) {
 // bootQEMU starts QEMU microvm (TCG) with the agent port and, when given,
 // the drives (serial -> image file), and connects to the port.
 func bootQEMU(t testing.TB, kernel string, drives map[string]string) (*qemuVM, *lockedBuilder) {
+	return bootQEMUWith(t, kernel, drives, true)
+}
+
+// bootQEMUWith connects to the agent socket at once when dial, else
+// leaves vm.c nil and the QMP socket at vm.qmp.
+func bootQEMUWith(t testing.TB, kernel string, drives map[string]string, dial bool) (*qemuVM, *lockedBuilder) {
 	t.Helper()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "agent.sock")
+	qmp := filepath.Join(dir, "qmp.sock")
 	args := []string{
+		"-qmp", "unix:" + qmp + ",server=on,wait=off",
 		"-M", "microvm,x-option-roms=off,isa-serial=on,pit=on,pic=on,rtc=on,acpi=off",
 		"-accel", "tcg", "-cpu", "max", "-m", "256M", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -158,7 +169,7 @@ func bootQEMU(t testing.TB, kernel string, drives map[string]string) (*qemuVM, *
 	console := &lockedBuilder{}
 	cmd := exec.Command("qemu-system-x86_64", args...)
 	cmd.Stdout, cmd.Stderr = console, console
-	vm := &qemuVM{cmd: cmd, exited: make(chan error, 1), start: time.Now()}
+	vm := &qemuVM{sock: sock, qmp: qmp, cmd: cmd, exited: make(chan error, 1), start: time.Now()}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -174,10 +185,18 @@ func bootQEMU(t testing.TB, kernel string, drives map[string]string) (*qemuVM, *
 	// there (or QEMU is gone), within a deadline.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		if !dial {
+			if _, err := os.Stat(qmp); err == nil {
+				return vm, console
+			}
+		}
 		conn, err := net.Dial("unix", sock)
-		if err == nil {
+		if dial && err == nil {
 			vm.c = agentapi.NewClient(conn)
 			return vm, console
+		}
+		if conn != nil {
+			conn.Close()
 		}
 		select {
 		case err := <-vm.exited:
@@ -336,4 +355,97 @@ func cmdline() string {
 		return s
 	}
 	return guestCmdline
+}
+
+// TestQEMULateHost: the guest's agent opens its port before the host has
+// connected (it reads EOF and reopens); a host that connects only then is
+// served.
+func TestQEMULateHost(t *testing.T) {
+	kernel := requireQEMU(t)
+	vm, console := bootQEMUWith(t, kernel, nil, false)
+	c, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	// QEMU tells, over QMP, when the guest has the port open.
+	if err := waitFrontendOpen(c, vm.qmp, "agent"); err != nil {
+		t.Fatalf("the guest never opened the agent port: %v; console: %s", err, console.String())
+	}
+	conn, err := net.Dial("unix", vm.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm.c = agentapi.NewClient(conn)
+	if _, err := vm.c.Hello(c); err != nil {
+		t.Fatalf("Hello from a late host: %v; console: %s", err, console.String())
+	}
+	if err := vm.c.Shutdown(c); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// waitFrontendOpen polls QMP's query-chardev until chardev id reports
+// frontend-open (the guest opened its port) or ctx ends.
+func waitFrontendOpen(ctx context.Context, qmpPath, id string) error {
+	conn, err := net.Dial("unix", qmpPath)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	dec := json.NewDecoder(conn)
+	var greeting map[string]any
+	if err := dec.Decode(&greeting); err != nil {
+		return fmt.Errorf("qmp greeting: %w", err)
+	}
+	cmd := func(name string) (json.RawMessage, error) {
+		if _, err := fmt.Fprintf(conn, `{"execute":%q}`+"\n", name); err != nil {
+			return nil, err
+		}
+		for {
+			var r struct {
+				Return json.RawMessage `json:"return"`
+				Error  any             `json:"error"`
+				Event  string          `json:"event"`
+			}
+			if err := dec.Decode(&r); err != nil {
+				return nil, err
+			}
+			if r.Event != "" {
+				continue
+			}
+			if r.Error != nil {
+				return nil, fmt.Errorf("qmp %s: %v", name, r.Error)
+			}
+			return r.Return, nil
+		}
+	}
+	if _, err := cmd("qmp_capabilities"); err != nil {
+		return err
+	}
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		raw, err := cmd("query-chardev")
+		if err != nil {
+			return err
+		}
+		var devs []struct {
+			Label        string `json:"label"`
+			FrontendOpen bool   `json:"frontend-open"`
+		}
+		if err := json.Unmarshal(raw, &devs); err != nil {
+			return err
+		}
+		for _, d := range devs {
+			if d.Label == id && d.FrontendOpen {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
