@@ -126,10 +126,25 @@ func TestSignal(t *testing.T) {
 	vm := startAgent(t)
 	startSleeper(t, vm)
 	p := agentapi.Process{Container: "app"}
+	// Wait blocks in the agent while other calls go on (ttRPC serves
+	// calls concurrently): a Wait made first sees the signal's effect.
+	type waited struct {
+		st  agentapi.ExitStatus
+		err error
+	}
+	wc := make(chan waited, 1)
+	go func() {
+		st, err := vm.c.Wait(ctx(t), p)
+		wc <- waited{st, err}
+	}()
+	if _, err := vm.c.State(ctx(t)); err != nil {
+		t.Fatalf("State: %v", err)
+	}
 	if err := vm.c.Signal(ctx(t), p, syscall.SIGTERM); err != nil {
 		t.Fatalf("Signal: %v", err)
 	}
-	st, err := vm.c.Wait(ctx(t), p)
+	w := <-wc
+	st, err := w.st, w.err
 	if err != nil || st.Signal != syscall.SIGTERM || st.Code != 128+15 {
 		t.Fatalf("Wait = %+v, %v; want ended by SIGTERM (143)", st, err)
 	}

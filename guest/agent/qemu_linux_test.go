@@ -255,12 +255,15 @@ func TestQEMUBoot(t *testing.T) {
 	oom.MemoryBytes = 32 << 20
 	setup := baseSetup(sh("app", "uname -r; cat /proc/1/cmdline; echo; echo data > /written; cat /written; exec sleep 1000"), oom)
 	setup.Network = nil
+	t0 := time.Now()
 	if err := vm.c.Setup(c, setup); err != nil {
 		t.Fatalf("Setup: %v; console: %s", err, console.String())
 	}
+	t1 := time.Now()
 	if _, err := vm.c.Start(c, "app"); err != nil {
 		t.Fatalf("Start: %v; console: %s", err, console.String())
 	}
+	t.Logf("Setup took %v, Start %v", t1.Sub(t0), time.Since(t1))
 	p := agentapi.Process{Container: "app"}
 	var out strings.Builder
 	for !strings.Contains(out.String(), "data\n") {
