@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -141,9 +142,17 @@ func TestTwoContainers(t *testing.T) {
 	if got != "hi-from-server\n" {
 		t.Errorf("client printed %q; want the server's line over localhost and no shared file", got)
 	}
-	for _, n := range []string{"server", "client"} {
-		if st, err := vm.c.Wait(ctx(t), agentapi.Process{Container: n}); err != nil || st.Code != 0 {
-			t.Errorf("Wait(%s) = %+v, %v; want exit 0", n, st, err)
+	// One WaitAny at a time, over the processes still running, sees both.
+	left := []agentapi.Process{{Container: "server"}, {Container: "client"}}
+	for len(left) > 0 {
+		p, st, err := vm.c.WaitAny(ctx(t), left...)
+		if err != nil || st.Code != 0 {
+			t.Fatalf("WaitAny(%v) = %v, %+v, %v; want an exit 0", left, p, st, err)
+		}
+		n := len(left)
+		left = slices.DeleteFunc(left, func(q agentapi.Process) bool { return q == p })
+		if len(left) != n-1 {
+			t.Fatalf("WaitAny returned %v, not one of those asked", p)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"syscall"
 	"time"
 
@@ -190,6 +191,40 @@ func (s *service) Wait(ctx context.Context, req *agentapi.WaitRequest) (*agentap
 		return nil, err
 	}
 	return p.wait(ctx)
+}
+
+func (s *service) WaitAny(ctx context.Context, req *agentapi.WaitAnyRequest) (*agentapi.WaitAnyResponse, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	procs := make([]*process, len(req.GetProcesses()))
+	for i, ref := range req.GetProcesses() {
+		_, p, err := s.a.find(ref)
+		if err != nil {
+			return nil, err
+		}
+		procs[i] = p
+	}
+	answer := func(i int) *agentapi.WaitAnyResponse {
+		ref := req.GetProcesses()[i]
+		return &agentapi.WaitAnyResponse{Process: &agentapi.ProcessRef{Container: ref.GetContainer(), ExecId: ref.GetExecId()}, Exit: procs[i].exit}
+	}
+	// The first that has exited, in the request's order.
+	for i, p := range procs {
+		if !p.running() {
+			return answer(i), nil
+		}
+	}
+	cases := make([]reflect.SelectCase, 0, len(procs)+1)
+	for _, p := range procs {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(p.done)})
+	}
+	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())})
+	i, _, _ := reflect.Select(cases)
+	if i == len(procs) {
+		return nil, fmt.Errorf("%w: wait: %w", errdefs.ErrTimeout, ctx.Err())
+	}
+	return answer(i), nil
 }
 
 func (s *service) Signal(ctx context.Context, req *agentapi.SignalRequest) (*agentapi.Empty, error) {

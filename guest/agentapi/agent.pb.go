@@ -1027,6 +1027,102 @@ func (x *WaitResponse) GetFinishedUnixNano() int64 {
 	return 0
 }
 
+type WaitAnyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Processes     []*ProcessRef          `protobuf:"bytes,1,rep,name=processes,proto3" json:"processes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitAnyRequest) Reset() {
+	*x = WaitAnyRequest{}
+	mi := &file_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitAnyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitAnyRequest) ProtoMessage() {}
+
+func (x *WaitAnyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitAnyRequest.ProtoReflect.Descriptor instead.
+func (*WaitAnyRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WaitAnyRequest) GetProcesses() []*ProcessRef {
+	if x != nil {
+		return x.Processes
+	}
+	return nil
+}
+
+type WaitAnyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Process       *ProcessRef            `protobuf:"bytes,1,opt,name=process,proto3" json:"process,omitempty"`
+	Exit          *WaitResponse          `protobuf:"bytes,2,opt,name=exit,proto3" json:"exit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitAnyResponse) Reset() {
+	*x = WaitAnyResponse{}
+	mi := &file_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitAnyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitAnyResponse) ProtoMessage() {}
+
+func (x *WaitAnyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitAnyResponse.ProtoReflect.Descriptor instead.
+func (*WaitAnyResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WaitAnyResponse) GetProcess() *ProcessRef {
+	if x != nil {
+		return x.Process
+	}
+	return nil
+}
+
+func (x *WaitAnyResponse) GetExit() *WaitResponse {
+	if x != nil {
+		return x.Exit
+	}
+	return nil
+}
+
 type SignalRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Process       *ProcessRef            `protobuf:"bytes,1,opt,name=process,proto3" json:"process,omitempty"`
@@ -1037,7 +1133,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1145,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1158,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SignalRequest) GetProcess() *ProcessRef {
@@ -1099,7 +1195,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1207,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1220,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExecRequest) GetProcess() *ProcessRef {
@@ -1207,7 +1303,7 @@ type WriteStdinRequest struct {
 
 func (x *WriteStdinRequest) Reset() {
 	*x = WriteStdinRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1315,7 @@ func (x *WriteStdinRequest) String() string {
 func (*WriteStdinRequest) ProtoMessage() {}
 
 func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1328,7 @@ func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinRequest.ProtoReflect.Descriptor instead.
 func (*WriteStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WriteStdinRequest) GetProcess() *ProcessRef {
@@ -1258,7 +1354,7 @@ type WriteStdinResponse struct {
 
 func (x *WriteStdinResponse) Reset() {
 	*x = WriteStdinResponse{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1366,7 @@ func (x *WriteStdinResponse) String() string {
 func (*WriteStdinResponse) ProtoMessage() {}
 
 func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1379,7 @@ func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinResponse.ProtoReflect.Descriptor instead.
 func (*WriteStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WriteStdinResponse) GetWritten() uint32 {
@@ -1306,7 +1402,7 @@ type ReadOutputRequest struct {
 
 func (x *ReadOutputRequest) Reset() {
 	*x = ReadOutputRequest{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1414,7 @@ func (x *ReadOutputRequest) String() string {
 func (*ReadOutputRequest) ProtoMessage() {}
 
 func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1427,7 @@ func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOutputRequest.ProtoReflect.Descriptor instead.
 func (*ReadOutputRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReadOutputRequest) GetProcess() *ProcessRef {
@@ -1374,7 +1470,7 @@ type ReadOutputResponse struct {
 
 func (x *ReadOutputResponse) Reset() {
 	*x = ReadOutputResponse{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1482,7 @@ func (x *ReadOutputResponse) String() string {
 func (*ReadOutputResponse) ProtoMessage() {}
 
 func (x *ReadOutputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1495,7 @@ func (x *ReadOutputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOutputResponse.ProtoReflect.Descriptor instead.
 func (*ReadOutputResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReadOutputResponse) GetData() []byte {
@@ -1427,7 +1523,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1439,7 +1535,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1452,7 +1548,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ResizePtyRequest) GetProcess() *ProcessRef {
@@ -1488,7 +1584,7 @@ type ProcessState struct {
 
 func (x *ProcessState) Reset() {
 	*x = ProcessState{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1596,7 @@ func (x *ProcessState) String() string {
 func (*ProcessState) ProtoMessage() {}
 
 func (x *ProcessState) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1609,7 @@ func (x *ProcessState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessState.ProtoReflect.Descriptor instead.
 func (*ProcessState) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ProcessState) GetProcess() *ProcessRef {
@@ -1553,7 +1649,7 @@ type StateResponse struct {
 
 func (x *StateResponse) Reset() {
 	*x = StateResponse{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +1661,7 @@ func (x *StateResponse) String() string {
 func (*StateResponse) ProtoMessage() {}
 
 func (x *StateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +1674,7 @@ func (x *StateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateResponse.ProtoReflect.Descriptor instead.
 func (*StateResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StateResponse) GetProcesses() []*ProcessState {
@@ -1661,7 +1757,12 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"oom_killed\x18\x03 \x01(\bR\toomKilled\x12*\n" +
 	"\x11started_unix_nano\x18\x04 \x01(\x03R\x0fstartedUnixNano\x12,\n" +
-	"\x12finished_unix_nano\x18\x05 \x01(\x03R\x10finishedUnixNano\"\\\n" +
+	"\x12finished_unix_nano\x18\x05 \x01(\x03R\x10finishedUnixNano\"I\n" +
+	"\x0eWaitAnyRequest\x127\n" +
+	"\tprocesses\x18\x01 \x03(\v2\x19.cube.agent.v1.ProcessRefR\tprocesses\"w\n" +
+	"\x0fWaitAnyResponse\x123\n" +
+	"\aprocess\x18\x01 \x01(\v2\x19.cube.agent.v1.ProcessRefR\aprocess\x12/\n" +
+	"\x04exit\x18\x02 \x01(\v2\x1b.cube.agent.v1.WaitResponseR\x04exit\"\\\n" +
 	"\rSignalRequest\x123\n" +
 	"\aprocess\x18\x01 \x01(\v2\x19.cube.agent.v1.ProcessRefR\aprocess\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\"\xee\x01\n" +
@@ -1713,12 +1814,13 @@ const file_agent_proto_rawDesc = "" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eSTATUS_CREATED\x10\x01\x12\x12\n" +
 	"\x0eSTATUS_RUNNING\x10\x02\x12\x11\n" +
-	"\rSTATUS_EXITED\x10\x032\xa2\x06\n" +
+	"\rSTATUS_EXITED\x10\x032\xec\x06\n" +
 	"\x05Agent\x12B\n" +
 	"\x05Hello\x12\x1b.cube.agent.v1.HelloRequest\x1a\x1c.cube.agent.v1.HelloResponse\x12:\n" +
 	"\x05Setup\x12\x1b.cube.agent.v1.SetupRequest\x1a\x14.cube.agent.v1.Empty\x12B\n" +
 	"\x05Start\x12\x1b.cube.agent.v1.StartRequest\x1a\x1c.cube.agent.v1.StartResponse\x12?\n" +
-	"\x04Wait\x12\x1a.cube.agent.v1.WaitRequest\x1a\x1b.cube.agent.v1.WaitResponse\x12<\n" +
+	"\x04Wait\x12\x1a.cube.agent.v1.WaitRequest\x1a\x1b.cube.agent.v1.WaitResponse\x12H\n" +
+	"\aWaitAny\x12\x1d.cube.agent.v1.WaitAnyRequest\x1a\x1e.cube.agent.v1.WaitAnyResponse\x12<\n" +
 	"\x06Signal\x12\x1c.cube.agent.v1.SignalRequest\x1a\x14.cube.agent.v1.Empty\x128\n" +
 	"\x04Exec\x12\x1a.cube.agent.v1.ExecRequest\x1a\x14.cube.agent.v1.Empty\x12Q\n" +
 	"\n" +
@@ -1744,7 +1846,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_agent_proto_goTypes = []any{
 	(DriveRole)(0),             // 0: cube.agent.v1.DriveRole
 	(Stream)(0),                // 1: cube.agent.v1.Stream
@@ -1762,15 +1864,17 @@ var file_agent_proto_goTypes = []any{
 	(*ProcessRef)(nil),         // 13: cube.agent.v1.ProcessRef
 	(*WaitRequest)(nil),        // 14: cube.agent.v1.WaitRequest
 	(*WaitResponse)(nil),       // 15: cube.agent.v1.WaitResponse
-	(*SignalRequest)(nil),      // 16: cube.agent.v1.SignalRequest
-	(*ExecRequest)(nil),        // 17: cube.agent.v1.ExecRequest
-	(*WriteStdinRequest)(nil),  // 18: cube.agent.v1.WriteStdinRequest
-	(*WriteStdinResponse)(nil), // 19: cube.agent.v1.WriteStdinResponse
-	(*ReadOutputRequest)(nil),  // 20: cube.agent.v1.ReadOutputRequest
-	(*ReadOutputResponse)(nil), // 21: cube.agent.v1.ReadOutputResponse
-	(*ResizePtyRequest)(nil),   // 22: cube.agent.v1.ResizePtyRequest
-	(*ProcessState)(nil),       // 23: cube.agent.v1.ProcessState
-	(*StateResponse)(nil),      // 24: cube.agent.v1.StateResponse
+	(*WaitAnyRequest)(nil),     // 16: cube.agent.v1.WaitAnyRequest
+	(*WaitAnyResponse)(nil),    // 17: cube.agent.v1.WaitAnyResponse
+	(*SignalRequest)(nil),      // 18: cube.agent.v1.SignalRequest
+	(*ExecRequest)(nil),        // 19: cube.agent.v1.ExecRequest
+	(*WriteStdinRequest)(nil),  // 20: cube.agent.v1.WriteStdinRequest
+	(*WriteStdinResponse)(nil), // 21: cube.agent.v1.WriteStdinResponse
+	(*ReadOutputRequest)(nil),  // 22: cube.agent.v1.ReadOutputRequest
+	(*ReadOutputResponse)(nil), // 23: cube.agent.v1.ReadOutputResponse
+	(*ResizePtyRequest)(nil),   // 24: cube.agent.v1.ResizePtyRequest
+	(*ProcessState)(nil),       // 25: cube.agent.v1.ProcessState
+	(*StateResponse)(nil),      // 26: cube.agent.v1.StateResponse
 }
 var file_agent_proto_depIdxs = []int32{
 	7,  // 0: cube.agent.v1.SetupRequest.network:type_name -> cube.agent.v1.Network
@@ -1779,45 +1883,50 @@ var file_agent_proto_depIdxs = []int32{
 	8,  // 3: cube.agent.v1.Network.routes:type_name -> cube.agent.v1.Route
 	0,  // 4: cube.agent.v1.Drive.role:type_name -> cube.agent.v1.DriveRole
 	13, // 5: cube.agent.v1.WaitRequest.process:type_name -> cube.agent.v1.ProcessRef
-	13, // 6: cube.agent.v1.SignalRequest.process:type_name -> cube.agent.v1.ProcessRef
-	13, // 7: cube.agent.v1.ExecRequest.process:type_name -> cube.agent.v1.ProcessRef
-	13, // 8: cube.agent.v1.WriteStdinRequest.process:type_name -> cube.agent.v1.ProcessRef
-	13, // 9: cube.agent.v1.ReadOutputRequest.process:type_name -> cube.agent.v1.ProcessRef
-	1,  // 10: cube.agent.v1.ReadOutputRequest.stream:type_name -> cube.agent.v1.Stream
-	13, // 11: cube.agent.v1.ResizePtyRequest.process:type_name -> cube.agent.v1.ProcessRef
-	13, // 12: cube.agent.v1.ProcessState.process:type_name -> cube.agent.v1.ProcessRef
-	2,  // 13: cube.agent.v1.ProcessState.status:type_name -> cube.agent.v1.Status
-	15, // 14: cube.agent.v1.ProcessState.exit:type_name -> cube.agent.v1.WaitResponse
-	23, // 15: cube.agent.v1.StateResponse.processes:type_name -> cube.agent.v1.ProcessState
-	4,  // 16: cube.agent.v1.Agent.Hello:input_type -> cube.agent.v1.HelloRequest
-	6,  // 17: cube.agent.v1.Agent.Setup:input_type -> cube.agent.v1.SetupRequest
-	11, // 18: cube.agent.v1.Agent.Start:input_type -> cube.agent.v1.StartRequest
-	14, // 19: cube.agent.v1.Agent.Wait:input_type -> cube.agent.v1.WaitRequest
-	16, // 20: cube.agent.v1.Agent.Signal:input_type -> cube.agent.v1.SignalRequest
-	17, // 21: cube.agent.v1.Agent.Exec:input_type -> cube.agent.v1.ExecRequest
-	18, // 22: cube.agent.v1.Agent.WriteStdin:input_type -> cube.agent.v1.WriteStdinRequest
-	13, // 23: cube.agent.v1.Agent.CloseStdin:input_type -> cube.agent.v1.ProcessRef
-	20, // 24: cube.agent.v1.Agent.ReadOutput:input_type -> cube.agent.v1.ReadOutputRequest
-	22, // 25: cube.agent.v1.Agent.ResizePty:input_type -> cube.agent.v1.ResizePtyRequest
-	3,  // 26: cube.agent.v1.Agent.State:input_type -> cube.agent.v1.Empty
-	3,  // 27: cube.agent.v1.Agent.Shutdown:input_type -> cube.agent.v1.Empty
-	5,  // 28: cube.agent.v1.Agent.Hello:output_type -> cube.agent.v1.HelloResponse
-	3,  // 29: cube.agent.v1.Agent.Setup:output_type -> cube.agent.v1.Empty
-	12, // 30: cube.agent.v1.Agent.Start:output_type -> cube.agent.v1.StartResponse
-	15, // 31: cube.agent.v1.Agent.Wait:output_type -> cube.agent.v1.WaitResponse
-	3,  // 32: cube.agent.v1.Agent.Signal:output_type -> cube.agent.v1.Empty
-	3,  // 33: cube.agent.v1.Agent.Exec:output_type -> cube.agent.v1.Empty
-	19, // 34: cube.agent.v1.Agent.WriteStdin:output_type -> cube.agent.v1.WriteStdinResponse
-	3,  // 35: cube.agent.v1.Agent.CloseStdin:output_type -> cube.agent.v1.Empty
-	21, // 36: cube.agent.v1.Agent.ReadOutput:output_type -> cube.agent.v1.ReadOutputResponse
-	3,  // 37: cube.agent.v1.Agent.ResizePty:output_type -> cube.agent.v1.Empty
-	24, // 38: cube.agent.v1.Agent.State:output_type -> cube.agent.v1.StateResponse
-	3,  // 39: cube.agent.v1.Agent.Shutdown:output_type -> cube.agent.v1.Empty
-	28, // [28:40] is the sub-list for method output_type
-	16, // [16:28] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	13, // 6: cube.agent.v1.WaitAnyRequest.processes:type_name -> cube.agent.v1.ProcessRef
+	13, // 7: cube.agent.v1.WaitAnyResponse.process:type_name -> cube.agent.v1.ProcessRef
+	15, // 8: cube.agent.v1.WaitAnyResponse.exit:type_name -> cube.agent.v1.WaitResponse
+	13, // 9: cube.agent.v1.SignalRequest.process:type_name -> cube.agent.v1.ProcessRef
+	13, // 10: cube.agent.v1.ExecRequest.process:type_name -> cube.agent.v1.ProcessRef
+	13, // 11: cube.agent.v1.WriteStdinRequest.process:type_name -> cube.agent.v1.ProcessRef
+	13, // 12: cube.agent.v1.ReadOutputRequest.process:type_name -> cube.agent.v1.ProcessRef
+	1,  // 13: cube.agent.v1.ReadOutputRequest.stream:type_name -> cube.agent.v1.Stream
+	13, // 14: cube.agent.v1.ResizePtyRequest.process:type_name -> cube.agent.v1.ProcessRef
+	13, // 15: cube.agent.v1.ProcessState.process:type_name -> cube.agent.v1.ProcessRef
+	2,  // 16: cube.agent.v1.ProcessState.status:type_name -> cube.agent.v1.Status
+	15, // 17: cube.agent.v1.ProcessState.exit:type_name -> cube.agent.v1.WaitResponse
+	25, // 18: cube.agent.v1.StateResponse.processes:type_name -> cube.agent.v1.ProcessState
+	4,  // 19: cube.agent.v1.Agent.Hello:input_type -> cube.agent.v1.HelloRequest
+	6,  // 20: cube.agent.v1.Agent.Setup:input_type -> cube.agent.v1.SetupRequest
+	11, // 21: cube.agent.v1.Agent.Start:input_type -> cube.agent.v1.StartRequest
+	14, // 22: cube.agent.v1.Agent.Wait:input_type -> cube.agent.v1.WaitRequest
+	16, // 23: cube.agent.v1.Agent.WaitAny:input_type -> cube.agent.v1.WaitAnyRequest
+	18, // 24: cube.agent.v1.Agent.Signal:input_type -> cube.agent.v1.SignalRequest
+	19, // 25: cube.agent.v1.Agent.Exec:input_type -> cube.agent.v1.ExecRequest
+	20, // 26: cube.agent.v1.Agent.WriteStdin:input_type -> cube.agent.v1.WriteStdinRequest
+	13, // 27: cube.agent.v1.Agent.CloseStdin:input_type -> cube.agent.v1.ProcessRef
+	22, // 28: cube.agent.v1.Agent.ReadOutput:input_type -> cube.agent.v1.ReadOutputRequest
+	24, // 29: cube.agent.v1.Agent.ResizePty:input_type -> cube.agent.v1.ResizePtyRequest
+	3,  // 30: cube.agent.v1.Agent.State:input_type -> cube.agent.v1.Empty
+	3,  // 31: cube.agent.v1.Agent.Shutdown:input_type -> cube.agent.v1.Empty
+	5,  // 32: cube.agent.v1.Agent.Hello:output_type -> cube.agent.v1.HelloResponse
+	3,  // 33: cube.agent.v1.Agent.Setup:output_type -> cube.agent.v1.Empty
+	12, // 34: cube.agent.v1.Agent.Start:output_type -> cube.agent.v1.StartResponse
+	15, // 35: cube.agent.v1.Agent.Wait:output_type -> cube.agent.v1.WaitResponse
+	17, // 36: cube.agent.v1.Agent.WaitAny:output_type -> cube.agent.v1.WaitAnyResponse
+	3,  // 37: cube.agent.v1.Agent.Signal:output_type -> cube.agent.v1.Empty
+	3,  // 38: cube.agent.v1.Agent.Exec:output_type -> cube.agent.v1.Empty
+	21, // 39: cube.agent.v1.Agent.WriteStdin:output_type -> cube.agent.v1.WriteStdinResponse
+	3,  // 40: cube.agent.v1.Agent.CloseStdin:output_type -> cube.agent.v1.Empty
+	23, // 41: cube.agent.v1.Agent.ReadOutput:output_type -> cube.agent.v1.ReadOutputResponse
+	3,  // 42: cube.agent.v1.Agent.ResizePty:output_type -> cube.agent.v1.Empty
+	26, // 43: cube.agent.v1.Agent.State:output_type -> cube.agent.v1.StateResponse
+	3,  // 44: cube.agent.v1.Agent.Shutdown:output_type -> cube.agent.v1.Empty
+	32, // [32:45] is the sub-list for method output_type
+	19, // [19:32] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -1831,7 +1940,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

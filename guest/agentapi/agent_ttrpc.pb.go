@@ -12,6 +12,7 @@ type AgentService interface {
 	Setup(context.Context, *SetupRequest) (*Empty, error)
 	Start(context.Context, *StartRequest) (*StartResponse, error)
 	Wait(context.Context, *WaitRequest) (*WaitResponse, error)
+	WaitAny(context.Context, *WaitAnyRequest) (*WaitAnyResponse, error)
 	Signal(context.Context, *SignalRequest) (*Empty, error)
 	Exec(context.Context, *ExecRequest) (*Empty, error)
 	WriteStdin(context.Context, *WriteStdinRequest) (*WriteStdinResponse, error)
@@ -52,6 +53,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.Wait(ctx, &req)
+			},
+			"WaitAny": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req WaitAnyRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.WaitAny(ctx, &req)
 			},
 			"Signal": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req SignalRequest
@@ -150,6 +158,14 @@ func (c *agentClient) Start(ctx context.Context, req *StartRequest) (*StartRespo
 func (c *agentClient) Wait(ctx context.Context, req *WaitRequest) (*WaitResponse, error) {
 	var resp WaitResponse
 	if err := c.client.Call(ctx, "cube.agent.v1.Agent", "Wait", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) WaitAny(ctx context.Context, req *WaitAnyRequest) (*WaitAnyResponse, error) {
+	var resp WaitAnyResponse
+	if err := c.client.Call(ctx, "cube.agent.v1.Agent", "WaitAny", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -152,6 +152,35 @@ func (c *Client) Wait(ctx context.Context, p Process) (ExitStatus, error) {
 	return exitStatus("wait", r)
 }
 
+// WaitAny blocks until one of ps has exited (or ctx ends) and returns
+// which one and how it ended.
+func (c *Client) WaitAny(ctx context.Context, ps ...Process) (Process, ExitStatus, error) {
+	req := &WaitAnyRequest{}
+	for _, p := range ps {
+		req.Processes = append(req.Processes, p.ref())
+	}
+	if err := req.Validate(); err != nil {
+		return Process{}, ExitStatus{}, fmt.Errorf("agent wait any: %w", err)
+	}
+	r, err := c.svc.WaitAny(ctx, req)
+	if err != nil {
+		return Process{}, ExitStatus{}, fromStatus("wait any", err)
+	}
+	got := Process{Container: r.GetProcess().GetContainer(), ExecID: r.GetProcess().GetExecId()}
+	found := false
+	for _, p := range ps {
+		found = found || p == got
+	}
+	if !found {
+		return Process{}, ExitStatus{}, malformed("wait any", "process %q/%q was not asked for", clip(got.Container), clip(got.ExecID))
+	}
+	st, err := exitStatus("wait any", r.GetExit())
+	if err != nil {
+		return Process{}, ExitStatus{}, err
+	}
+	return got, st, nil
+}
+
 func exitStatus(op string, r *WaitResponse) (ExitStatus, error) {
 	if r.GetExitCode() < 0 || r.GetExitCode() > 255 {
 		return ExitStatus{}, malformed(op, "exit code %d", r.GetExitCode())

@@ -286,6 +286,27 @@ func (r *ExecRequest) Validate() error {
 	return nil
 }
 
+// Validate checks a WaitAny request: 1 to MaxContainers*(1+MaxExecs)
+// valid, distinct processes.
+func (r *WaitAnyRequest) Validate() error {
+	n := len(r.GetProcesses())
+	if n == 0 || n > MaxContainers*(1+MaxExecs) {
+		return invalid("%d processes to wait for, want 1 to %d", n, MaxContainers*(1+MaxExecs))
+	}
+	seen := map[[2]string]bool{}
+	for _, p := range r.GetProcesses() {
+		if err := p.Validate(); err != nil {
+			return err
+		}
+		k := [2]string{p.GetContainer(), p.GetExecId()}
+		if seen[k] {
+			return invalid("process %s/%s named twice", k[0], k[1])
+		}
+		seen[k] = true
+	}
+	return nil
+}
+
 // Validate checks a signal request.
 func (r *SignalRequest) Validate() error {
 	if err := r.GetProcess().Validate(); err != nil {
