@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -54,6 +55,39 @@ type portAddr string
 
 func (a portAddr) Network() string { return "virtio-serial" }
 func (a portAddr) String() string  { return string(a) }
+
+// hostPoll is how often a port with no host connected is read again. The
+// guest learns of a host only by its read no longer ending at EOF (poll
+// says POLLHUP until then), so this is a poll of that condition.
+const hostPoll = 5 * time.Millisecond
+
+// Read reads the port. A read while no host is connected ends at EOF;
+// the port is not closed then but read again until the host is there:
+// closing it would discard what the host sent in the meantime (the
+// virtio console driver drops a port's unread data on release).
+func (c *portConn) Read(p []byte) (int, error) {
+	var t *time.Timer
+	for {
+		n, err := c.File.Read(p)
+		if n > 0 || err != io.EOF {
+			if t != nil {
+				t.Stop()
+			}
+			return n, err
+		}
+		if t == nil {
+			t = time.NewTimer(hostPoll)
+		} else {
+			t.Reset(hostPoll)
+		}
+		select {
+		case <-c.closed:
+			t.Stop()
+			return 0, net.ErrClosed
+		case <-t.C:
+		}
+	}
+}
 
 func (c *portConn) LocalAddr() net.Addr  { return portAddr(c.Name()) }
 func (c *portConn) RemoteAddr() net.Addr { return portAddr("host") }
@@ -124,18 +158,14 @@ func (a *Agent) ServeConn(ctx context.Context, conn net.Conn) error {
 	return err
 }
 
-// servePort serves on the virtio-serial port: a read of the port while
-// the host is not connected is EOF, so each time the server drops the
-// connection the port is reopened, until ctx ends.
+// servePort serves on the virtio-serial port until ctx ends. The port
+// stays open across the host's absence (see portConn.Read); should the
+// server drop it on an error, it is opened again.
 func (a *Agent) servePort(ctx context.Context, dev string, srv *ttrpc.Server) error {
 	l := newConnListener()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ctx, l) }()
 	defer l.Close()
-	// The retry after a hang-up backs off: a port with no host reads
-	// EOF at once.
-	backoff := time.NewTimer(0)
-	defer backoff.Stop()
 	for {
 		f, err := os.OpenFile(dev, os.O_RDWR, 0)
 		if err != nil {
@@ -146,23 +176,12 @@ func (a *Agent) servePort(ctx context.Context, dev string, srv *ttrpc.Server) er
 			c.Close()
 			return <-errc
 		}
-		opened := time.Now()
 		select {
 		case <-c.closed:
 		case <-ctx.Done():
 			return ctx.Err()
 		case err := <-errc:
 			return err
-		}
-		wait := time.Duration(0)
-		if time.Since(opened) < 100*time.Millisecond {
-			wait = 20 * time.Millisecond
-		}
-		backoff.Reset(wait)
-		select {
-		case <-backoff.C:
-		case <-ctx.Done():
-			return ctx.Err()
 		}
 	}
 }

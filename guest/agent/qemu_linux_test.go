@@ -388,9 +388,18 @@ func TestQEMULateHost(t *testing.T) {
 // waitFrontendOpen polls QMP's query-chardev until chardev id reports
 // frontend-open (the guest opened its port) or ctx ends.
 func waitFrontendOpen(ctx context.Context, qmpPath, id string) error {
-	conn, err := net.Dial("unix", qmpPath)
-	if err != nil {
-		return err
+	// QEMU makes the socket file before it listens on it.
+	var conn net.Conn
+	for {
+		var err error
+		if conn, err = net.Dial("unix", qmpPath); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("dial qmp: %w", err)
+		case <-time.After(time.Millisecond):
+		}
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
