@@ -42,7 +42,7 @@ func runInit() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	fctx, fcancel := context.WithTimeout(ctx, 30*time.Second)
+	fctx, fcancel := context.WithTimeout(ctx, portWait())
 	dev, err := findPort(fctx, PortName)
 	fcancel()
 	if err != nil {
@@ -66,6 +66,16 @@ func runInit() error {
 	scancel()
 	powerOff()
 	return errors.New("still running after reboot")
+}
+
+// portWait bounds the wait for the agent port: 30 s, or the kernel
+// command line's cube_agent_port_wait=<duration> (the kernel hands such
+// parameters to init as environment variables).
+func portWait() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("cube_agent_port_wait")); err == nil && d > 0 && d <= 10*time.Minute {
+		return d
+	}
+	return 30 * time.Second
 }
 
 // leaveRootfs moves the agent's root off the initramfs' rootfs onto a

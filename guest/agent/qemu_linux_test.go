@@ -135,9 +135,14 @@ func bootQEMU(t testing.TB, kernel string, drives map[string]string) (*qemuVM, *
 }
 
 // bootQEMUWith connects to the agent socket at once when dial, else
-// leaves vm.c nil and the QMP socket at vm.qmp.
-func bootQEMUWith(t testing.TB, kernel string, drives map[string]string, dial bool) (*qemuVM, *lockedBuilder) {
+// leaves vm.c nil and the QMP socket at vm.qmp. extra are more QEMU
+// arguments, but a first "port=NAME" names the agent port otherwise.
+func bootQEMUWith(t testing.TB, kernel string, drives map[string]string, dial bool, extra ...string) (*qemuVM, *lockedBuilder) {
 	t.Helper()
+	port := PortName
+	if len(extra) > 0 && strings.HasPrefix(extra[0], "port=") {
+		port, extra = strings.TrimPrefix(extra[0], "port="), extra[1:]
+	}
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "agent.sock")
 	qmp := filepath.Join(dir, "qmp.sock")
@@ -150,8 +155,9 @@ func bootQEMUWith(t testing.TB, kernel string, drives map[string]string, dial bo
 		"-kernel", kernel, "-initrd", testInitrd(t), "-append", cmdline(),
 		"-device", "virtio-serial-device",
 		"-chardev", "socket,id=agent,path=" + sock + ",server=on,wait=off",
-		"-device", "virtserialport,chardev=agent,name=" + PortName,
+		"-device", "virtserialport,chardev=agent,name=" + port,
 	}
+	args = append(args, extra...)
 	serials := make([]string, 0, len(drives))
 	for s := range drives {
 		serials = append(serials, s)
@@ -459,5 +465,22 @@ func waitFrontendOpen(ctx context.Context, qmpPath, id string) error {
 			return ctx.Err()
 		case <-tick.C:
 		}
+	}
+}
+
+// TestQEMUNoPort: a guest whose agent port never appears does not hang:
+// the agent says why on the console and reboots, and QEMU exits.
+func TestQEMUNoPort(t *testing.T) {
+	kernel := requireQEMU(t)
+	// Replace the agent's port by one of another name.
+	vm, console := bootQEMUWith(t, kernel, nil, false, "port=not.the.agent", "-append", cmdline()+" cube_agent_port_wait=1s")
+	select {
+	case err := <-vm.exited:
+		vm.exited <- err
+		if !strings.Contains(console.String(), "cube-agent: fatal: no virtio-serial port") {
+			t.Errorf("console after the agent gave up: %q; want its reason", console.String())
+		}
+	case <-time.After(120 * time.Second):
+		t.Fatalf("QEMU still running 120 s after boot with no agent port; console: %s", console.String())
 	}
 }
