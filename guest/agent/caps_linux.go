@@ -10,12 +10,16 @@ import (
 
 // containerCaps is the bounding set of container processes: Docker's
 // default without CAP_NET_RAW, as the runc backend grants, so an image
-// behaves the same on both runtimes. The VM is the boundary between
-// tenants; this keeps a container from mounting, loading filters or
-// raw-spoofing inside its instance.
+// behaves the same on both runtimes, and without CAP_MKNOD: runc's device
+// cgroup keeps a node made with it from being opened, and the guest has
+// no device cgroup, so a container could otherwise open the VM's drives
+// (the writable layer of every container of the instance) or, in the
+// moment the agent reopens it, the agent's port. The VM is the boundary
+// between tenants; this keeps a container from mounting, loading filters
+// or raw-spoofing inside its instance.
 var containerCaps = map[uintptr]bool{
 	unix.CAP_CHOWN: true, unix.CAP_DAC_OVERRIDE: true, unix.CAP_FSETID: true,
-	unix.CAP_FOWNER: true, unix.CAP_MKNOD: true, unix.CAP_SETGID: true,
+	unix.CAP_FOWNER: true, unix.CAP_SETGID: true,
 	unix.CAP_SETUID: true, unix.CAP_SETFCAP: true, unix.CAP_SETPCAP: true,
 	unix.CAP_NET_BIND_SERVICE: true, unix.CAP_SYS_CHROOT: true,
 	unix.CAP_KILL: true, unix.CAP_AUDIT_WRITE: true,

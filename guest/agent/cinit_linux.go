@@ -238,6 +238,9 @@ func buildRoot(cfg initConfig) error {
 			return fmt.Errorf("mount /%s: %w", s.target, err)
 		}
 	}
+	if err := guardProc(in("proc")); err != nil {
+		return err
+	}
 	devs := []struct {
 		name         string
 		major, minor uint32
@@ -294,6 +297,35 @@ func buildRoot(cfg initConfig) error {
 		return fmt.Errorf("detach the old root: %w", err)
 	}
 	return unix.Chdir("/")
+}
+
+// guardProc makes the kernel's knobs in a container's /proc read-only
+// and masks what leaks the guest kernel's memory, as runc's defaults do:
+// a container's root is the VM's root, and /proc/sys/kernel/core_pattern
+// alone would run its program outside the container.
+func guardProc(proc string) error {
+	for _, d := range []string{"sys", "sysrq-trigger", "irq", "bus", "fs"} {
+		p := filepath.Join(proc, d)
+		if _, err := os.Lstat(p); err != nil {
+			continue
+		}
+		if err := unix.Mount(p, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind /proc/%s: %w", d, err)
+		}
+		if err := unix.Mount("", p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("make /proc/%s read-only: %w", d, err)
+		}
+	}
+	for _, f := range []string{"kcore", "keys", "timer_list", "sched_debug", "kallsyms"} {
+		p := filepath.Join(proc, f)
+		if st, err := os.Lstat(p); err != nil || st.IsDir() {
+			continue
+		}
+		if err := unix.Mount(os.DevNull, p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("mask /proc/%s: %w", f, err)
+		}
+	}
+	return nil
 }
 
 // bindFile bind-mounts src read-only over rel inside root. rel's target

@@ -176,7 +176,7 @@ func busyboxDir(t *testing.T) string {
 	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), bb, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range strings.Fields("sh cat echo sleep hostname ls id ip head tr dd tty stty ps kill true false test wc grep env uname nc touch") {
+	for _, a := range strings.Fields("sh cat echo sleep hostname ls id ip head tr dd tty stty ps kill true false test wc grep env uname nc touch mknod") {
 		if err := os.Symlink("busybox", filepath.Join(dir, "bin", a)); err != nil {
 			t.Fatal(err)
 		}
