@@ -7,6 +7,9 @@ BIN      := bin/cube
 # cube-shim, the per-instance supervisor, goes beside cube: cube up uses it
 # when it is there (it starts far faster than `cube shim`).
 SHIM_BIN := bin/cube-shim
+# cube-agent, the guest agent (PID 1 of each microVM's initramfs), goes
+# beside them too; it must be static.
+AGENT_BIN := bin/cube-agent
 PREFIX   ?= /usr/local
 # Debian packages Cube runs with (runc, CNI plugins, iptables) and tests
 # with (a real OCI registry, busybox for test images, containerd to compare
@@ -41,10 +44,12 @@ deps-test: deps
 build:
 	$(GO) build -o $(BIN) ./cmd/cube
 	$(GO) build -o $(SHIM_BIN) ./cmd/cube-shim
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(AGENT_BIN) ./cmd/cube-agent
 
 install: build
 	install -m 0755 $(BIN) $(PREFIX)/bin/cube
 	install -m 0755 $(SHIM_BIN) $(PREFIX)/bin/cube-shim
+	install -m 0755 $(AGENT_BIN) $(PREFIX)/bin/cube-agent
 
 # up: everything on this machine, in the foreground (Ctrl-C stops the
 # control plane; instances keep running and the next `make up` adopts them).

@@ -1,0 +1,87 @@
+package agent
+
+import (
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/cube-platform/cube/guest/agentapi"
+)
+
+// configureNetwork sets up lo and the VM's link from Setup: MAC, MTU,
+// address, up, the default route and the extra routes. The containers
+// share this network namespace (the built-in infra).
+// Preconditions: a.mu is held.
+func (a *Agent) configureNetwork(n *agentapi.Network) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo: %w", err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set lo up: %w", err)
+	}
+	// Containers have no CAP_NET_RAW; ping then needs ICMP datagram
+	// sockets, which cannot spoof (as the runc backend sets it).
+	if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 2147483647"), 0); err != nil {
+		return fmt.Errorf("set ping_group_range: %w", err)
+	}
+	if n.GetIpv4Cidr() == "" {
+		return nil
+	}
+	link, err := netlink.LinkByName(a.cfg.Link)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", a.cfg.Link, err)
+	}
+	if n.GetMac() != "" {
+		mac, err := net.ParseMAC(n.GetMac())
+		if err != nil {
+			return err
+		}
+		// Some drivers only take a new address while down.
+		if err := netlink.LinkSetDown(link); err != nil {
+			return fmt.Errorf("set %s down: %w", a.cfg.Link, err)
+		}
+		if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+			return fmt.Errorf("set %s's mac: %w", a.cfg.Link, err)
+		}
+	}
+	if n.GetMtu() != 0 {
+		if err := netlink.LinkSetMTU(link, int(n.GetMtu())); err != nil {
+			return fmt.Errorf("set %s's mtu: %w", a.cfg.Link, err)
+		}
+	}
+	addr, err := netlink.ParseAddr(n.GetIpv4Cidr())
+	if err != nil {
+		return err
+	}
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("add %s to %s: %w", n.GetIpv4Cidr(), a.cfg.Link, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up: %w", a.cfg.Link, err)
+	}
+	if gw := n.GetGateway(); gw != "" {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: net.ParseIP(gw)}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("add the default route via %s: %w", gw, err)
+		}
+	}
+	for _, rt := range n.GetRoutes() {
+		_, dst, err := net.ParseCIDR(rt.GetDestination())
+		if err != nil {
+			return err
+		}
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst}
+		if rt.GetGateway() != "" {
+			r.Gw = net.ParseIP(rt.GetGateway())
+		} else {
+			r.Scope = netlink.SCOPE_LINK
+		}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("add route %s: %w", rt.GetDestination(), err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,462 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cube-platform/cube/errdefs"
+	"github.com/cube-platform/cube/guest/agentapi"
+)
+
+// service is the ttRPC face of the agent: each method validates its
+// request (bounds first), then checks it against Setup.
+type service struct{ a *Agent }
+
+var _ agentapi.AgentService = (*service)(nil)
+
+func (s *service) Hello(ctx context.Context, _ *agentapi.HelloRequest) (*agentapi.HelloResponse, error) {
+	s.a.mu.Lock()
+	done := s.a.setup != nil
+	s.a.mu.Unlock()
+	return &agentapi.HelloResponse{AgentVersion: Version, KernelRelease: s.a.release, BootId: s.a.bootID, SetupDone: done}, nil
+}
+
+func (s *service) Setup(ctx context.Context, req *agentapi.SetupRequest) (*agentapi.Empty, error) {
+	a := s.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.shutdown {
+		return nil, fmt.Errorf("%w: the agent is shutting down", errdefs.ErrUnavailable)
+	}
+	if a.setup != nil {
+		return nil, fmt.Errorf("%w: setup runs once per boot; reboot the VM to change it", errdefs.ErrForbidden)
+	}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	// One attempt per boot, even a failed one: a VM half set up is
+	// rebooted, not patched.
+	a.setup = req
+	if err := a.doSetup(req); err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	for _, c := range req.GetContainers() {
+		a.containers[c.GetName()] = &container{spec: c}
+	}
+	return &agentapi.Empty{}, nil
+}
+
+// doSetup applies a valid Setup.
+// Preconditions: a.mu is held.
+func (a *Agent) doSetup(req *agentapi.SetupRequest) error {
+	pids := req.GetPidsLimit()
+	if pids == 0 {
+		pids = a.cfg.DefaultPidsLimit
+	}
+	cg, err := newCgroups(a.cfg.CgroupRoot, a.cfg.CgroupParent)
+	if err != nil {
+		return err
+	}
+	if err := cg.init(pids); err != nil {
+		return err
+	}
+	a.cgroups = cg
+	if err := a.configureNetwork(req.GetNetwork()); err != nil {
+		return err
+	}
+	if err := a.writeEtc(req); err != nil {
+		return err
+	}
+	if a.cfg.Init && req.GetHostname() != "" {
+		if err := unix.Sethostname([]byte(req.GetHostname())); err != nil {
+			return fmt.Errorf("set hostname: %w", err)
+		}
+	}
+	return a.mountDrives(req.GetDrives())
+}
+
+func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agentapi.StartResponse, error) {
+	a := s.a
+	ref := &agentapi.ProcessRef{Container: req.GetContainer()}
+	if err := ref.Validate(); err != nil {
+		return nil, err
+	}
+	c, err := a.lookup(req.GetContainer())
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.run != nil && c.run.alive() {
+		return nil, fmt.Errorf("%w: container %q is running", errdefs.ErrConflict, c.spec.GetName())
+	}
+	spec := c.spec
+	rootfs, err := a.rootfs(spec)
+	if err != nil {
+		return nil, err
+	}
+	cg, err := a.cgroups.create(spec.GetName(), spec.GetMemoryBytes(), spec.GetCpuMillis())
+	if err != nil {
+		return nil, err
+	}
+	main, err := newProcess("", spec.GetTty(), spec.GetStdin(), 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	run, exited, err := a.startInit(spec.GetName(), cg, initConfig{
+		RootFS:   rootfs,
+		Hostname: a.setup.GetHostname(),
+		Files:    a.etcFiles(),
+	})
+	if err != nil {
+		main.closeAll()
+		return nil, err
+	}
+	run.main = main
+	if old := c.run; old != nil {
+		old.abandonOutput()
+	}
+	c.run = run
+	// The init's last reports (its main process's exit) are read before
+	// the run is closed: the reaper can see the init gone before the
+	// listener has read them.
+	listened := make(chan struct{})
+	go func() {
+		run.listen()
+		close(listened)
+	}()
+	go func() {
+		ws := <-exited
+		// The init's end of the socket closed with it; should anything
+		// else still hold it, stop listening after a bound.
+		t := time.NewTimer(5 * time.Second)
+		select {
+		case <-listened:
+		case <-t.C:
+			run.conn.Close()
+			<-listened
+		}
+		t.Stop()
+		run.reaped(ws)
+	}()
+	err = run.runProcess(ctx, main, initMsg{
+		ID: "", Args: spec.GetArgs(), Env: spec.GetEnv(), Cwd: spec.GetCwd(),
+		UID: spec.GetUid(), GID: spec.GetGid(), Groups: spec.GetAdditionalGids(), TTY: spec.GetTty(),
+	})
+	if err != nil {
+		run.kill()
+		return nil, err
+	}
+	run.mu.Lock()
+	pid := main.pid
+	run.mu.Unlock()
+	return &agentapi.StartResponse{Pid: int32(pid)}, nil
+}
+
+// find resolves a process reference.
+func (a *Agent) find(ref *agentapi.ProcessRef) (*containerRun, *process, error) {
+	if err := ref.Validate(); err != nil {
+		return nil, nil, err
+	}
+	c, err := a.lookup(ref.GetContainer())
+	if err != nil {
+		return nil, nil, err
+	}
+	c.mu.Lock()
+	run := c.run
+	c.mu.Unlock()
+	if run == nil {
+		return nil, nil, fmt.Errorf("%w: container %q has not been started", errdefs.ErrNotFound, ref.GetContainer())
+	}
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	if ref.GetExecId() == "" {
+		return run, run.main, nil
+	}
+	p, ok := run.execs[ref.GetExecId()]
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: exec %q in container %q", errdefs.ErrNotFound, ref.GetExecId(), ref.GetContainer())
+	}
+	return run, p, nil
+}
+
+func (s *service) Wait(ctx context.Context, req *agentapi.WaitRequest) (*agentapi.WaitResponse, error) {
+	_, p, err := s.a.find(req.GetProcess())
+	if err != nil {
+		return nil, err
+	}
+	return p.wait(ctx)
+}
+
+func (s *service) WaitAny(ctx context.Context, req *agentapi.WaitAnyRequest) (*agentapi.WaitAnyResponse, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	procs := make([]*process, len(req.GetProcesses()))
+	for i, ref := range req.GetProcesses() {
+		_, p, err := s.a.find(ref)
+		if err != nil {
+			return nil, err
+		}
+		procs[i] = p
+	}
+	answer := func(i int) *agentapi.WaitAnyResponse {
+		ref := req.GetProcesses()[i]
+		return &agentapi.WaitAnyResponse{Process: &agentapi.ProcessRef{Container: ref.GetContainer(), ExecId: ref.GetExecId()}, Exit: procs[i].exit}
+	}
+	// The first that has exited, in the request's order.
+	for i, p := range procs {
+		if !p.running() {
+			return answer(i), nil
+		}
+	}
+	cases := make([]reflect.SelectCase, 0, len(procs)+1)
+	for _, p := range procs {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(p.done)})
+	}
+	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())})
+	i, _, _ := reflect.Select(cases)
+	if i == len(procs) {
+		return nil, fmt.Errorf("%w: wait: %w", errdefs.ErrTimeout, ctx.Err())
+	}
+	return answer(i), nil
+}
+
+func (s *service) Signal(ctx context.Context, req *agentapi.SignalRequest) (*agentapi.Empty, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	run, p, err := s.a.find(req.GetProcess())
+	if err != nil {
+		return nil, err
+	}
+	if !p.running() {
+		return nil, fmt.Errorf("%w: the process has exited", errdefs.ErrNotFound)
+	}
+	if req.GetSignal() == int32(syscall.SIGKILL) && req.GetProcess().GetExecId() == "" {
+		// Kill the init: SIGKILL of the container is its end, whatever
+		// its processes do (the kernel kills the rest of its namespace).
+		if err := run.kill(); err != nil {
+			return nil, fmt.Errorf("kill the container: %w", err)
+		}
+		return &agentapi.Empty{}, nil
+	}
+	if err := sendMsg(run.conn, initMsg{Op: "signal", ID: p.id, Signal: int(req.GetSignal())}); err != nil {
+		return nil, fmt.Errorf("%w: the container has exited: %w", errdefs.ErrNotFound, err)
+	}
+	return &agentapi.Empty{}, nil
+}
+
+func (s *service) Exec(ctx context.Context, req *agentapi.ExecRequest) (*agentapi.Empty, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	ref := req.GetProcess()
+	run, _, err := s.a.find(&agentapi.ProcessRef{Container: ref.GetContainer()})
+	if err != nil {
+		return nil, err
+	}
+	if !run.alive() {
+		return nil, fmt.Errorf("%w: container %q is not running", errdefs.ErrConflict, ref.GetContainer())
+	}
+	p, err := newProcess(ref.GetExecId(), req.GetTty(), req.GetStdin(), uint16(req.GetRows()), uint16(req.GetCols()))
+	if err != nil {
+		return nil, err
+	}
+	run.mu.Lock()
+	if _, dup := run.execs[ref.GetExecId()]; dup {
+		run.mu.Unlock()
+		p.closeAll()
+		return nil, fmt.Errorf("%w: exec %q", errdefs.ErrAlreadyExists, ref.GetExecId())
+	}
+	if !pruneExecs(run.execs) {
+		run.mu.Unlock()
+		p.closeAll()
+		return nil, fmt.Errorf("%w: %d execs are running in container %q; wait for one", errdefs.ErrQuotaExceeded, agentapi.MaxExecs, ref.GetContainer())
+	}
+	run.execs[ref.GetExecId()] = p
+	run.mu.Unlock()
+	spec := &initMsg{ID: ref.GetExecId(), Args: req.GetArgs(), Env: req.GetEnv(), Cwd: req.GetCwd(), UID: req.GetUid(), GID: req.GetGid(), TTY: req.GetTty()}
+	if err := run.runProcess(ctx, p, *spec); err != nil {
+		run.mu.Lock()
+		delete(run.execs, ref.GetExecId())
+		run.mu.Unlock()
+		p.closeAll()
+		return nil, err
+	}
+	return &agentapi.Empty{}, nil
+}
+
+// pruneExecs makes room for one more exec by forgetting the oldest that
+// has exited; false when all MaxExecs are running.
+// Preconditions: the run's mu is held.
+func pruneExecs(execs map[string]*process) bool {
+	if len(execs) < agentapi.MaxExecs {
+		return true
+	}
+	var oldest *process
+	for _, p := range execs {
+		if !p.running() && (oldest == nil || p.exit.GetFinishedUnixNano() < oldest.exit.GetFinishedUnixNano()) {
+			oldest = p
+		}
+	}
+	if oldest == nil {
+		return false
+	}
+	delete(execs, oldest.id)
+	oldest.closeAll()
+	return true
+}
+
+func (s *service) WriteStdin(ctx context.Context, req *agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	_, p, err := s.a.find(req.GetProcess())
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetData()) == 0 {
+		return nil, fmt.Errorf("%w: empty write", errdefs.ErrInvalid)
+	}
+	n, err := p.writeStdin(ctx, req.GetData())
+	if err != nil {
+		return nil, err
+	}
+	return &agentapi.WriteStdinResponse{Written: uint32(n)}, nil
+}
+
+func (s *service) CloseStdin(ctx context.Context, req *agentapi.ProcessRef) (*agentapi.Empty, error) {
+	_, p, err := s.a.find(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.closeStdin(); err != nil {
+		return nil, fmt.Errorf("%w: close stdin: %w", errdefs.ErrConflict, err)
+	}
+	return &agentapi.Empty{}, nil
+}
+
+func (s *service) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest) (*agentapi.ReadOutputResponse, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	_, p, err := s.a.find(req.GetProcess())
+	if err != nil {
+		return nil, err
+	}
+	o := p.stdout
+	if req.GetStream() == agentapi.Stream_STREAM_STDERR {
+		o = p.stderr
+	}
+	data, eof, err := o.read(ctx, req.GetOffset(), int(req.GetMaxBytes()))
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("%w: read output: %w", errdefs.ErrTimeout, ctx.Err())
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &agentapi.ReadOutputResponse{Data: data, Eof: eof}, nil
+}
+
+func (s *service) ResizePty(ctx context.Context, req *agentapi.ResizePtyRequest) (*agentapi.Empty, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	_, p, err := s.a.find(req.GetProcess())
+	if err != nil {
+		return nil, err
+	}
+	if p.master == nil {
+		return nil, fmt.Errorf("%w: the process has no terminal", errdefs.ErrConflict)
+	}
+	if err := setWinsize(p.master, uint16(req.GetRows()), uint16(req.GetCols())); err != nil {
+		return nil, fmt.Errorf("resize: %w", err)
+	}
+	return &agentapi.Empty{}, nil
+}
+
+func (s *service) State(ctx context.Context, _ *agentapi.Empty) (*agentapi.StateResponse, error) {
+	a := s.a
+	a.mu.Lock()
+	cs := make([]*container, 0, len(a.containers))
+	for _, c := range a.setup.GetContainers() {
+		cs = append(cs, a.containers[c.GetName()])
+	}
+	a.mu.Unlock()
+	resp := &agentapi.StateResponse{}
+	for _, c := range cs {
+		if c == nil {
+			continue
+		}
+		c.mu.Lock()
+		run := c.run
+		c.mu.Unlock()
+		name := c.spec.GetName()
+		if run == nil {
+			resp.Processes = append(resp.Processes, &agentapi.ProcessState{Process: &agentapi.ProcessRef{Container: name}, Status: agentapi.Status_STATUS_CREATED})
+			continue
+		}
+		run.mu.Lock()
+		procs := []*process{run.main}
+		for _, p := range run.execs {
+			procs = append(procs, p)
+		}
+		for _, p := range procs {
+			ps := &agentapi.ProcessState{Process: &agentapi.ProcessRef{Container: name, ExecId: p.id}, Pid: int32(p.pid), Status: agentapi.Status_STATUS_RUNNING}
+			if !p.running() {
+				ps.Status, ps.Exit = agentapi.Status_STATUS_EXITED, p.exit
+			}
+			resp.Processes = append(resp.Processes, ps)
+		}
+		run.mu.Unlock()
+	}
+	return resp, nil
+}
+
+// shutdownTimeout bounds how long Shutdown waits for killed containers.
+const shutdownTimeout = 10 * time.Second
+
+func (s *service) Shutdown(ctx context.Context, _ *agentapi.Empty) (*agentapi.Empty, error) {
+	a := s.a
+	a.mu.Lock()
+	if a.shutdown {
+		a.mu.Unlock()
+		<-a.done
+		return &agentapi.Empty{}, nil
+	}
+	a.shutdown = true
+	var runs []*containerRun
+	for _, c := range a.containers {
+		c.mu.Lock()
+		if c.run != nil {
+			runs = append(runs, c.run)
+		}
+		c.mu.Unlock()
+	}
+	a.mu.Unlock()
+	wctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	for _, r := range runs {
+		r.kill()
+	}
+	for _, r := range runs {
+		select {
+		case <-r.main.done:
+		case <-wctx.Done():
+			a.log.Warn("a container outlived SIGKILL", "pid", r.initPid)
+		}
+	}
+	unix.Sync()
+	if err := a.unmountAll(); err != nil {
+		a.log.Warn("unmount", "err", err)
+	}
+	unix.Sync()
+	close(a.done)
+	return &agentapi.Empty{}, nil
+}
