@@ -65,8 +65,9 @@ type Spec struct {
 
 // RootFS describes a container's read-only image: an unpacked directory,
 // or a block image holding a filesystem (a VM attaches it as a read-only
-// drive; a namespace backend would loop-mount it). Exactly one of Dir and
-// Image is set.
+// drive; a namespace backend would loop-mount it). A backend runs one of
+// them: runc Dir, microvm Image, which may come with Dir, the same image
+// unpacked, for the host to read from (its /etc/passwd).
 type RootFS struct {
 	// Dir is the shared unpacked image, an absolute path.
 	Dir string `json:"dir,omitempty"`

@@ -1,12 +1,9 @@
 package runc
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -65,7 +62,7 @@ type sharedFiles struct {
 // kernel accounts swap (memory.memsw.*), so that swap can be capped at the
 // memory limit.
 func ociSpec(sb sandbox.Spec, c sandbox.ContainerSpec, f sharedFiles, memsw bool) (*specs.Spec, error) {
-	uid, gid, err := parseUser(c.User, c.RootFS.Dir)
+	uid, gid, err := sandbox.ParseUser(c.User, c.RootFS.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -247,52 +244,3 @@ func mergeEnv(base, over []string) []string {
 	return out
 }
 
-// parseUser turns "uid[:gid]" into ids. Without a gid, the uid's primary
-// group from the image's /etc/passwd is used (0 when it has no entry).
-func parseUser(user, rootfs string) (uint32, uint32, error) {
-	if user == "" {
-		return 0, 0, nil
-	}
-	us, gs, hasGID := strings.Cut(user, ":")
-	uid, err := strconv.ParseUint(us, 10, 32)
-	if err != nil {
-		return 0, 0, fmt.Errorf("user %q: want numeric uid[:gid]: %w", user, err)
-	}
-	if hasGID {
-		gid, err := strconv.ParseUint(gs, 10, 32)
-		if err != nil {
-			return 0, 0, fmt.Errorf("user %q: want numeric uid[:gid]: %w", user, err)
-		}
-		return uint32(uid), uint32(gid), nil
-	}
-	gid, err := primaryGID(rootfs, uint32(uid))
-	if err != nil {
-		return 0, 0, fmt.Errorf("user %q: %w", user, err)
-	}
-	return uint32(uid), gid, nil
-}
-
-// primaryGID looks uid up in the image's /etc/passwd, read through
-// sandbox.ReadImageFile (the image is hostile: a link out of it, a FIFO or
-// a huge file is refused). No /etc/passwd, or no entry, means gid 0, as
-// in runc and Docker.
-func primaryGID(rootfs string, uid uint32) (uint32, error) {
-	b, err := sandbox.ReadImageFile(rootfs, "/etc/passwd")
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	want := strconv.FormatUint(uint64(uid), 10)
-	for line := range strings.Lines(string(b)) {
-		fields := strings.Split(strings.TrimRight(line, "\n"), ":")
-		if len(fields) < 4 || fields[2] != want {
-			continue
-		}
-		if gid, err := strconv.ParseUint(fields[3], 10, 32); err == nil {
-			return uint32(gid), nil
-		}
-	}
-	return 0, nil
-}

@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -208,7 +209,7 @@ func (s *suite) startErrorIsExit127(t *testing.T) {
 func (s *suite) stopEscalatesToKill(t *testing.T) {
 	sb, _ := s.newSandbox(t, nil,
 		Shell("polite", `trap "exit 0" TERM; echo ready; while true; do sleep 0.1; done`),
-		sandbox.ContainerSpec{Name: "stubborn", Args: []string{"sleep", "1000"}},
+		Shell("stubborn", `trap "" TERM; echo ready; while true; do sleep 0.1; done`),
 	)
 	ctx := s.ctx(t)
 	var ready Buffer
@@ -217,14 +218,14 @@ func (s *suite) stopEscalatesToKill(t *testing.T) {
 			t.Fatalf("Start(%s): %v", name, err)
 		}
 	}
-	WaitFor(t, ctx, "the TERM trap to be installed", func() bool { return ready.String() != "" })
+	WaitFor(t, ctx, "the TERM traps to be installed", func() bool { return ready.String() == "ready\nready\n" })
 	if err := sb.Stop(ctx, "polite", 10*time.Second); err != nil {
 		t.Fatalf("Stop(polite): %v", err)
 	}
 	if st, _ := sb.Wait(ctx, "polite"); st.ExitCode != 0 {
 		t.Errorf("polite exit = %d; want 0 (it traps SIGTERM)", st.ExitCode)
 	}
-	// sleep as PID 1 has no SIGTERM handler, so only SIGKILL ends it.
+	// It ignores SIGTERM, so only SIGKILL ends it.
 	if err := sb.Stop(ctx, "stubborn", 200*time.Millisecond); err != nil {
 		t.Fatalf("Stop(stubborn): %v", err)
 	}
@@ -589,4 +590,16 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Logger logs to t, at debug level.
+func Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
