@@ -20,12 +20,17 @@ import (
 type cgroups interface {
 	// init creates the sandbox cgroup with pids.max = pids (0: none).
 	init(pids int64) error
-	// create makes (afresh) the cgroup of container name.
-	create(name string, memory, cpuMillis int64) (cgroup, error)
+	// create makes (afresh) the cgroup of container name, with its
+	// memory bound; the cpu bound comes with limitCPU.
+	create(name string, memory int64) (cgroup, error)
 }
 
 type cgroup interface {
 	add(pid int) error
+	// limitCPU sets the cpu bound (0: none). It is set once the
+	// container's own process runs: the init that prepares it would
+	// otherwise crawl under a bound of a few milli-cores.
+	limitCPU(cpuMillis int64) error
 	// oomKills is how many processes the OOM killer killed in it.
 	oomKills() (int64, error)
 	remove() error
@@ -107,7 +112,7 @@ func (c *cgroupsV2) init(pids int64) error {
 	return nil
 }
 
-func (c *cgroupsV2) create(name string, memory, cpuMillis int64) (cgroup, error) {
+func (c *cgroupsV2) create(name string, memory int64) (cgroup, error) {
 	dir := filepath.Join(c.dir, name)
 	if err := rmdirTree(dir); err != nil {
 		return nil, err
@@ -122,13 +127,15 @@ func (c *cgroupsV2) create(name string, memory, cpuMillis int64) (cgroup, error)
 		// No swap in the guest, but say so: a limit that swaps is none.
 		write(dir, "memory.swap.max", "0")
 	}
-	if cpuMillis > 0 {
-		const period = 100000
-		if err := write(dir, "cpu.max", fmt.Sprintf("%d %d", cpuMillis*period/1000, period)); err != nil {
-			return nil, err
-		}
-	}
 	return cgroupV2(dir), nil
+}
+
+func (c cgroupV2) limitCPU(cpuMillis int64) error {
+	if cpuMillis <= 0 {
+		return nil
+	}
+	const period = 100000
+	return write(string(c), "cpu.max", fmt.Sprintf("%d %d", max(cpuMillis*period/1000, 1000), period))
 }
 
 type cgroupV2 string
@@ -155,7 +162,7 @@ func (c *cgroupsV1) init(pids int64) error {
 	return nil
 }
 
-func (c *cgroupsV1) create(name string, memory, _ int64) (cgroup, error) {
+func (c *cgroupsV1) create(name string, memory int64) (cgroup, error) {
 	g := cgroupV1{mem: filepath.Join(c.mem, name), pids: filepath.Join(c.pids, name)}
 	if err := g.remove(); err != nil {
 		return nil, err
@@ -186,6 +193,10 @@ func (c cgroupV1) add(pid int) error {
 	}
 	return nil
 }
+
+// limitCPU: the v1 layout (the tests' hosts) bounds memory and pids only.
+func (c cgroupV1) limitCPU(int64) error { return nil }
+
 func (c cgroupV1) oomKills() (int64, error) {
 	return counter(filepath.Join(c.mem, "memory.oom_control"), "oom_kill")
 }

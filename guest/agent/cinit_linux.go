@@ -225,10 +225,6 @@ func buildRoot(cfg initConfig) error {
 			return fmt.Errorf("create /%s in the rootfs: %w", d, err)
 		}
 	}
-	shm := cfg.ShmBytes
-	if shm <= 0 {
-		shm = 64 << 20
-	}
 	steps := []mnt{
 		{"proc", "proc", "proc", nodev, ""},
 		{"tmpfs", "dev", "tmpfs", unix.MS_NOSUID | unix.MS_STRICTATIME, "mode=755,size=65536k"},
@@ -257,9 +253,15 @@ func buildRoot(cfg initConfig) error {
 			return err
 		}
 	}
+	// /dev/pts and /dev/shm are the VM's, bound in: the containers of
+	// an instance share shared memory (as a pod's do), and a terminal the
+	// agent opens for an exec has its name in the container too.
+	for _, d := range []string{"dev/pts", "dev/shm"} {
+		if err := unix.Mount("/"+d, in(d), "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind /%s: %w", d, err)
+		}
+	}
 	later := []mnt{
-		{"devpts", "dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"},
-		{"shm", "dev/shm", "tmpfs", nodev, fmt.Sprintf("mode=1777,size=%d", shm)},
 		{"sysfs", "sys", "sysfs", nodev | unix.MS_RDONLY, ""},
 	}
 	for _, s := range later {

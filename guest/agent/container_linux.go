@@ -75,7 +75,9 @@ func (a *Agent) startInit(name string, cg cgroup, cfg initConfig) (*containerRun
 		Env:   []string{RoleEnv + "=" + RoleContainerInit},
 		Files: []*os.File{devnull, a.console, a.console, initEnd},
 		Sys: &syscall.SysProcAttr{
-			Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC,
+			// Not CLONE_NEWIPC: the containers of an instance share the
+			// VM's IPC namespace, as a pod's do (the VM is the infra).
+			Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS,
 			Pdeathsig:  syscall.SIGKILL,
 		},
 	}

@@ -61,15 +61,23 @@ func (a *Agent) mountDrives(drives []*agentapi.Drive) error {
 // under an upper dir on the writable drive (on the state tmpfs without
 // one). A restart keeps what the container wrote, as with runc.
 func (a *Agent) rootfs(spec *agentapi.ContainerSpec) (string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.rootfsLocked(spec)
+}
+
+// rootfsLocked is rootfs with a.mu held. Setup mounts every container's
+// overlay up front, as runc's Create does: a container started late must
+// still get its root when the others have filled the writable layer
+// (overlayfs falls back to read-only when it cannot make its work dir).
+func (a *Agent) rootfsLocked(spec *agentapi.ContainerSpec) (string, error) {
 	name := spec.GetName()
 	target := a.path("containers", name, "rootfs")
 	if mounted(target) {
 		return target, nil
 	}
-	a.mu.Lock()
 	lower, ok := a.mounted[spec.GetImageDrive()]
 	_, hasRW := a.mounted[a.writableSerial()]
-	a.mu.Unlock()
 	if !ok {
 		return "", fmt.Errorf("%w: container %q has no image drive", errdefs.ErrInvalid, name)
 	}

@@ -32,8 +32,6 @@ type initConfig struct {
 	// Files are bind-mounted read-only over /etc/<name> (resolv.conf,
 	// hosts, hostname).
 	Files map[string]string `json:"files"`
-	// ShmBytes sizes /dev/shm.
-	ShmBytes int64 `json:"shm_bytes"`
 }
 
 // initMsg is every later message, both ways.

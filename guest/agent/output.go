@@ -21,13 +21,13 @@ type output struct {
 	mu sync.Mutex
 	// base is the stream offset of data[0]: the host has acknowledged
 	// every byte before it. Protected by mu.
-	base    uint64
-	data    []byte        // protected by mu
-	eof     bool          // protected by mu
+	base uint64
+	data []byte // protected by mu
+	eof  bool   // protected by mu
 	// abandoned: nobody will read again (the process's run was
 	// replaced); the pump drains and drops. Protected by mu.
 	abandoned bool
-	changed chan struct{} // closed and replaced on every change; protected by mu
+	changed   chan struct{} // closed and replaced on every change; protected by mu
 }
 
 func newOutput() *output { return &output{changed: make(chan struct{})} }

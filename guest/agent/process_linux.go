@@ -30,7 +30,7 @@ type process struct {
 	started time.Time
 	// exit is set once, before done is closed.
 	exit *agentapi.WaitResponse
-	done    chan struct{}
+	done chan struct{}
 	// pendingStatus is the main process's status as its init reported
 	// it, kept until the init is gone (hasStatus says it came).
 	// Protected by the run's mu.

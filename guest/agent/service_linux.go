@@ -46,6 +46,9 @@ func (s *service) Setup(ctx context.Context, req *agentapi.SetupRequest) (*agent
 		return nil, fmt.Errorf("setup: %w", err)
 	}
 	for _, c := range req.GetContainers() {
+		if _, err := a.rootfsLocked(c); err != nil {
+			return nil, fmt.Errorf("setup: %w", err)
+		}
 		a.containers[c.GetName()] = &container{spec: c}
 	}
 	return &agentapi.Empty{}, nil
@@ -100,7 +103,7 @@ func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agent
 	if err != nil {
 		return nil, err
 	}
-	cg, err := a.cgroups.create(spec.GetName(), spec.GetMemoryBytes(), spec.GetCpuMillis())
+	cg, err := a.cgroups.create(spec.GetName(), spec.GetMemoryBytes())
 	if err != nil {
 		return nil, err
 	}
@@ -148,6 +151,9 @@ func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agent
 		ID: "", Args: spec.GetArgs(), Env: spec.GetEnv(), Cwd: spec.GetCwd(),
 		UID: spec.GetUid(), GID: spec.GetGid(), Groups: spec.GetAdditionalGids(), TTY: spec.GetTty(),
 	})
+	if err == nil {
+		err = cg.limitCPU(spec.GetCpuMillis())
+	}
 	if err != nil {
 		run.kill()
 		return nil, err

@@ -169,4 +169,3 @@ func syncFile(path string) error {
 	}
 	return nil
 }
-

@@ -243,4 +243,3 @@ func mergeEnv(base, over []string) []string {
 	}
 	return out
 }
-
