@@ -37,6 +37,9 @@ const (
 	// DefaultContainerMiB is what a container without a memory limit
 	// counts for when the VM is sized.
 	DefaultContainerMiB = 256
+	// InitOverheadMiB is what each container's init (the agent
+	// re-executed, ~9 MiB resident) adds to the guest.
+	InitOverheadMiB = 8
 	// DefaultDiskBytes is the writable layer's size when Spec.DiskBytes is 0.
 	DefaultDiskBytes = 1 << 30
 	// tapName is the VM's tap in the instance's namespace, beside eth0.
@@ -195,7 +198,7 @@ func (s *vmSandbox) size() (int, int) {
 	if mib == 0 {
 		mib = AgentOverheadMiB
 		for _, c := range s.spec.Containers {
-			mib += cmp.Or(int(c.MemoryBytes>>20), DefaultContainerMiB)
+			mib += cmp.Or(int(c.MemoryBytes>>20), DefaultContainerMiB) + InitOverheadMiB
 		}
 	}
 	return vcpus, max(mib, 128)
