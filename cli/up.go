@@ -35,7 +35,15 @@ TLS when --etcd-cafile (and, for client-certificate auth, --etcd-certfile and
 the password from $CUBE_ETCD_PASSWORD (never on the command line, where
 every local user can read it). The node agent serves logs and exec to the API
 server on the unix socket DATA_DIR/node/agent.sock unless --node-listen names
-a fixed HOST:PORT.`,
+a fixed HOST:PORT.
+
+The node runs instances in microVMs (runtime microvm) once it has the guest
+kernel (cached in /var/cache/cube/kernel/<hash>), cube-agent beside cube and
+QEMU; a missing kernel is built in the background while runc serves (see
+cube nodes for its progress). --default-runtime is the runtime of instances
+that name none, where their tenant may use it: auto (microvm once the node
+can run VMs), microvm or runc. Tenants other than admin run microvm only
+unless granted runc (cube tenant update NAME --allow-runtime runc).`,
 		Example: `  sudo cube up
   cube up --data-dir /tmp/cube --listen 127.0.0.1:7690
   cube up --etcd-endpoints https://10.0.0.1:2379,https://10.0.0.2:2379 \
@@ -122,6 +130,7 @@ a fixed HOST:PORT.`,
 	fl.StringArrayVar(&taints, "node-taint", nil, "taint this node key[=value]:NoSchedule (repeatable)")
 	fl.StringVar(&cfg.Placement, "placement", "binpack", "scoring: binpack (fill nodes first) or spread (least allocated first)")
 	fl.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	fl.BoolVar(&cfg.BuildKernel, "build-kernel", true, "build the guest kernel in the background when it is not cached (microvm instances wait for it)")
 	fl.StringVar(&cfg.DefaultRuntime, "default-runtime", "auto", "runtime of instances that name none, where their tenant may use it: microvm, runc, or auto (microvm once this node can run VMs)")
 	fl.StringArrayVar(&cfg.RegistryAllow, "registry-allow", nil, "let tenants pull from this registry HOST:PORT although it is on loopback, link-local or this host (repeatable)")
 	return cmd

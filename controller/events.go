@@ -135,6 +135,9 @@ func containerEvent(e *v1.Event, c v1.ContainerStatus, ex *v1.ContainerExit) {
 // lastRun is how c's latest finished run ended: the current one if it
 // ended, else the one before a restart; nil if none ended.
 func lastRun(c v1.ContainerStatus) *v1.ContainerExit {
+	if c.State == v1.ContainerTerminated && c.Reason == "CrashLoopBackOff" && c.LastExit != nil {
+		return c.LastExit // the run that just ended, with why it did
+	}
 	if c.State == v1.ContainerTerminated {
 		ex := &v1.ContainerExit{ExitCode: c.ExitCode, Signal: c.Signal, OOMKilled: c.OOMKilled, Reason: c.Reason}
 		if c.FinishedAt != nil {

@@ -66,6 +66,15 @@ func run(m *testing.M) int {
 		fmt.Println("e2e: building cube-shim failed:", err)
 		return 1
 	}
+	// cube-agent beside them too, static (it is PID 1 of every VM): the
+	// node makes the VMs' initramfs from it.
+	build = exec.Command("go", "build", "-o", filepath.Join(dir, "cube-agent"), "../cmd/cube-agent")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Println("e2e: building cube-agent failed:", err)
+		return 1
+	}
 	return m.Run()
 }
 
@@ -160,7 +169,10 @@ func (c *cluster) start() {
 		"--subnet", c.subnet, "--bridge", c.bridge, "--node-name", "e2e", "--log-level", "debug",
 		// The suites test the runc path unless they ask for microvm; the
 		// tenants they make are granted runc for that.
-		"--default-runtime", "runc"}, c.upFlags...)...)
+		"--default-runtime", "runc",
+		// VM tests boot the cached guest kernel (make kernel); a test
+		// cluster never spends minutes building one.
+		"--build-kernel=false"}, c.upFlags...)...)
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := c.cmd.Start(); err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/cube-platform/cube/guest/kernel"
+	"github.com/cube-platform/cube/sandbox/microvm/vmtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +34,16 @@ func TestTour(t *testing.T) {
 	out, _, code := c.cube("", "run", "--attach", "--restart", "never", "--name", "hello", "busybox", "--", "sh", "-c", "echo hello-from-cube; exit 3")
 	if code != 3 || !strings.Contains(out, "hello-from-cube") {
 		t.Errorf("run --attach: exit %d, out %q; want exit 3 and the output", code, out)
+	}
+
+	// The same image in a VM of its own: the guest's kernel answers.
+	c.requireMicroVM(t)
+	release, err := kernel.Release(vmtest.Kernel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := c.mustCube("run", "--runtime", "microvm", "--attach", "--restart", "never", "--name", "vm", "busybox", "--", "uname", "-r"); strings.TrimSpace(out) != release {
+		t.Errorf("uname -r in a microvm = %q; want the guest kernel's %q", out, release)
 	}
 
 	// on-failure:2 runs a failing command three times, then gives up.

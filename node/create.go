@@ -83,8 +83,16 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 	}
 	spec.DiskBytes = disk
 	var ports []network.PortMapping
+	backend := backendOf(in)
+	var vm sandbox.VMOptions
+	if backend == sandbox.BackendMicroVM {
+		var ok bool
+		if vm, ok = w.a.cfg.Runtimes.VM(); !ok {
+			return nil, fmt.Errorf("this node cannot run microvm instances now (%s): %w", w.a.cfg.Runtimes.Status().GuestKernel, errdefs.ErrUnavailable)
+		}
+	}
 	for _, c := range in.Spec.Containers {
-		cs, err := w.containerSpec(ctx, c)
+		cs, err := w.containerSpec(ctx, c, backend)
 		if err != nil {
 			return nil, fmt.Errorf("container %s: %w", c.Name, err)
 		}
@@ -123,6 +131,8 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 		LogDir:        filepath.Join(w.dir, "logs"),
 		Socket:        shimSocket(w.dir),
 		AwaitStart:    true,
+		Backend:       backend,
+		VM:            vm,
 	}
 	if lost != nil {
 		cfg.RestartCounts, cfg.Exited = lost.restarts, lost.exited
@@ -204,7 +214,7 @@ func (w *worker) undoCreate(ctx context.Context, c *shim.Client) {
 // containerSpec resolves a container against its image: rootfs, argv
 // (Docker's rule: command replaces the entrypoint, args replace the cmd),
 // environment and user.
-func (w *worker) containerSpec(ctx context.Context, c v1.Container) (sandbox.ContainerSpec, error) {
+func (w *worker) containerSpec(ctx context.Context, c v1.Container, backend string) (sandbox.ContainerSpec, error) {
 	img, err := w.a.cfg.Images.Get(ctx, c.ImageDigest)
 	if err != nil {
 		return sandbox.ContainerSpec{}, fmt.Errorf("image %s (%s): %w", c.Image, c.ImageDigest, err)
@@ -234,7 +244,16 @@ func (w *worker) containerSpec(ctx context.Context, c v1.Container) (sandbox.Con
 	}
 	cpu, _ := v1.ParseCPU(c.Resources.CPU)
 	mem, _ := v1.ParseMemory(c.Resources.Memory)
-	return sandbox.ContainerSpec{Name: c.Name, RootFS: sandbox.RootFS{Dir: rootfs}, Args: argv, Env: env, WorkingDir: cwd, User: user, MilliCPU: cpu, MemoryBytes: mem}, nil
+	root := sandbox.RootFS{Dir: rootfs}
+	if backend == sandbox.BackendMicroVM {
+		// A VM gets the image as a read-only drive, built once per image
+		// and shared by every VM of the node; the host still reads the
+		// unpacked image (its /etc/passwd).
+		if root.Image, root.FSType, err = w.a.cfg.Images.BlockImage(ctx, c.ImageDigest); err != nil {
+			return sandbox.ContainerSpec{}, fmt.Errorf("block image of %s: %w", c.Image, err)
+		}
+	}
+	return sandbox.ContainerSpec{Name: c.Name, RootFS: root, Args: argv, Env: env, WorkingDir: cwd, User: user, MilliCPU: cpu, MemoryBytes: mem}, nil
 }
 
 // ResolveArgs applies Docker's rule: a command replaces the image's
@@ -430,4 +449,20 @@ func hostDNS(path string) sandbox.DNS {
 		}
 	}
 	return dns
+}
+
+// InstancePaths are where a node keeps one instance's files.
+type InstancePaths struct {
+	Dir     string // the instance's directory
+	Sandbox string // its sandbox's state dir
+	ShimPid string // its shim's pid file
+	ShimLog string // its shim's own log
+}
+
+// PathsOf returns the paths of instance uid on a node whose state dir is
+// stateDir (`cube up`: DATA_DIR/node).
+func PathsOf(stateDir, uid string) InstancePaths {
+	dir := filepath.Join(stateDir, "instances", uid)
+	f := shim.FilesFor(shimSocket(dir))
+	return InstancePaths{Dir: dir, Sandbox: filepath.Join(dir, "sandbox"), ShimPid: f.Pid, ShimLog: f.Log}
 }

@@ -13,6 +13,7 @@ import (
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/errdefs"
+	"github.com/cube-platform/cube/sandbox"
 	"github.com/cube-platform/cube/shim"
 )
 
@@ -287,6 +288,9 @@ func (w *worker) follow(ctx context.Context, c *shim.Client) {
 		now := w.a.cfg.Now().UTC()
 		compute := func(cur *v1.Instance) v1.InstanceStatus {
 			status := statusFromShim(cur.Status, st, ip, now)
+			if backendOf(cur) == sandbox.BackendMicroVM {
+				status.Accelerator = w.a.cfg.Runtimes.Status().Accelerator
+			}
 			markPreempted(&status)
 			return status
 		}

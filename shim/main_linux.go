@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,15 +14,18 @@ import (
 	"strconv"
 	"time"
 
+	containerdlog "github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
 	"github.com/cube-platform/cube/sandbox"
+	"github.com/cube-platform/cube/sandbox/microvm"
 	"github.com/cube-platform/cube/sandbox/runc"
 )
 
 // Backends are the sandbox backends a shim can run, by Config.Backend.
 var Backends = sandbox.Backends{
-	sandbox.BackendRunc: runc.Factory,
+	sandbox.BackendRunc:    runc.Factory,
+	sandbox.BackendMicroVM: microvm.Factory,
 }
 
 // Main is the body of `cube shim --config PATH`. It serves until an
@@ -49,6 +53,10 @@ func Main(ctx context.Context, configPath string) error {
 		level = slog.LevelDebug
 	}
 	base := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// ttRPC logs through logrus, a line per frame a guest sends on an
+	// unknown stream: a hostile guest would fill the shim's log. The
+	// agent client reports what matters as errors.
+	containerdlog.L.Logger.SetOutput(io.Discard)
 	log := base.With("component", "shim", "sandbox", cfg.Sandbox.ID)
 
 	// Container processes are reparented to us when runc exits; only as a

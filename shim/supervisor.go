@@ -208,6 +208,9 @@ func (s *supervisor) supervise(c *supervised, first chan struct{}) {
 			if restart {
 				c.status.Reason = ReasonCrashLoopBackOff
 				c.status.Message = fmt.Sprintf("back-off %s restarting container %s (last exit code %d, %s)", backoff, c.name, st.ExitCode, reason)
+				// Why it ended (VMMExited, OOMKilled…) stays readable
+				// while the reason says it waits to restart.
+				c.status.LastExit = &Exit{ExitCode: st.ExitCode, Signal: st.Signal, OOMKilled: st.OOMKilled, Reason: reason, FinishedAt: st.FinishedAt}
 			}
 		})
 		if !restart {

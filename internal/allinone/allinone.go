@@ -31,6 +31,7 @@ import (
 	"github.com/cube-platform/cube/image"
 	"github.com/cube-platform/cube/network"
 	"github.com/cube-platform/cube/node"
+	"github.com/cube-platform/cube/node/vmhost"
 	"github.com/cube-platform/cube/scheduler"
 	"github.com/cube-platform/cube/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -75,10 +76,14 @@ type Config struct {
 	// use it: "microvm", "runc", or "auto" (the default): microvm once
 	// this node can run VMs, runc before.
 	DefaultRuntime string
-	// Runtimes are what the node runs instances in (default:
-	// node.RuncOnly).
+	// Runtimes are what the node runs instances in (default: a
+	// vmhost.Host on the node's cache, /var/cache/cube: runc, and microvm
+	// once the guest kernel, the agent and QEMU are there).
 	Runtimes node.Runtimes
-	Log      *slog.Logger
+	// BuildKernel lets the default Runtimes build a missing guest kernel
+	// in the background (a few minutes on two cores).
+	BuildKernel bool
+	Log         *slog.Logger
 }
 
 // Platform is a running `cube up`.
@@ -110,7 +115,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("default runtime %q: want auto, microvm or runc", c.DefaultRuntime)
 	}
 	if c.Runtimes == nil {
-		c.Runtimes = node.RuncOnly{}
+		c.Runtimes = vmhost.New(vmhost.Config{Build: c.BuildKernel, Log: c.Log})
 	}
 	if len(c.Etcd.Endpoints) > 0 {
 		if err := c.Etcd.Validate(); err != nil {
@@ -168,6 +173,16 @@ func Start(ctx context.Context, cfg Config) (*Platform, error) {
 		fn   func() error
 	}{
 		{"preflight", func() error { return preflight(cfg) }},
+		{"vm host", func() error {
+			// Finds (or starts building) the guest kernel and probes the
+			// accelerator in the background: runc serves meanwhile.
+			if h, ok := cfg.Runtimes.(*vmhost.Host); ok {
+				vctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+				h.Start(vctx)
+				p.closers = append(p.closers, cancel)
+			}
+			return nil
+		}},
 		{"etcd", func() error {
 			cli, err := p.startEtcd(ctx)
 			if err != nil {

@@ -1,0 +1,174 @@
+// Package vmhost is what a node needs to run microVMs, as a node.Runtimes:
+// the guest kernel (found in the cache, or built in the background while
+// the node runs runc alone), the initramfs of the guest agent installed
+// beside the node's executable, QEMU, and the accelerator a real boot
+// probe found (kvm, else tcg). The node offers microvm from the moment
+// all of them are there.
+package vmhost
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/guest/initramfs"
+	"github.com/cube-platform/cube/guest/kernel"
+	"github.com/cube-platform/cube/node"
+	"github.com/cube-platform/cube/sandbox"
+	"github.com/cube-platform/cube/sandbox/microvm/vmm/qemu"
+)
+
+// Config configures a Host.
+type Config struct {
+	// CacheDir holds the kernel and initramfs caches (default
+	// kernel.DefaultCacheDir, /var/cache/cube).
+	CacheDir string
+	// Agent is the guest agent binary (default: cube-agent beside this
+	// executable).
+	Agent string
+	// QEMU is qemu-system-x86_64 (default: looked up in PATH).
+	QEMU string
+	// Build builds the guest kernel in the background when it is not
+	// cached (cube up does; a test that only wants a cached kernel not).
+	Build bool
+	Log   *slog.Logger
+}
+
+// Host implements node.Runtimes.
+type Host struct {
+	cfg     Config
+	log     *slog.Logger
+	builder *kernel.Builder
+	runc    bool
+
+	mu     sync.Mutex
+	vm     *sandbox.VMOptions // set once everything is there; protected by mu
+	reason string             // why microvm is not offered; protected by mu
+	probed bool               // protected by mu
+}
+
+var _ node.Runtimes = (*Host)(nil)
+
+// New returns a host; Start finds (or builds) what VMs need.
+func New(cfg Config) *Host {
+	cfg.CacheDir = cmp.Or(cfg.CacheDir, kernel.DefaultCacheDir)
+	log := cmp.Or(cfg.Log, slog.New(slog.DiscardHandler)).With("component", "vmhost")
+	if cfg.Agent == "" {
+		if exe, err := os.Executable(); err == nil {
+			cfg.Agent = filepath.Join(filepath.Dir(exe), "cube-agent")
+		}
+	}
+	_, err := exec.LookPath("runc")
+	return &Host{cfg: cfg, log: log, runc: err == nil, reason: "not started"}
+}
+
+// Start finds the parts of a VM and, when the kernel is missing and Build
+// is set, builds it in the background; microvm is offered once all are
+// there (see Status). It returns at once.
+func (h *Host) Start(ctx context.Context) {
+	if _, ok := kernel.Find(h.cfg.CacheDir); !ok && h.cfg.Build {
+		h.builder = kernel.NewBuilder(kernel.BuilderConfig{CacheDir: h.cfg.CacheDir, Logger: h.log})
+		h.log.Info("no guest kernel cached: building it in the background; microvm instances wait until it is ready", "dir", kernel.Dir(h.cfg.CacheDir))
+		h.builder.Start(ctx)
+		go func() {
+			<-h.builder.Done()
+			h.find(ctx)
+		}()
+		h.setReason("guest kernel building")
+		return
+	}
+	go h.find(ctx)
+}
+
+func (h *Host) setReason(r string) {
+	h.mu.Lock()
+	h.reason = r
+	h.mu.Unlock()
+}
+
+// find assembles the VM options once the kernel is there.
+func (h *Host) find(ctx context.Context) {
+	vm, err := h.assemble(ctx)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.probed = true
+	if err != nil {
+		h.reason = err.Error()
+		h.log.Warn("this node runs no microvm instances", "reason", err)
+		return
+	}
+	h.vm, h.reason = vm, ""
+	h.log.Info("microvm runtime ready", "kernel", vm.Kernel, "initrd", vm.Initrd, "accel", vm.Accel)
+}
+
+func (h *Host) assemble(ctx context.Context) (*sandbox.VMOptions, error) {
+	k, ok := kernel.Find(h.cfg.CacheDir)
+	if !ok {
+		if h.builder != nil {
+			if st := h.builder.Status(); st.Err != nil {
+				return nil, fmt.Errorf("guest kernel build failed: %w (see the log; make kernel retries)", st.Err)
+			}
+		}
+		return nil, fmt.Errorf("no guest kernel in %s: run make kernel", kernel.Dir(h.cfg.CacheDir))
+	}
+	qemuBin := h.cfg.QEMU
+	if qemuBin == "" {
+		p, err := exec.LookPath("qemu-system-x86_64")
+		if err != nil {
+			return nil, errors.New("qemu-system-x86_64 not found: apt-get install qemu-system-x86")
+		}
+		qemuBin = p
+	}
+	if h.cfg.Agent == "" {
+		return nil, errors.New("no guest agent binary: install cube-agent beside cube")
+	}
+	initrd, err := initramfs.Cached(h.cfg.CacheDir, h.cfg.Agent)
+	if err != nil {
+		return nil, fmt.Errorf("guest initramfs from %s: %w (install cube-agent beside cube)", h.cfg.Agent, err)
+	}
+	accel := qemu.Probe(ctx, qemu.ProbeOptions{Binary: qemuBin, Kernel: k,
+		CacheFile: filepath.Join(h.cfg.CacheDir, "accel.json"), Logger: h.log})
+	return &sandbox.VMOptions{Kernel: k, Initrd: initrd, VMM: qemuBin, Accel: string(accel)}, nil
+}
+
+// Status implements node.Runtimes.
+func (h *Host) Status() node.RuntimeStatus {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var st node.RuntimeStatus
+	if h.vm != nil {
+		st.Runtimes, st.Accelerator, st.GuestKernel = append(st.Runtimes, v1.RuntimeMicroVM), h.vm.Accel, "ready"
+	} else if h.builder != nil {
+		switch b := h.builder.Status(); {
+		case b.Err != nil:
+			st.GuestKernel = "failed: " + b.Err.Error()
+		case h.probed:
+			st.GuestKernel = "failed: " + h.reason
+		default:
+			st.GuestKernel = fmt.Sprintf("building %d%%", b.Percent)
+		}
+	} else if h.probed {
+		st.GuestKernel = "unavailable: " + h.reason
+	}
+	if h.runc {
+		st.Runtimes = append(st.Runtimes, v1.RuntimeRunc)
+	}
+	return st
+}
+
+// VM implements node.Runtimes.
+func (h *Host) VM() (sandbox.VMOptions, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.vm == nil {
+		return sandbox.VMOptions{}, false
+	}
+	return *h.vm, true
+}
