@@ -15,7 +15,7 @@ import (
 
 func newBenchCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Measure Cube (prints a table, then one JSON line)"}
-	cmd.AddCommand(newBenchStartCmd(g), newBenchSchedulerCmd(g))
+	cmd.AddCommand(newBenchStartCmd(g), newBenchSchedulerCmd(g), newBenchBootCmd(g), newBenchDensityCmd(g))
 	return cmd
 }
 

@@ -1,0 +1,373 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/client"
+	"github.com/cube-platform/cube/node"
+	"github.com/cube-platform/cube/sandbox/microvm"
+	"github.com/cube-platform/cube/sandbox/microvm/vmm/qemu"
+	"github.com/spf13/cobra"
+)
+
+// BootResult is the final JSON line of `cube bench boot`.
+type BootResult struct {
+	Bench string `json:"bench"`
+	Accel string `json:"accel"`
+	N     int    `json:"n"`
+	// Boot: VMM start to the guest agent's first answer.
+	P50BootMs float64 `json:"p50_boot_ms"`
+	P99BootMs float64 `json:"p99_boot_ms"`
+	// Start: the create call's return to Running.
+	P50StartMs float64 `json:"p50_start_ms"`
+	P99StartMs float64 `json:"p99_start_ms"`
+	// VMMOverheadMiB is the VMM's RSS minus the guest memory it touched
+	// (median), and VMMPrivateMiB the anonymous part of that overhead:
+	// what one more VM costs beyond the pages every QEMU shares.
+	VMMOverheadMiB float64 `json:"vmm_overhead_mib"`
+	VMMPrivateMiB  float64 `json:"vmm_private_mib"`
+	ShimRSSMiB     float64 `json:"shim_rss_mib"`
+}
+
+// DensityResult is the final JSON line of `cube bench density`.
+type DensityResult struct {
+	Bench   string `json:"bench"`
+	Accel   string `json:"accel"`
+	N       int    `json:"n"`
+	Running int    `json:"running"`
+	// HostMiBPerInstance is the host's MemAvailable lost per instance
+	// with all N idle; PSSMiBPerInstance the proportional set size of each
+	// instance's VMM and shim (median).
+	HostMiBPerInstance float64 `json:"host_mib_per_instance"`
+	PSSMiBPerInstance  float64 `json:"pss_mib_per_instance"`
+	P50StartMs         float64 `json:"p50_start_ms"`
+	P99StartMs         float64 `json:"p99_start_ms"`
+}
+
+// vmBench is what boot and density share.
+type vmBench struct {
+	g                 *globals
+	runtime, img, mem string
+	dataDir           string
+	c                 *client.Client
+	run               string
+	mu                sync.Mutex
+	names             []string
+}
+
+func (b *vmBench) flags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&b.runtime, "runtime", v1.RuntimeMicroVM, "runtime to measure (microvm)")
+	cmd.Flags().StringVar(&b.img, "image", "busybox", "image to run (already imported or pulled)")
+	cmd.Flags().StringVar(&b.mem, "memory", "16Mi", "memory of each instance (its VM gets that plus the agent's overhead)")
+	cmd.Flags().StringVar(&b.dataDir, "data-dir", "/var/lib/cube", "cube up's data dir, where the node keeps each VM's boot record (the bench runs on the node, as root)")
+}
+
+func (b *vmBench) init(cmd *cobra.Command) error {
+	if b.runtime != v1.RuntimeMicroVM {
+		return fmt.Errorf("--runtime %q: only microvm boots a VM (use cube bench start for runc)", b.runtime)
+	}
+	if _, err := os.Stat(filepath.Join(b.dataDir, "node")); err != nil {
+		return fmt.Errorf("--data-dir %s: %w (run the bench on the node, as root, with cube up's --data-dir)", b.dataDir, err)
+	}
+	c, err := b.g.client()
+	if err != nil {
+		return err
+	}
+	b.c, b.run = c, fmt.Sprintf("bench-%d", time.Now().Unix()%100000)
+	return nil
+}
+
+// start creates one idle instance and waits for it to run; it returns the
+// instance and the time from the create call's return to Running.
+func (b *vmBench) start(ctx context.Context, i int) (*v1.Instance, time.Duration, error) {
+	name := fmt.Sprintf("%s-%d", b.run, i)
+	in := &v1.Instance{Metadata: v1.ObjectMeta{Name: name, Labels: map[string]string{"cube.bench": b.run}},
+		Spec: v1.InstanceSpec{RestartPolicy: v1.RestartNever, Runtime: b.runtime, Containers: []v1.Container{{
+			Image: b.img, Command: []string{"sleep", "3600"}, Resources: v1.Resources{CPU: "10m", Memory: b.mem}}}}}
+	if _, err := b.c.CreateInstance(ctx, in); err != nil {
+		return nil, 0, fmt.Errorf("instance %d: %w", i, err)
+	}
+	t0 := time.Now()
+	b.mu.Lock()
+	b.names = append(b.names, name)
+	b.mu.Unlock()
+	got, err := waitFor(ctx, b.c, name, []string{"running"}, 5*time.Minute)
+	if err != nil {
+		return nil, 0, fmt.Errorf("instance %d: %w", i, err)
+	}
+	return got, time.Since(t0), nil
+}
+
+func (b *vmBench) cleanup() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	for _, name := range b.names {
+		_ = b.c.DeleteInstance(ctx, name, true)
+	}
+	for _, name := range b.names {
+		_, _ = b.c.WaitInstance(ctx, name, []string{"deleted"}, 2*time.Minute)
+	}
+}
+
+func (b *vmBench) paths(in *v1.Instance) node.InstancePaths {
+	return node.PathsOf(filepath.Join(b.dataDir, "node"), in.Metadata.UID)
+}
+
+// procStatusKB reads a field of /proc/<pid>/status in KiB.
+func procStatusKB(pid int, field string) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+}
+
+// pssKB is a process's proportional set size (smaps_rollup).
+func pssKB(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "Pss:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no Pss in /proc/%d/smaps_rollup", pid)
+}
+
+func readPid(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+func memAvailableKB() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+		}
+	}
+	return 0, errors.New("no MemAvailable in /proc/meminfo")
+}
+
+func medianF(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64{}, v...)
+	sort.Float64s(s)
+	return s[(len(s)-1)/2]
+}
+
+func durations(v []time.Duration) []time.Duration {
+	s := append([]time.Duration{}, v...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s
+}
+
+func round1(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
+
+func newBenchBootCmd(g *globals) *cobra.Command {
+	b := &vmBench{g: g}
+	var n int
+	cmd := &cobra.Command{
+		Use:   "boot --runtime microvm --n N",
+		Short: "Time microVM boots and starts, one after another, and weigh each VM",
+		Long: `Start N idle microvm instances one after another. For each, boot is the time
+from the VMM's start to the guest agent's first answer (from the VM's boot
+record on the node), and start the time from the create call's return to
+Running. vmm_overhead_mib is the VMM's RSS minus the guest memory it touched;
+vmm_private_mib the anonymous part of it. Run it on the node, as root. The
+instances are removed at the end. The last line is JSON:
+{"bench":"boot","accel":"tcg|kvm","n":N,"p50_boot_ms":…,"p99_boot_ms":…,
+ "p50_start_ms":…,"vmm_overhead_mib":…,"shim_rss_mib":…}`,
+		Example: `  sudo cube bench boot --runtime microvm --n 10`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if n < 1 {
+				return errors.New("--n must be at least 1")
+			}
+			if err := b.init(cmd); err != nil {
+				return err
+			}
+			defer b.cleanup()
+			ctx := cmd.Context()
+			var boots, starts []time.Duration
+			var overheads, privates, shims []float64
+			accel := ""
+			for i := 0; i < n; i++ {
+				in, took, err := b.start(ctx, i)
+				if err != nil {
+					return err
+				}
+				starts = append(starts, took)
+				accel = in.Status.Accelerator
+				p := b.paths(in)
+				rec, err := microvm.ReadBootRecord(p.Sandbox)
+				if err != nil {
+					return fmt.Errorf("instance %d: %w", i, err)
+				}
+				boots = append(boots, time.Duration(rec.BootMs*float64(time.Millisecond)))
+				if u, err := qemu.ReadMemoryUsage(rec.VMMPid, rec.GuestMiB); err == nil {
+					overheads = append(overheads, float64(u.Overhead())/(1<<20))
+					privates = append(privates, float64(u.Anon-u.Guest)/(1<<20))
+				}
+				if pid, err := readPid(p.ShimPid); err == nil {
+					if kb, err := procStatusKB(pid, "VmRSS"); err == nil {
+						shims = append(shims, float64(kb)/1024)
+					}
+				}
+				fmt.Fprintf(g.stderr, "\r%d/%d booted", i+1, n)
+			}
+			fmt.Fprintln(g.stderr)
+			sb, ss := durations(boots), durations(starts)
+			res := BootResult{Bench: "boot", Accel: accel, N: n,
+				P50BootMs: ms(percentile(sb, 50)), P99BootMs: ms(percentile(sb, 99)),
+				P50StartMs: ms(percentile(ss, 50)), P99StartMs: ms(percentile(ss, 99)),
+				VMMOverheadMiB: round1(medianF(overheads)), VMMPrivateMiB: round1(medianF(privates)), ShimRSSMiB: round1(medianF(shims))}
+			tw := newTable(g.stdout)
+			fmt.Fprintln(tw, "N\tACCEL\tBOOT P50\tBOOT P99\tSTART P50\tSTART P99\tVMM OVERHEAD\tVMM PRIVATE\tSHIM RSS")
+			fmt.Fprintf(tw, "%d\t%s\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%.1fMiB\t%.1fMiB\t%.1fMiB\n", n, accel, res.P50BootMs, res.P99BootMs,
+				res.P50StartMs, res.P99StartMs, res.VMMOverheadMiB, res.VMMPrivateMiB, res.ShimRSSMiB)
+			_ = tw.Flush()
+			out, _ := json.Marshal(res)
+			fmt.Fprintln(g.stdout, string(out))
+			return nil
+		},
+	}
+	b.flags(cmd)
+	cmd.Flags().IntVar(&n, "n", 10, "number of instances")
+	return cmd
+}
+
+func newBenchDensityCmd(g *globals) *cobra.Command {
+	b := &vmBench{g: g}
+	var n, parallel int
+	cmd := &cobra.Command{
+		Use:   "density --runtime microvm --n N",
+		Short: "Run N idle microVM instances at once and weigh them",
+		Long: `Start N idle microvm instances, --parallel at a time, and keep them all
+running. It reports the host memory each costs (MemAvailable lost, divided
+by N, and the median PSS of each instance's VMM and shim) and the start p50
+at that load. Run it on the node, as root. The instances are removed at the
+end. The last line is JSON:
+{"bench":"density","accel":…,"n":N,"running":R,"host_mib_per_instance":…,
+ "pss_mib_per_instance":…,"p50_start_ms":…}`,
+		Example: `  sudo cube bench density --runtime microvm --n 50`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if n < 1 || parallel < 1 {
+				return errors.New("--n and --parallel must be at least 1")
+			}
+			if err := b.init(cmd); err != nil {
+				return err
+			}
+			defer b.cleanup()
+			ctx := cmd.Context()
+			before, err := memAvailableKB()
+			if err != nil {
+				return err
+			}
+			var mu sync.Mutex
+			var starts []time.Duration
+			var ins []*v1.Instance
+			var firstErr error
+			sem := make(chan struct{}, parallel)
+			var wg sync.WaitGroup
+			for i := 0; i < n; i++ {
+				sem <- struct{}{}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer func() { <-sem }()
+					in, took, err := b.start(ctx, i)
+					mu.Lock()
+					defer mu.Unlock()
+					if err != nil {
+						firstErr = cmp2(firstErr, err)
+						return
+					}
+					starts, ins = append(starts, took), append(ins, in)
+					fmt.Fprintf(g.stderr, "\r%d/%d running", len(ins), n)
+				}()
+			}
+			wg.Wait()
+			fmt.Fprintln(g.stderr)
+			after, err := memAvailableKB()
+			if err != nil {
+				return err
+			}
+			var psses []float64
+			running, accel := 0, ""
+			for _, in := range ins {
+				cur, err := b.c.GetInstance(ctx, in.Metadata.Name)
+				if err != nil || cur.Status.Phase != v1.PhaseRunning {
+					continue
+				}
+				running++
+				accel = cur.Status.Accelerator
+				p := b.paths(cur)
+				var kb int64
+				if rec, err := microvm.ReadBootRecord(p.Sandbox); err == nil {
+					if v, err := pssKB(rec.VMMPid); err == nil {
+						kb += v
+					}
+				}
+				if pid, err := readPid(p.ShimPid); err == nil {
+					if v, err := pssKB(pid); err == nil {
+						kb += v
+					}
+				}
+				psses = append(psses, float64(kb)/1024)
+			}
+			ss := durations(starts)
+			res := DensityResult{Bench: "density", Accel: accel, N: n, Running: running,
+				HostMiBPerInstance: round1(float64(before-after) / 1024 / float64(n)), PSSMiBPerInstance: round1(medianF(psses)),
+				P50StartMs: ms(percentile(ss, 50)), P99StartMs: ms(percentile(ss, 99))}
+			tw := newTable(g.stdout)
+			fmt.Fprintln(tw, "N\tRUNNING\tACCEL\tHOST MEM/INSTANCE\tPSS/INSTANCE\tSTART P50\tSTART P99")
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%.1fMiB\t%.1fMiB\t%.1fms\t%.1fms\n", n, running, accel, res.HostMiBPerInstance, res.PSSMiBPerInstance, res.P50StartMs, res.P99StartMs)
+			_ = tw.Flush()
+			out, _ := json.Marshal(res)
+			fmt.Fprintln(g.stdout, string(out))
+			if firstErr != nil {
+				return firstErr
+			}
+			return nil
+		},
+	}
+	b.flags(cmd)
+	cmd.Flags().IntVar(&n, "n", 50, "number of instances")
+	cmd.Flags().IntVar(&parallel, "parallel", 2, "instances started at a time (every VM boot takes a core under TCG)")
+	return cmd
+}
+
+func cmp2(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
