@@ -47,25 +47,56 @@ func ParseUser(user, rootfs string) (uint32, uint32, error) {
 // a huge file is refused). No /etc/passwd, or no entry, means gid 0, as
 // in runc and Docker.
 func primaryGID(rootfs string, uid uint32) (uint32, error) {
+	fields, err := passwdEntry(rootfs, uid)
+	if err != nil || fields == nil {
+		return 0, err
+	}
+	if gid, err := strconv.ParseUint(fields[3], 10, 32); err == nil {
+		return uint32(gid), nil
+	}
+	return 0, nil
+}
+
+// maxHome bounds a home directory taken from an image's /etc/passwd.
+const maxHome = 1024
+
+// HomeDir is uid's home directory in /etc/passwd of the image unpacked at
+// rootfs, or "/" when it has none (or an unusable one): the HOME runc
+// gives a process whose environment has none, for the backends that must
+// behave as runc does.
+func HomeDir(rootfs string, uid uint32) string {
+	fields, err := passwdEntry(rootfs, uid)
+	if err != nil || len(fields) < 6 {
+		return "/"
+	}
+	home := fields[5]
+	if !strings.HasPrefix(home, "/") || len(home) > maxHome || strings.ContainsAny(home, "\x00\n") {
+		return "/"
+	}
+	return home
+}
+
+// passwdEntry returns the fields of uid's first line (with at least four
+// fields) in /etc/passwd of the image unpacked at rootfs, read through
+// ReadImageFile (the image is hostile: a link out of it, a FIFO or a huge
+// file is refused); nil without rootfs, passwd or entry.
+func passwdEntry(rootfs string, uid uint32) ([]string, error) {
 	if rootfs == "" {
-		return 0, nil
+		return nil, nil
 	}
 	b, err := ReadImageFile(rootfs, "/etc/passwd")
 	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
+		return nil, nil
 	}
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	want := strconv.FormatUint(uint64(uid), 10)
 	for line := range strings.Lines(string(b)) {
 		fields := strings.Split(strings.TrimRight(line, "\n"), ":")
-		if len(fields) < 4 || fields[2] != want {
-			continue
-		}
-		if gid, err := strconv.ParseUint(fields[3], 10, 32); err == nil {
-			return uint32(gid), nil
+		if len(fields) >= 4 && fields[2] == want {
+			return fields, nil
 		}
 	}
-	return 0, nil
+	return nil, nil
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -81,6 +82,7 @@ type vmSandbox struct {
 	setup  *agentapi.SetupRequest // without Network, which Connect adds
 	users  map[string][2]uint32   // uid, gid of each container
 	env    map[string][]string    // each container's env (execs inherit it)
+	cwd    map[string]string      // each container's working dir (execs start there)
 	order  []string
 
 	// lifeMu serializes Create, Destroy, boots and Connect.
@@ -121,7 +123,7 @@ func New(spec sandbox.Spec, opts sandbox.Options) (sandbox.Sandbox, error) {
 		spec: spec, opts: opts.VM, log: log, driver: drv,
 		layer: cmp.Or(spec.WritableLayer, filepath.Join(spec.StateDir, "disk.img")),
 		idDir: IDDir,
-		users: map[string][2]uint32{}, env: map[string][]string{}, ctrs: map[string]*ctr{},
+		users: map[string][2]uint32{}, env: map[string][]string{}, cwd: map[string]string{}, ctrs: map[string]*ctr{},
 	}
 	s.setup = &agentapi.SetupRequest{Hostname: spec.Hostname, PidsLimit: spec.PidsLimit}
 	s.drives = append(s.drives, vmm.Drive{ID: writableDrive, Path: s.layer})
@@ -140,10 +142,17 @@ func New(spec sandbox.Spec, opts sandbox.Options) (sandbox.Sandbox, error) {
 			return nil, fmt.Errorf("%w: container %s: %w", errdefs.ErrInvalid, c.Name, err)
 		}
 		s.users[c.Name] = [2]uint32{uid, gid}
-		s.env[c.Name] = c.Env
+		env := c.Env
+		if !hasEnv(env, "HOME") {
+			// runc sets HOME from the image's passwd when the environment
+			// has none, for the container and its execs: so do we.
+			env = append(slices.Clip(env), "HOME="+sandbox.HomeDir(c.RootFS.Dir, uid))
+		}
+		s.env[c.Name] = env
+		s.cwd[c.Name] = cmp.Or(c.WorkingDir, "/")
 		s.order = append(s.order, c.Name)
 		s.setup.Containers = append(s.setup.Containers, &agentapi.ContainerSpec{
-			Name: c.Name, ImageDrive: serial, Args: c.Args, Env: c.Env, Cwd: cmp.Or(c.WorkingDir, "/"),
+			Name: c.Name, ImageDrive: serial, Args: c.Args, Env: env, Cwd: s.cwd[c.Name],
 			Uid: uid, Gid: gid, MemoryBytes: c.MemoryBytes, CpuMillis: c.MilliCPU,
 		})
 		s.ctrs[c.Name] = &ctr{state: sandbox.ContainerState{Name: c.Name, Phase: sandbox.PhaseCreated}}
@@ -681,8 +690,9 @@ func (s *vmSandbox) Exec(ctx context.Context, name string, spec sandbox.ExecSpec
 		env = append(env, "TERM=xterm")
 	}
 	p := agentapi.Process{Container: name, ExecID: id}
+	// An exec starts in its container's working directory, as runc's do.
 	req := &agentapi.ExecRequest{Process: &agentapi.ProcessRef{Container: name, ExecId: id}, Args: spec.Args, Env: env,
-		Uid: user[0], Gid: user[1], Tty: spec.TTY, Stdin: stdio.Stdin != nil}
+		Cwd: s.cwd[name], Uid: user[0], Gid: user[1], Tty: spec.TTY, Stdin: stdio.Stdin != nil}
 	if spec.TTY && spec.Resize != nil {
 		select { // a size known up front starts the terminal at it
 		case ws := <-spec.Resize:

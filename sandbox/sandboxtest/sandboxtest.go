@@ -164,7 +164,7 @@ func (s *suite) outputAndExitCode(t *testing.T) {
 		Shell("ok", "echo hello; echo oops >&2; id -u"),
 		Shell("fail", "exit 7"),
 		sandbox.ContainerSpec{Name: "user", Args: []string{"id"}, User: "65534"},
-		sandbox.ContainerSpec{Name: "env", Args: []string{"sh", "-c", "echo $GREETING; pwd"}, Env: []string{"GREETING=hi there"}, WorkingDir: "/tmp"},
+		sandbox.ContainerSpec{Name: "env", Args: []string{"sh", "-c", "echo $GREETING; pwd; echo $HOME"}, Env: []string{"GREETING=hi there"}, WorkingDir: "/tmp"},
 	)
 	st, out, errOut := s.runToExit(t, sb, "ok")
 	if st.ExitCode != 0 || st.Phase != sandbox.PhaseExited || st.FinishedAt.IsZero() || st.StartedAt.IsZero() {
@@ -179,8 +179,8 @@ func (s *suite) outputAndExitCode(t *testing.T) {
 	if _, out, _ := s.runToExit(t, sb, "user"); !strings.Contains(out, "uid=65534") || !strings.Contains(out, "gid=65534") {
 		t.Errorf("user: id says %q; want uid=65534 gid=65534 (gid from the image's /etc/passwd)", out)
 	}
-	if _, out, _ := s.runToExit(t, sb, "env"); out != "hi there\n/tmp\n" {
-		t.Errorf("env: %q; want the spec's env and working dir", out)
+	if _, out, _ := s.runToExit(t, sb, "env"); out != "hi there\n/tmp\n/root\n" {
+		t.Errorf("env: %q; want the spec's env and working dir, and HOME from the image's passwd (as runc sets it)", out)
 	}
 }
 
@@ -289,7 +289,7 @@ func (s *suite) memoryLimitOOMKills(t *testing.T) {
 }
 
 func (s *suite) exec(t *testing.T) {
-	sb, _ := s.newSandbox(t, nil, sandbox.ContainerSpec{Name: "c", Args: []string{"sleep", "1000"}, Env: []string{"FROM_SPEC=1"}})
+	sb, _ := s.newSandbox(t, nil, sandbox.ContainerSpec{Name: "c", Args: []string{"sleep", "1000"}, Env: []string{"FROM_SPEC=1"}, WorkingDir: "/tmp"})
 	ctx := s.ctx(t)
 	if _, err := sb.Exec(ctx, "c", sandbox.ExecSpec{Args: []string{"true"}}, sandbox.Stdio{}); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("Exec before Start = %v; want errdefs.ErrConflict (container not running)", err)
@@ -303,14 +303,15 @@ func (s *suite) exec(t *testing.T) {
 	t.Run("pipes", func(t *testing.T) {
 		var out, errOut Buffer
 		code, err := sb.Exec(ctx, "c", sandbox.ExecSpec{
-			Args: []string{"sh", "-c", `read line; echo "got $line $FROM_SPEC $EXTRA"; echo e >&2; exit 3`},
+			// An exec starts in the container's working dir, with its HOME.
+			Args: []string{"sh", "-c", `read line; echo "got $line $FROM_SPEC $EXTRA $(pwd) $HOME"; echo e >&2; exit 3`},
 			Env:  []string{"EXTRA=x"},
 		}, sandbox.Stdio{Stdin: strings.NewReader("hi\n"), Stdout: &out, Stderr: &errOut})
 		if err != nil || code != 3 {
 			t.Errorf("Exec = %d, %v; want 3, nil", code, err)
 		}
-		if out.String() != "got hi 1 x\n" || errOut.String() != "e\n" {
-			t.Errorf("stdout %q stderr %q; want %q, %q", out.String(), errOut.String(), "got hi 1 x\n", "e\n")
+		if out.String() != "got hi 1 x /tmp /root\n" || errOut.String() != "e\n" {
+			t.Errorf("stdout %q stderr %q; want %q, %q", out.String(), errOut.String(), "got hi 1 x /tmp /root\n", "e\n")
 		}
 	})
 	t.Run("large output", func(t *testing.T) {
