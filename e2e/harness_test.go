@@ -13,9 +13,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -86,6 +88,7 @@ type cluster struct {
 	listen  string
 	subnet  string
 	bridge  string
+	exited  chan struct{} // closed when the cube up process has exited
 	logPath string
 	cmd     *exec.Cmd
 	client  *client.Client
@@ -137,6 +140,52 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
+// freeSubnet picks a random /24 in 10.200.0.0-10.249.255.0 that no route
+// of this host overlaps (another cluster's bridge, a leftover one).
+func freeSubnet(t testing.TB) string {
+	t.Helper()
+	for range 200 {
+		b := make([]byte, 2)
+		_, _ = rand.Read(b)
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200 + b[0]%50, b[1], 0}), 24)
+		if !routeOverlaps(p) {
+			return p.String()
+		}
+	}
+	t.Fatal("no free /24 in 10.200.0.0/13 for a test cluster: remove leftover cube bridges")
+	return ""
+}
+
+// routeOverlaps tells whether an IPv4 route of this host (/proc/net/route)
+// overlaps p.
+func routeOverlaps(p netip.Prefix) bool {
+	b, err := os.ReadFile("/proc/net/route")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 8 {
+			continue
+		}
+		dst, err1 := strconv.ParseUint(f[1], 16, 32)
+		mask, err2 := strconv.ParseUint(f[7], 16, 32)
+		if err1 != nil || err2 != nil || mask == 0 {
+			continue // the default route overlaps everything
+		}
+		le := func(v uint64) [4]byte { return [4]byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)} }
+		bits := 0
+		for m := uint32(mask); m != 0; m &= m - 1 {
+			bits++
+		}
+		r := netip.PrefixFrom(netip.AddrFrom4(le(dst)), bits)
+		if r.Overlaps(p) {
+			return true
+		}
+	}
+	return false
+}
+
 // startCluster runs `cube up` in a fresh data dir (short: unix socket
 // paths live under it) with its own bridge and subnet.
 func startCluster(t testing.TB) *cluster {
@@ -149,7 +198,7 @@ func startCluster(t testing.TB) *cluster {
 	c := &cluster{
 		t: t, dataDir: dataDir, config: filepath.Join(dataDir, "client.yaml"),
 		listen:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		subnet:  fmt.Sprintf("10.%d.%d.0/24", 200+int(id[0])%50, int(id[1])*7%250),
+		subnet:  freeSubnet(t),
 		bridge:  "cubee" + id,
 		logPath: filepath.Join(dataDir, "up.log"),
 	}
@@ -178,7 +227,18 @@ func (c *cluster) start() {
 	if err := c.cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}
-	deadline := time.Now().Add(90 * time.Second)
+	// One waiter for the process's whole life: an exit is seen at once,
+	// by the wait below and by kill9 and stop.
+	cmd, exited := c.cmd, make(chan struct{})
+	c.exited = exited
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	deadline := time.NewTimer(90 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		if _, err := os.Stat(c.config); err == nil {
 			if resp, err := http.Get("http://" + c.listen + "/healthz"); err == nil {
@@ -186,13 +246,13 @@ func (c *cluster) start() {
 				break
 			}
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline.C:
 			c.t.Fatalf("cube up did not come up in 90s; log:\n%s", c.log())
+		case <-exited:
+			c.t.Fatalf("cube up exited (%v); log:\n%s", cmd.ProcessState, c.log())
+		case <-tick.C:
 		}
-		if c.cmd.ProcessState != nil {
-			c.t.Fatalf("cube up exited; log:\n%s", c.log())
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	cfg, err := client.LoadConfig(c.config)
 	if err != nil {
@@ -226,10 +286,20 @@ func (c *cluster) log() string {
 	return string(b)
 }
 
+// running tells whether cube up still runs.
+func (c *cluster) running() bool {
+	select {
+	case <-c.exited:
+		return false
+	default:
+		return true
+	}
+}
+
 // kill9 kills `cube up` (and only it: shims run in their own sessions).
 func (c *cluster) kill9() {
 	_ = c.cmd.Process.Signal(syscall.SIGKILL)
-	_, _ = c.cmd.Process.Wait()
+	<-c.exited
 }
 
 func (c *cluster) stop() {
@@ -237,11 +307,11 @@ func (c *cluster) stop() {
 		return
 	}
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _, _ = c.cmd.Process.Wait(); close(done) }()
+	t := time.NewTimer(20 * time.Second)
+	defer t.Stop()
 	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
+	case <-c.exited:
+	case <-t.C:
 		c.kill9()
 	}
 }
@@ -250,7 +320,7 @@ func (c *cluster) stop() {
 // cgroups and namespaces go the normal way), then stops cube up and
 // removes the bridge.
 func (c *cluster) destroy() {
-	if c.client != nil && c.cmd.ProcessState == nil {
+	if c.client != nil && c.running() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		// Every tenant's instances, not only the admin's: shims outlive
 		// cube up, so one left here would run on after the test.
