@@ -160,8 +160,15 @@ func (h *Host) Status() node.RuntimeStatus {
 	if h.runc {
 		st.Runtimes = append(st.Runtimes, v1.RuntimeRunc)
 	}
+	if len(st.GuestKernel) > maxStatus {
+		st.GuestKernel = st.GuestKernel[:maxStatus-3] + "..."
+	}
 	return st
 }
+
+// maxStatus bounds the guest kernel's status in the node record (a build
+// error can be long; the log has it whole).
+const maxStatus = 240
 
 // VM implements node.Runtimes.
 func (h *Host) VM() (sandbox.VMOptions, bool) {

@@ -1,0 +1,26 @@
+package cli
+
+import (
+	"testing"
+
+	v1 "github.com/cube-platform/cube/api/v1"
+)
+
+func TestRuntimesText(t *testing.T) {
+	for _, tc := range []struct {
+		st   v1.NodeStatus
+		want string
+	}{
+		{v1.NodeStatus{Runtimes: []string{"microvm", "runc"}, GuestKernel: "ready"}, "microvm,runc"},
+		{v1.NodeStatus{Runtimes: []string{"runc"}, GuestKernel: "building 42%"}, "runc (microvm: kernel building 42%)"},
+		{v1.NodeStatus{Runtimes: []string{"runc"}}, "runc"},
+		{v1.NodeStatus{}, "-"},
+	} {
+		if got := runtimesText(tc.st); got != tc.want {
+			t.Errorf("runtimesText(%+v) = %q; want %q", tc.st, got, tc.want)
+		}
+	}
+	if got := runtimeText(&v1.Instance{Spec: v1.InstanceSpec{Runtime: "microvm"}, Status: v1.InstanceStatus{Accelerator: "tcg"}}); got != "microvm/tcg" {
+		t.Errorf("runtimeText = %q; want microvm/tcg", got)
+	}
+}
