@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -142,12 +141,9 @@ func New(spec sandbox.Spec, opts sandbox.Options) (sandbox.Sandbox, error) {
 			return nil, fmt.Errorf("%w: container %s: %w", errdefs.ErrInvalid, c.Name, err)
 		}
 		s.users[c.Name] = [2]uint32{uid, gid}
-		env := c.Env
-		if !hasEnv(env, "HOME") {
-			// runc sets HOME from the image's passwd when the environment
-			// has none, for the container and its execs: so do we.
-			env = append(slices.Clip(env), "HOME="+sandbox.HomeDir(c.RootFS.Dir, uid))
-		}
+		// runc sets HOME from the image's passwd when the environment has
+		// none, for the container and its execs: so do we.
+		env := sandbox.MergeEnv([]string{"HOME=" + sandbox.HomeDir(c.RootFS.Dir, uid)}, c.Env)
 		s.env[c.Name] = env
 		s.cwd[c.Name] = cmp.Or(c.WorkingDir, "/")
 		s.order = append(s.order, c.Name)
@@ -685,10 +681,13 @@ func (s *vmSandbox) Exec(ctx context.Context, name string, spec sandbox.ExecSpec
 		return 0, fmt.Errorf("container %s: the vm is not running: %w", name, errdefs.ErrConflict)
 	}
 	user := s.users[name]
-	env := append(append([]string{}, s.env[name]...), spec.Env...)
-	if spec.TTY && !hasEnv(env, "TERM") {
-		env = append(env, "TERM=xterm")
+	// As runc's execs: the container's environment, TERM for a terminal,
+	// then the exec's own, each overriding what came before.
+	env := s.env[name]
+	if spec.TTY {
+		env = sandbox.MergeEnv(env, []string{"TERM=xterm"})
 	}
+	env = sandbox.MergeEnv(env, spec.Env)
 	p := agentapi.Process{Container: name, ExecID: id}
 	// An exec starts in its container's working directory, as runc's do.
 	req := &agentapi.ExecRequest{Process: &agentapi.ProcessRef{Container: name, ExecId: id}, Args: spec.Args, Env: env,
@@ -757,15 +756,6 @@ func (s *vmSandbox) Exec(ctx context.Context, name string, spec sandbox.ExecSpec
 		}
 		return 137, ctx.Err()
 	}
-}
-
-func hasEnv(env []string, key string) bool {
-	for _, e := range env {
-		if len(e) > len(key) && e[:len(key)] == key && e[len(key)] == '=' {
-			return true
-		}
-	}
-	return false
 }
 
 // pumpStdin copies r to the process's stdin in chunks, then closes it.

@@ -134,9 +134,9 @@ func execProcess(base *specs.Process, spec sandbox.ExecSpec) *specs.Process {
 	p.Terminal = spec.TTY
 	env := append([]string(nil), base.Env...)
 	if spec.TTY {
-		env = mergeEnv(env, []string{"TERM=xterm"})
+		env = sandbox.MergeEnv(env, []string{"TERM=xterm"})
 	}
-	p.Env = mergeEnv(env, spec.Env)
+	p.Env = sandbox.MergeEnv(env, spec.Env)
 	return &p
 }
 
@@ -221,25 +221,6 @@ func containerEnv(sb sandbox.Spec, env []string) []string {
 	if sb.Hostname != "" {
 		base = append(base, "HOSTNAME="+sb.Hostname)
 	}
-	return mergeEnv(base, env)
+	return sandbox.MergeEnv(base, env)
 }
 
-// mergeEnv returns base with every KEY=VALUE of over applied (later wins).
-func mergeEnv(base, over []string) []string {
-	out := append([]string(nil), base...)
-	index := make(map[string]int, len(out))
-	for i, kv := range out {
-		k, _, _ := strings.Cut(kv, "=")
-		index[k] = i
-	}
-	for _, kv := range over {
-		k, _, _ := strings.Cut(kv, "=")
-		if i, ok := index[k]; ok {
-			out[i] = kv
-			continue
-		}
-		index[k] = len(out)
-		out = append(out, kv)
-	}
-	return out
-}

@@ -314,6 +314,15 @@ func (s *suite) exec(t *testing.T) {
 			t.Errorf("stdout %q stderr %q; want %q, %q", out.String(), errOut.String(), "got hi 1 x /tmp /root\n", "e\n")
 		}
 	})
+	t.Run("env overrides", func(t *testing.T) {
+		// The exec's own environment wins over the container's.
+		var out Buffer
+		code, err := sb.Exec(ctx, "c", sandbox.ExecSpec{Args: []string{"sh", "-c", `echo "$FROM_SPEC"; env | grep -c '^FROM_SPEC='`},
+			Env: []string{"FROM_SPEC=exec"}}, sandbox.Stdio{Stdout: &out})
+		if err != nil || code != 0 || out.String() != "exec\n1\n" {
+			t.Errorf("exec with FROM_SPEC=exec printed %q (%d, %v); want the exec's value, once", out.String(), code, err)
+		}
+	})
 	t.Run("large output", func(t *testing.T) {
 		var out Buffer
 		code, err := sb.Exec(ctx, "c", sandbox.ExecSpec{Args: []string{"sh", "-c", "seq 100000"}}, sandbox.Stdio{Stdout: &out})
