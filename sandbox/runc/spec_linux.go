@@ -223,4 +223,3 @@ func containerEnv(sb sandbox.Spec, env []string) []string {
 	}
 	return sandbox.MergeEnv(base, env)
 }
-
