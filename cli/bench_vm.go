@@ -124,32 +124,19 @@ func (b *vmBench) paths(in *v1.Instance) node.InstancePaths {
 	return node.PathsOf(filepath.Join(b.dataDir, "node"), in.Metadata.UID)
 }
 
-// procStatusKB reads a field of /proc/<pid>/status in KiB.
-func procStatusKB(pid int, field string) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+// procKB reads the "Key:  N kB" line of a /proc file (status,
+// smaps_rollup, meminfo) in KiB.
+func procKB(path, key string) (int64, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
 	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+		if rest, ok := strings.CutPrefix(line, key+":"); ok {
 			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 		}
 	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
-}
-
-// pssKB is a process's proportional set size (smaps_rollup).
-func pssKB(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "Pss:"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no Pss in /proc/%d/smaps_rollup", pid)
+	return 0, fmt.Errorf("no %s in %s", key, path)
 }
 
 func readPid(path string) (int, error) {
@@ -158,19 +145,6 @@ func readPid(path string) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
-}
-
-func memAvailableKB() (int64, error) {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		}
-	}
-	return 0, errors.New("no MemAvailable in /proc/meminfo")
 }
 
 func medianF(v []float64) float64 {
@@ -236,7 +210,7 @@ instances are removed at the end. The last line is JSON:
 					privates = append(privates, float64(u.Anon-u.Guest)/(1<<20))
 				}
 				if pid, err := readPid(p.ShimPid); err == nil {
-					if kb, err := procStatusKB(pid, "VmRSS"); err == nil {
+					if kb, err := procKB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS"); err == nil {
 						shims = append(shims, float64(kb)/1024)
 					}
 				}
@@ -287,7 +261,7 @@ end. The last line is JSON:
 			}
 			defer b.cleanup()
 			ctx := cmd.Context()
-			before, err := memAvailableKB()
+			before, err := procKB("/proc/meminfo", "MemAvailable")
 			if err != nil {
 				return err
 			}
@@ -307,7 +281,9 @@ end. The last line is JSON:
 					mu.Lock()
 					defer mu.Unlock()
 					if err != nil {
-						firstErr = cmp2(firstErr, err)
+						if firstErr == nil {
+							firstErr = err
+						}
 						return
 					}
 					starts, ins = append(starts, took), append(ins, in)
@@ -316,7 +292,7 @@ end. The last line is JSON:
 			}
 			wg.Wait()
 			fmt.Fprintln(g.stderr)
-			after, err := memAvailableKB()
+			after, err := procKB("/proc/meminfo", "MemAvailable")
 			if err != nil {
 				return err
 			}
@@ -332,12 +308,12 @@ end. The last line is JSON:
 				p := b.paths(cur)
 				var kb int64
 				if rec, err := microvm.ReadBootRecord(p.Sandbox); err == nil {
-					if v, err := pssKB(rec.VMMPid); err == nil {
+					if v, err := procKB(fmt.Sprintf("/proc/%d/smaps_rollup", rec.VMMPid), "Pss"); err == nil {
 						kb += v
 					}
 				}
 				if pid, err := readPid(p.ShimPid); err == nil {
-					if v, err := pssKB(pid); err == nil {
+					if v, err := procKB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Pss"); err == nil {
 						kb += v
 					}
 				}
@@ -353,21 +329,11 @@ end. The last line is JSON:
 			_ = tw.Flush()
 			out, _ := json.Marshal(res)
 			fmt.Fprintln(g.stdout, string(out))
-			if firstErr != nil {
-				return firstErr
-			}
-			return nil
+			return firstErr
 		},
 	}
 	b.flags(cmd)
 	cmd.Flags().IntVar(&n, "n", 50, "number of instances")
 	cmd.Flags().IntVar(&parallel, "parallel", 2, "instances started at a time (every VM boot takes a core under TCG)")
 	return cmd
-}
-
-func cmp2(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
