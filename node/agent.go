@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -177,7 +178,8 @@ func (a *Agent) Start(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	a.address = address
-	if _, err := a.register(rctx); err != nil {
+	reg, err := a.register(rctx)
+	if err != nil {
 		ln.Close()
 		return fmt.Errorf("register node %s: %w", a.cfg.Name, err)
 	}
@@ -188,7 +190,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	runCtx, runCancel := context.WithCancel(context.Background())
 	a.cancel = runCancel
 	a.wg.Add(2)
-	go func() { defer a.wg.Done(); a.heartbeatLoop(runCtx) }()
+	go func() { defer a.wg.Done(); a.heartbeatLoop(runCtx, reg) }()
 	go func() { defer a.wg.Done(); a.syncLoop(runCtx) }()
 	a.log.Info("node agent started", "address", ln.Addr().String(), "capacity_cpu", a.cfg.Capacity.CPU, "capacity_memory", a.cfg.Capacity.Memory)
 	return nil
@@ -214,9 +216,11 @@ func (a *Agent) Close() error {
 
 func (a *Agent) instancesDir() string { return filepath.Join(a.cfg.StateDir, "instances") }
 
-func (a *Agent) heartbeatLoop(ctx context.Context) {
-	registered := a.localImages(ctx)
-	runtimes := a.cfg.Runtimes.Status()
+// heartbeatLoop beats and re-registers whenever what the node would
+// report differs from reg, what it last registered. It compares with the
+// registration itself, not a fresh read at loop start: a guest kernel
+// that became ready between the two would otherwise never be reported.
+func (a *Agent) heartbeatLoop(ctx context.Context, reg registration) {
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
@@ -230,10 +234,9 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 			}
 			// Re-register when the local images changed, for image
 			// locality, or the runtimes did (a guest kernel got built).
-			images, rts := a.localImages(hctx), a.cfg.Runtimes.Status()
-			if strings.Join(images, ",") != strings.Join(registered, ",") || !rts.equal(runtimes) {
+			if now := a.current(hctx); !now.equal(reg) {
 				if got, err := a.register(hctx); err == nil {
-					registered, runtimes = got, rts
+					reg = got
 				}
 			}
 			cancel()
@@ -241,16 +244,30 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 	}
 }
 
-// register creates or refreshes this node's record and returns the image
-// digests it reported.
-func (a *Agent) register(ctx context.Context) ([]string, error) {
-	images := a.localImages(ctx)
-	rts := a.cfg.Runtimes.Status()
+// registration is what a node record reports beyond its configuration.
+type registration struct {
+	images   []string
+	runtimes RuntimeStatus
+}
+
+func (r registration) equal(o registration) bool {
+	return slices.Equal(r.images, o.images) && r.runtimes.equal(o.runtimes)
+}
+
+func (a *Agent) current(ctx context.Context) registration {
+	return registration{images: a.localImages(ctx), runtimes: a.cfg.Runtimes.Status()}
+}
+
+// register creates or refreshes this node's record and returns what it
+// reported.
+func (a *Agent) register(ctx context.Context) (registration, error) {
+	reg := a.current(ctx)
+	rts := reg.runtimes
 	node := &v1.Node{Metadata: v1.ObjectMeta{Name: a.cfg.Name, Labels: a.cfg.Labels}, Spec: v1.NodeSpec{Taints: a.cfg.Taints},
-		Status: v1.NodeStatus{Capacity: a.cfg.Capacity, Address: a.address, Images: images,
+		Status: v1.NodeStatus{Capacity: a.cfg.Capacity, Address: a.address, Images: reg.images,
 			Runtimes: rts.Runtimes, Accelerator: rts.Accelerator, GuestKernel: rts.GuestKernel}}
 	_, err := a.cfg.Client.RegisterNode(ctx, node, a.secret)
-	return images, err
+	return reg, err
 }
 
 // localImages lists the digests in the node's image store, sorted.
