@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -133,6 +134,8 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 		AwaitStart:    true,
 		Backend:       backend,
 		VM:            vm,
+		// The shim logs at debug (its step timings) when the node does.
+		Debug: w.a.log.Enabled(ctx, slog.LevelDebug),
 	}
 	if lost != nil {
 		cfg.RestartCounts, cfg.Exited = lost.restarts, lost.exited
