@@ -135,7 +135,10 @@ func (a *Agent) NewServer() (*ttrpc.Server, error) {
 	s, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(
 		func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
 			resp, err := m(ctx, u)
-			if err != nil {
+			// A long poll (ReadOutput, Wait) that reached the caller's
+			// deadline is the protocol working, not a refusal: logging it
+			// wrote two console lines per idle instance every 10 s.
+			if err != nil && ctx.Err() == nil {
 				a.log.Info("call refused", "method", info.FullMethod, "err", err)
 			}
 			return resp, agentapi.ToStatus(err)

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -88,6 +90,40 @@ func TestSetupOnce(t *testing.T) {
 	info, err := vm.c.Hello(ctx(t))
 	if err != nil || !info.SetupDone {
 		t.Errorf("Hello after Setup = %+v, %v; want setup done", info, err)
+	}
+}
+
+// TestDriveMounts: Setup mounts the image drive read-only and the
+// writable ext4 drive with noinit_itable (the host made it with lazy
+// inode tables; without the option the guest kernel zeroes them after
+// the mount, during the container's start).
+func TestDriveMounts(t *testing.T) {
+	vm := startAgent(t)
+	if err := vm.c.Setup(ctx(t), baseSetup(sh("app", "true"))); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mounts", vm.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rw, img []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasPrefix(f[1], vm.state+"/") {
+			continue
+		}
+		switch {
+		case f[2] == "ext4":
+			rw = strings.Split(f[3], ",")
+		case f[2] == "erofs":
+			img = strings.Split(f[3], ",")
+		}
+	}
+	if !slices.Contains(rw, "noinit_itable") || !slices.Contains(rw, "rw") {
+		t.Errorf("writable drive mount options %v; want rw and noinit_itable\n%s", rw, b)
+	}
+	if !slices.Contains(img, "ro") {
+		t.Errorf("image drive mount options %v; want ro\n%s", img, b)
 	}
 }
 

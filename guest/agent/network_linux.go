@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -39,12 +40,16 @@ func (a *Agent) configureNetwork(n *agentapi.Network) error {
 		if err != nil {
 			return err
 		}
-		// Some drivers only take a new address while down.
-		if err := netlink.LinkSetDown(link); err != nil {
-			return fmt.Errorf("set %s down: %w", a.cfg.Link, err)
-		}
-		if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
-			return fmt.Errorf("set %s's mac: %w", a.cfg.Link, err)
+		// A cold boot's card has this MAC from the VMM already; taking
+		// the link down and up for nothing costs emulated driver work.
+		if !bytes.Equal(link.Attrs().HardwareAddr, mac) {
+			// Some drivers only take a new address while down.
+			if err := netlink.LinkSetDown(link); err != nil {
+				return fmt.Errorf("set %s down: %w", a.cfg.Link, err)
+			}
+			if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+				return fmt.Errorf("set %s's mac: %w", a.cfg.Link, err)
+			}
 		}
 	}
 	if n.GetMtu() != 0 {
