@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -15,6 +18,7 @@ import (
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/guest/kernel"
 	"github.com/cube-platform/cube/image/imagetest"
+	"github.com/cube-platform/cube/internal/asuser"
 	"github.com/cube-platform/cube/sandbox/microvm"
 	"github.com/cube-platform/cube/sandbox/microvm/vmtest"
 )
@@ -144,6 +148,37 @@ func TestMicroVM(t *testing.T) {
 	}
 	if _, err := os.Stat(root + "/vm/vmlinux"); err != nil {
 		t.Errorf("vmm %d's root lacks its kernel /vm/vmlinux (%v): the check above proves nothing", pid, err)
+	}
+
+	// The VM's control sockets (the guest agent's ttRPC port and QEMU's
+	// QMP) refuse a local user: either would run anything in the guest
+	// or stop, migrate or reconfigure the VM. Nor can that user read the
+	// writable layer or the console.
+	uid := strings.TrimSpace(c.mustCube("get", "web", "-o", "jsonpath={.metadata.uid}"))
+	dir := filepath.Join(c.dataDir, "node", "instances", uid, "sandbox")
+	for _, sock := range []string{filepath.Join(dir, "agent.sock"), filepath.Join(dir, "vmm", "qmp.sock")} {
+		conn, err := net.DialTimeout("unix", sock, 5*time.Second)
+		if err != nil {
+			t.Errorf("root dialing %s: %v; want it to work (positive control)", sock, err)
+			continue
+		}
+		conn.Close()
+		err = asuser.Do(asuser.Nobody, func() error {
+			conn, err := net.DialTimeout("unix", sock, 5*time.Second)
+			if err == nil {
+				conn.Close()
+			}
+			return err
+		})
+		if !errors.Is(err, os.ErrPermission) {
+			t.Errorf("nobody dialing %s: %v; want permission denied", sock, err)
+		}
+	}
+	for _, f := range []string{"disk.img", "console.log"} {
+		err := asuser.Do(asuser.Nobody, func() error { _, err := os.ReadFile(filepath.Join(dir, f)); return err })
+		if !errors.Is(err, os.ErrPermission) {
+			t.Errorf("nobody reading the VM's %s: %v; want permission denied", f, err)
+		}
 	}
 }
 
