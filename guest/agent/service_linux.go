@@ -57,6 +57,9 @@ func (s *service) Setup(ctx context.Context, req *agentapi.SetupRequest) (*agent
 // doSetup applies a valid Setup.
 // Preconditions: a.mu is held.
 func (a *Agent) doSetup(req *agentapi.SetupRequest) error {
+	if err := a.setClock(req.GetTimeUnixNano()); err != nil {
+		return err
+	}
 	pids := req.GetPidsLimit()
 	if pids == 0 {
 		pids = a.cfg.DefaultPidsLimit
@@ -81,6 +84,21 @@ func (a *Agent) doSetup(req *agentapi.SetupRequest) error {
 		}
 	}
 	return a.mountDrives(req.GetDrives())
+}
+
+// setClock sets the guest's wall clock to the host's (Unix ns): the
+// kernel set it from the RTC at boot, to the whole second, so a guest
+// was up to a second behind the host. Only as PID 1 of a VM: a test
+// agent on the host must not set the host's clock.
+func (a *Agent) setClock(ns int64) error {
+	if ns <= 0 || !a.cfg.Init {
+		return nil
+	}
+	ts := unix.NsecToTimespec(ns)
+	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+		return fmt.Errorf("set the clock: %w", err)
+	}
+	return nil
 }
 
 func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agentapi.StartResponse, error) {

@@ -331,8 +331,12 @@ type SetupRequest struct {
 	Drives   []*Drive               `protobuf:"bytes,3,rep,name=drives,proto3" json:"drives,omitempty"`
 	// The most tasks all containers and execs together may have (pids.max
 	// of the agent's sandbox cgroup); 0 means the agent's default.
-	PidsLimit     int64            `protobuf:"varint,4,opt,name=pids_limit,json=pidsLimit,proto3" json:"pids_limit,omitempty"`
-	Containers    []*ContainerSpec `protobuf:"bytes,5,rep,name=containers,proto3" json:"containers,omitempty"`
+	PidsLimit  int64            `protobuf:"varint,4,opt,name=pids_limit,json=pidsLimit,proto3" json:"pids_limit,omitempty"`
+	Containers []*ContainerSpec `protobuf:"bytes,5,rep,name=containers,proto3" json:"containers,omitempty"`
+	// The host's clock (Unix ns) when it sent this; the agent sets the
+	// guest's clock to it before anything runs (the kernel took whole
+	// seconds from the RTC). 0 or less leaves the clock alone.
+	TimeUnixNano  int64 `protobuf:"varint,6,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -400,6 +404,13 @@ func (x *SetupRequest) GetContainers() []*ContainerSpec {
 		return x.Containers
 	}
 	return nil
+}
+
+func (x *SetupRequest) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
 }
 
 type Network struct {
@@ -1696,7 +1707,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x0ekernel_release\x18\x02 \x01(\tR\rkernelRelease\x12\x17\n" +
 	"\aboot_id\x18\x03 \x01(\tR\x06bootId\x12\x1d\n" +
 	"\n" +
-	"setup_done\x18\x04 \x01(\bR\tsetupDone\"\xe7\x01\n" +
+	"setup_done\x18\x04 \x01(\bR\tsetupDone\"\x8d\x02\n" +
 	"\fSetupRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x120\n" +
 	"\anetwork\x18\x02 \x01(\v2\x16.cube.agent.v1.NetworkR\anetwork\x12,\n" +
@@ -1705,7 +1716,8 @@ const file_agent_proto_rawDesc = "" +
 	"pids_limit\x18\x04 \x01(\x03R\tpidsLimit\x12<\n" +
 	"\n" +
 	"containers\x18\x05 \x03(\v2\x1c.cube.agent.v1.ContainerSpecR\n" +
-	"containers\"\xf3\x01\n" +
+	"containers\x12$\n" +
+	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\"\xf3\x01\n" +
 	"\aNetwork\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x1b\n" +
 	"\tipv4_cidr\x18\x02 \x01(\tR\bipv4Cidr\x12\x18\n" +

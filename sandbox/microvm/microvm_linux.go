@@ -465,6 +465,8 @@ func (s *vmSandbox) ensureSetup(ctx context.Context) error {
 	if iface != nil {
 		req.Network = networkOf(*iface)
 	}
+	// The guest's clock, to the whole second from the RTC until now.
+	req.TimeUnixNano = time.Now().UnixNano()
 	if err := agent.Setup(ctx, req); err != nil {
 		return err
 	}
