@@ -16,6 +16,7 @@ import (
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/image/imagetest"
+	"github.com/cube-platform/cube/shim"
 )
 
 // pushBusybox builds the busybox test image and serves it from a real
@@ -187,7 +188,22 @@ func TestSurvivesKill9(t *testing.T) {
 		t.Fatalf("found %d shims; want 2", len(before))
 	}
 	c.kill9()
-	time.Sleep(time.Second)
+	// Once cube up is reaped, a shim tied to it (a parent-death signal,
+	// its process group) would have been signalled already; each one
+	// answering on its socket after that is alive and serving, which a
+	// kill(pid, 0) would not tell of a zombie.
+	socks, _ := filepath.Glob(filepath.Join(c.dataDir, "node", "instances", "*", "shim.sock"))
+	if len(socks) != 2 {
+		t.Fatalf("found shim sockets %v; want 2", socks)
+	}
+	for _, sock := range socks {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := shim.Dial(sock).Ping(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("shim at %s after cube up's kill -9: %v; want it serving", sock, err)
+		}
+	}
 	for _, pid := range before {
 		if !alive(pid) {
 			t.Fatalf("shim %d died with cube up", pid)
