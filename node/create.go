@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
 	"time"
 
@@ -230,11 +231,14 @@ func (w *worker) containerSpec(ctx context.Context, c v1.Container, backend stri
 	if len(argv) == 0 {
 		return sandbox.ContainerSpec{}, fmt.Errorf("no command: image %s has no entrypoint or cmd; give one after the image name", c.Image)
 	}
-	env := append([]string{}, img.Config.Env...)
+	// The image's environment with the spec's over it, and Docker's
+	// default PATH where neither has one.
+	over := make([]string, 0, len(c.Env))
 	for _, e := range c.Env {
-		env = setEnv(env, e.Name, e.Value)
+		over = append(over, e.Name+"="+e.Value)
 	}
-	if !hasEnv(env, "PATH") {
+	env := sandbox.MergeEnv(img.Config.Env, over)
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "PATH=") }) {
 		env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	}
 	cwd := c.WorkingDir
@@ -270,25 +274,6 @@ func ResolveArgs(cfg image.Config, command, args []string) []string {
 		cmd = args
 	}
 	return append(append([]string{}, entry...), cmd...)
-}
-
-func setEnv(env []string, k, v string) []string {
-	for i, e := range env {
-		if strings.HasPrefix(e, k+"=") {
-			env[i] = k + "=" + v
-			return env
-		}
-	}
-	return append(env, k+"="+v)
-}
-
-func hasEnv(env []string, k string) bool {
-	for _, e := range env {
-		if strings.HasPrefix(e, k+"=") {
-			return true
-		}
-	}
-	return false
 }
 
 // resolveUser turns an image's USER ("nobody", "1000:1000") into numbers,
