@@ -18,6 +18,7 @@ import (
 	"github.com/cube-platform/cube/sandbox/microvm/vmm"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm/jail"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm/qmp"
+	"golang.org/x/sys/unix"
 )
 
 // Options configure the driver.
@@ -26,12 +27,16 @@ type Options struct {
 	Binary string
 	// Logger; nil discards.
 	Logger *slog.Logger
+	// KeepBootFiles leaves the kernel and initrd resident in QEMU after
+	// boot (see releaseBootFiles); for A/B measurements.
+	KeepBootFiles bool
 }
 
 // Driver is the QEMU microvm driver.
 type Driver struct {
-	binary string
-	log    *slog.Logger
+	binary        string
+	log           *slog.Logger
+	keepBootFiles bool
 
 	filesOnce sync.Once
 	files     *jailFiles
@@ -58,7 +63,7 @@ func New(opts Options) (*Driver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{binary: abs, log: log.With("component", "qemu")}, nil
+	return &Driver{binary: abs, log: log.With("component", "qemu"), keepBootFiles: opts.KeepBootFiles}, nil
 }
 
 // Start implements vmm.Driver.
@@ -233,6 +238,12 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	tJail := time.Since(t0)
 	v.cmd = cmd
 	v.pid = cmd.Process.Pid
+	// Opened before anything reaps QEMU, so it names this process even
+	// if the pid is reused later.
+	pidfd, pidfdErr := unix.PidfdOpen(v.pid, 0)
+	if pidfdErr == nil {
+		cleanups = append(cleanups, func() { unix.Close(pidfd) })
+	}
 	v.exited = make(chan struct{})
 	go func() { v.waitErr = cmd.Wait(); close(v.exited) }()
 	cleanups = append(cleanups, func() { cmd.Process.Kill(); <-v.exited })
@@ -276,6 +287,19 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	go v.watchEvents()
 	if _, err := c.Execute(qctx, "cont", nil); err != nil {
 		return nil, failed("start the guest", err)
+	}
+	if pidfdErr == nil && !d.keepBootFiles {
+		v.events.Add(1)
+		go func() {
+			defer v.events.Done()
+			defer unix.Close(pidfd)
+			bctx, cancel := context.WithTimeout(context.Background(), vmm.DefaultBootTimeout(accelOf(&cfg)))
+			defer cancel()
+			n, err := releaseBootFiles(bctx, c, pidfd, v.pid, v.exited)
+			v.log.Debug("boot files paged out of the vmm", "bytes", n, "err", err)
+		}()
+	} else if pidfdErr == nil {
+		unix.Close(pidfd)
 	}
 	go v.reap()
 	v.log.Debug("vm started", "pid", v.pid, "accel", accelOf(&cfg),
