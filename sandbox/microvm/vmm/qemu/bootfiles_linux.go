@@ -36,9 +36,13 @@ import (
 // ~30 KiB: ~400 mappings).
 const maxMapsBytes = 1 << 20
 
-// bootFilePoll is how often the driver looks whether the guest kernel
-// runs yet.
-const bootFilePoll = 10 * time.Millisecond
+// bootFilePoll is the first interval at which the driver looks whether
+// the guest kernel runs yet; it doubles up to bootFilePollMax, so a guest
+// stuck in its firmware costs a QMP call every 250 ms, not every 10.
+const (
+	bootFilePoll    = 10 * time.Millisecond
+	bootFilePollMax = 250 * time.Millisecond
+)
 
 // mapping is one range of another process's address space.
 type mapping struct {
@@ -99,7 +103,8 @@ func releaseBootFiles(ctx context.Context, c *qmp.Client, pidfd, pid int, exited
 // guest kernel runs: the firmware and the kernel's 32-bit PVH entry run
 // at low physical addresses. Measured under TCG: ~40 ms after cont.
 func waitGuestKernel(ctx context.Context, c *qmp.Client, exited <-chan struct{}) error {
-	t := time.NewTicker(bootFilePoll)
+	wait := bootFilePoll
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
 		r, err := c.Execute(ctx, "human-monitor-command", map[string]string{"command-line": "info registers"})
@@ -120,6 +125,8 @@ func waitGuestKernel(ctx context.Context, c *qmp.Client, exited <-chan struct{})
 			return fmt.Errorf("qemu exited")
 		case <-t.C:
 		}
+		wait = min(2*wait, bootFilePollMax)
+		t.Reset(wait)
 	}
 }
 
