@@ -80,7 +80,12 @@ func fileMappings(r io.Reader, path string) ([]mapping, error) {
 // or exited is closed; pidfd is QEMU's, so the madvise never reaches
 // another process even if the pid is reused.
 func releaseBootFiles(ctx context.Context, c *qmp.Client, pidfd, pid int, exited <-chan struct{}) (int, error) {
-	maps, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/maps")
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/maps")
+	if err != nil {
+		return 0, err
+	}
+	maps, err := io.ReadAll(io.LimitReader(f, maxMapsBytes))
+	f.Close()
 	if err != nil {
 		return 0, err
 	}
