@@ -17,13 +17,16 @@ import (
 //	go test -run '^$' -bench BootToInit -benchtime 5x ./sandbox/microvm/vmm/qemu/
 //
 // On a host with working KVM (bare metal or nested VMX/SVM, not kvm_pvm)
-// add CUBE_TEST_ACCEL=kvm to measure the KVM boot.
+// add CUBE_TEST_ACCEL=kvm to measure the KVM boot, and
+// CUBE_BENCH_KEEP_BOOT_FILES=1 for the A side of an A/B of the boot-file
+// page-out (Options.KeepBootFiles).
 func BenchmarkBootToInit(b *testing.B) {
 	kernel := testKernelOrSkip(b)
+	keep := os.Getenv("CUBE_BENCH_KEEP_BOOT_FILES") == "1"
 	var ms, startMs []float64
 	for i := 0; i < b.N; i++ {
 		cfg := benchConfig(b, kernel, "poweroff")
-		d, err := New(Options{})
+		d, err := New(Options{KeepBootFiles: keep})
 		if err != nil {
 			b.Fatal(err)
 		}
