@@ -37,7 +37,11 @@ type BootResult struct {
 	// what one more VM costs beyond the pages every QEMU shares.
 	VMMOverheadMiB float64 `json:"vmm_overhead_mib"`
 	VMMPrivateMiB  float64 `json:"vmm_private_mib"`
-	ShimRSSMiB     float64 `json:"shim_rss_mib"`
+	// VMMPSSMiB is the VMM's PSS minus the guest memory it touched
+	// (median), read once all N are up: pages the VMMs share count
+	// split between them, what the node pays per VM.
+	VMMPSSMiB  float64 `json:"vmm_pss_mib"`
+	ShimRSSMiB float64 `json:"shim_rss_mib"`
 }
 
 // DensityResult is the final JSON line of `cube bench density`.
@@ -174,7 +178,9 @@ func newBenchBootCmd(g *globals) *cobra.Command {
 from the VMM's start to the guest agent's first answer (from the VM's boot
 record on the node), and start the time from the create call's return to
 Running. vmm_overhead_mib is the VMM's RSS minus the guest memory it touched;
-vmm_private_mib the anonymous part of it. Run it on the node, as root. The
+vmm_private_mib the anonymous part of it; vmm_pss_mib its PSS minus the same,
+read with all N up (shared pages split between the VMMs). Run it on the
+node, as root. The
 instances are removed at the end. The last line is JSON:
 {"bench":"boot","accel":"tcg|kvm","n":N,"p50_boot_ms":…,"p99_boot_ms":…,
  "p50_start_ms":…,"vmm_overhead_mib":…,"shim_rss_mib":…}`,
@@ -190,7 +196,8 @@ instances are removed at the end. The last line is JSON:
 			defer b.cleanup()
 			ctx := cmd.Context()
 			var boots, starts []time.Duration
-			var overheads, privates, shims []float64
+			var overheads, privates, shims, psses []float64
+			var recs []microvm.BootRecord
 			accel := ""
 			for i := 0; i < n; i++ {
 				in, took, err := b.start(ctx, i)
@@ -205,6 +212,7 @@ instances are removed at the end. The last line is JSON:
 					return fmt.Errorf("instance %d: %w", i, err)
 				}
 				boots = append(boots, time.Duration(rec.BootMs*float64(time.Millisecond)))
+				recs = append(recs, rec)
 				if u, err := qemu.ReadMemoryUsage(rec.VMMPid, rec.GuestMiB); err == nil {
 					overheads = append(overheads, float64(u.Overhead())/(1<<20))
 					privates = append(privates, float64(u.Anon-u.Guest)/(1<<20))
@@ -217,15 +225,21 @@ instances are removed at the end. The last line is JSON:
 				fmt.Fprintf(g.stderr, "\r%d/%d booted", i+1, n)
 			}
 			fmt.Fprintln(g.stderr)
+			for _, rec := range recs {
+				if u, err := qemu.ReadMemoryUsage(rec.VMMPid, rec.GuestMiB); err == nil {
+					psses = append(psses, float64(u.PSSOverhead())/(1<<20))
+				}
+			}
 			sb, ss := durations(boots), durations(starts)
 			res := BootResult{Bench: "boot", Accel: accel, N: n,
 				P50BootMs: ms(percentile(sb, 50)), P99BootMs: ms(percentile(sb, 99)),
 				P50StartMs: ms(percentile(ss, 50)), P99StartMs: ms(percentile(ss, 99)),
-				VMMOverheadMiB: round1(medianF(overheads)), VMMPrivateMiB: round1(medianF(privates)), ShimRSSMiB: round1(medianF(shims))}
+				VMMOverheadMiB: round1(medianF(overheads)), VMMPrivateMiB: round1(medianF(privates)), VMMPSSMiB: round1(medianF(psses)),
+				ShimRSSMiB: round1(medianF(shims))}
 			tw := newTable(g.stdout)
-			fmt.Fprintln(tw, "N\tACCEL\tBOOT P50\tBOOT P99\tSTART P50\tSTART P99\tVMM OVERHEAD\tVMM PRIVATE\tSHIM RSS")
-			fmt.Fprintf(tw, "%d\t%s\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%.1fMiB\t%.1fMiB\t%.1fMiB\n", n, accel, res.P50BootMs, res.P99BootMs,
-				res.P50StartMs, res.P99StartMs, res.VMMOverheadMiB, res.VMMPrivateMiB, res.ShimRSSMiB)
+			fmt.Fprintln(tw, "N\tACCEL\tBOOT P50\tBOOT P99\tSTART P50\tSTART P99\tVMM OVERHEAD\tVMM PRIVATE\tVMM PSS\tSHIM RSS")
+			fmt.Fprintf(tw, "%d\t%s\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%.1fMiB\t%.1fMiB\t%.1fMiB\t%.1fMiB\n", n, accel, res.P50BootMs, res.P99BootMs,
+				res.P50StartMs, res.P99StartMs, res.VMMOverheadMiB, res.VMMPrivateMiB, res.VMMPSSMiB, res.ShimRSSMiB)
 			_ = tw.Flush()
 			out, _ := json.Marshal(res)
 			fmt.Fprintln(g.stdout, string(out))

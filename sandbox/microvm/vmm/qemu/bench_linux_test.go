@@ -17,13 +17,16 @@ import (
 //	go test -run '^$' -bench BootToInit -benchtime 5x ./sandbox/microvm/vmm/qemu/
 //
 // On a host with working KVM (bare metal or nested VMX/SVM, not kvm_pvm)
-// add CUBE_TEST_ACCEL=kvm to measure the KVM boot.
+// add CUBE_TEST_ACCEL=kvm to measure the KVM boot, and
+// CUBE_BENCH_KEEP_BOOT_FILES=1 for the A side of an A/B of the boot-file
+// page-out (Options.KeepBootFiles).
 func BenchmarkBootToInit(b *testing.B) {
 	kernel := testKernelOrSkip(b)
+	keep := os.Getenv("CUBE_BENCH_KEEP_BOOT_FILES") == "1"
 	var ms, startMs []float64
 	for i := 0; i < b.N; i++ {
 		cfg := benchConfig(b, kernel, "poweroff")
-		d, err := New(Options{})
+		d, err := New(Options{KeepBootFiles: keep})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -58,7 +61,7 @@ func BenchmarkBootToInit(b *testing.B) {
 // QEMU process's RSS minus the resident part of the guest RAM mapping
 // (what the guest touched) as MiB/vmm-overhead:
 //
-//	go test -run '^$' -bench VMMOverhead -benchtime 3x ./sandbox/microvm/vmm/qemu/
+//	go test -run '^$' -bench 'VMMOverhead$' -benchtime 5x ./sandbox/microvm/vmm/qemu/
 func BenchmarkVMMOverhead(b *testing.B) {
 	kernel := testKernelOrSkip(b)
 	var over, privOver []float64
@@ -94,6 +97,63 @@ func BenchmarkVMMOverhead(b *testing.B) {
 	// Anonymous memory only, without the file pages every QEMU shares
 	// (binary, libraries): closer to what each further VM costs the node.
 	b.ReportMetric(privOver[len(privOver)/2], "MiB/vmm-anon-overhead")
+}
+
+// BenchmarkVMMOverhead5 boots five guests that touch 64 MiB each at once
+// and, with all five up, reports each QEMU's overhead as RSS
+// (MiB/vmm-overhead-5up, as vmm_overhead_mib) and as PSS
+// (MiB/vmm-pss-overhead-5up: shared pages split between the QEMUs
+// mapping them, what a node really pays per VM), medians over all VMs:
+//
+//	go test -run '^$' -bench VMMOverhead5 -benchtime 1x ./sandbox/microvm/vmm/qemu/
+func BenchmarkVMMOverhead5(b *testing.B) {
+	kernel := testKernelOrSkip(b)
+	const n = 5
+	var over, pss []float64
+	for i := 0; i < b.N; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), bootDeadline)
+		vms := make([]*VM, 0, n)
+		cfgs := make([]vmm.Config, 0, n)
+		stopAll := func() {
+			for j, v := range vms {
+				v.Stop(context.Background())
+				removeCgroupParent(cfgs[j].Jail.CgroupParent)
+			}
+			cancel()
+		}
+		for j := 0; j < n; j++ {
+			cfg := benchConfig(b, kernel, "touch")
+			cfg.Cmdline += " cubemib=64"
+			d, _ := New(Options{})
+			v, err := d.StartVM(ctx, cfg)
+			if err != nil {
+				stopAll()
+				b.Fatal(err)
+			}
+			vms, cfgs = append(vms, v), append(cfgs, cfg)
+		}
+		for _, v := range vms {
+			if err := v.WaitConsole(ctx, "CUBE-TEST-TOUCHED"); err != nil {
+				stopAll()
+				b.Fatal(err)
+			}
+		}
+		for j, v := range vms {
+			u, err := ReadMemoryUsage(v.Pid(), cfgs[j].MemoryMiB)
+			if err != nil {
+				stopAll()
+				b.Fatal(err)
+			}
+			b.Logf("vm %d: rss %.1f MiB, pss %.1f MiB, guest ram resident %.1f MiB", j, mib(u.RSS), mib(u.PSS), mib(u.Guest))
+			over = append(over, mib(u.Overhead()))
+			pss = append(pss, mib(u.PSSOverhead()))
+		}
+		stopAll()
+	}
+	slices.Sort(over)
+	slices.Sort(pss)
+	b.ReportMetric(over[len(over)/2], "MiB/vmm-overhead-5up")
+	b.ReportMetric(pss[len(pss)/2], "MiB/vmm-pss-overhead-5up")
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }

@@ -18,6 +18,7 @@ import (
 	"github.com/cube-platform/cube/sandbox/microvm/vmm"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm/jail"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm/qmp"
+	"golang.org/x/sys/unix"
 )
 
 // Options configure the driver.
@@ -26,16 +27,27 @@ type Options struct {
 	Binary string
 	// Logger; nil discards.
 	Logger *slog.Logger
+	// KeepBootFiles leaves the kernel and initrd resident in QEMU after
+	// boot (see releaseBootFiles); for A/B measurements.
+	KeepBootFiles bool
 }
 
 // Driver is the QEMU microvm driver.
 type Driver struct {
 	binary string
-	log    *slog.Logger
+	// lookMicrovm: look for the microvm-only build (see binaryFor) on
+	// the first KVM guest; microvm is it ("" if none), microvmSeccomp
+	// whether it can enforce -sandbox.
+	lookMicrovm    bool
+	microvmOnce    sync.Once
+	microvm        string
+	microvmSeccomp bool
+	log            *slog.Logger
+	keepBootFiles  bool
 
-	filesOnce sync.Once
-	files     *jailFiles
-	filesErr  error
+	mu sync.Mutex
+	// files is each binary's jail content, found once; protected by mu.
+	files map[string]*jailFiles
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -58,7 +70,9 @@ func New(opts Options) (*Driver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{binary: abs, log: log.With("component", "qemu")}, nil
+	d := &Driver{binary: abs, log: log.With("component", "qemu"), keepBootFiles: opts.KeepBootFiles, files: map[string]*jailFiles{}}
+	d.lookMicrovm = opts.Binary == ""
+	return d, nil
 }
 
 // Start implements vmm.Driver.
@@ -74,9 +88,16 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d.filesOnce.Do(func() { d.files, d.filesErr = findJailFiles(d.binary) })
-	if d.filesErr != nil {
-		return nil, d.filesErr
+	if accelOf(&cfg) == vmm.AccelKVM && d.lookMicrovm {
+		d.microvmOnce.Do(func() {
+			d.microvm, d.microvmSeccomp = findMicrovmBinary(ctx, d.binary)
+			d.log.Info("qemu microvm build", "path", d.microvm, "sandbox", d.microvmSeccomp)
+		})
+	}
+	binary := binaryFor(accelOf(&cfg), d.binary, d.microvm, d.microvmSeccomp)
+	jf, err := d.jailFiles(binary)
+	if err != nil {
+		return nil, err
 	}
 	for _, p := range []string{cfg.Kernel, cfg.Initrd} {
 		if p == "" {
@@ -214,10 +235,10 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	t0 := time.Now()
 	cmd, err := jail.Start(ctx, jail.Spec{
 		Groups:     groups,
-		Path:       d.binary,
+		Path:       binary,
 		Args:       args(&cfg),
 		Root:       v.jailDir,
-		Binds:      d.files.binds(&cfg),
+		Binds:      jf.binds(&cfg),
 		UID:        cfg.Jail.UID,
 		GID:        cfg.Jail.GID,
 		Rlimits:    jail.DefaultRlimits(uint64(maxFile)),
@@ -233,6 +254,12 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	tJail := time.Since(t0)
 	v.cmd = cmd
 	v.pid = cmd.Process.Pid
+	// Opened before anything reaps QEMU, so it names this process even
+	// if the pid is reused later.
+	pidfd, pidfdErr := unix.PidfdOpen(v.pid, 0)
+	if pidfdErr == nil {
+		cleanups = append(cleanups, func() { unix.Close(pidfd) })
+	}
 	v.exited = make(chan struct{})
 	go func() { v.waitErr = cmd.Wait(); close(v.exited) }()
 	cleanups = append(cleanups, func() { cmd.Process.Kill(); <-v.exited })
@@ -277,10 +304,39 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	if _, err := c.Execute(qctx, "cont", nil); err != nil {
 		return nil, failed("start the guest", err)
 	}
+	if pidfdErr == nil && !d.keepBootFiles {
+		v.events.Add(1)
+		go func() {
+			defer v.events.Done()
+			defer unix.Close(pidfd)
+			bctx, cancel := context.WithTimeout(context.Background(), vmm.DefaultBootTimeout(accelOf(&cfg)))
+			defer cancel()
+			n, err := releaseBootFiles(bctx, c, pidfd, v.pid, v.exited)
+			v.log.Debug("boot files paged out of the vmm", "bytes", n, "err", err)
+		}()
+	} else if pidfdErr == nil {
+		unix.Close(pidfd)
+	}
 	go v.reap()
 	v.log.Debug("vm started", "pid", v.pid, "accel", accelOf(&cfg),
 		"exec_ms", tJail.Milliseconds(), "qmp_ready_ms", tQMP.Milliseconds(), "running_ms", time.Since(t0).Milliseconds())
 	return v, nil
+}
+
+// jailFiles returns binary's jail content, found on first use. An error
+// is not kept: a binary installed later is found then.
+func (d *Driver) jailFiles(binary string) (*jailFiles, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if jf := d.files[binary]; jf != nil {
+		return jf, nil
+	}
+	jf, err := findJailFiles(binary)
+	if err != nil {
+		return nil, err
+	}
+	d.files[binary] = jf
+	return jf, nil
 }
 
 // driveFiles opens a drive for QEMU's fdset (see args): O_RDONLY, plus

@@ -19,11 +19,20 @@ type MemoryUsage struct {
 	// Guest is the resident part of the guest RAM mapping: what the
 	// guest touched.
 	Guest int64
+	// PSS is the proportional set size: each page divided by the number
+	// of processes mapping it, so pages every QEMU on the node shares
+	// (binary, libraries, the kernel) count once per node in total.
+	PSS int64
 }
 
 // Overhead is what the VMM costs beyond the guest memory it touched
 // (vmm_overhead_mib): RSS - Guest.
 func (m MemoryUsage) Overhead() int64 { return m.RSS - m.Guest }
+
+// PSSOverhead is the VMM's share of the node's memory beyond the guest
+// memory it touched: PSS - Guest (the guest's pages are its own, so they
+// count fully in both).
+func (m MemoryUsage) PSSOverhead() int64 { return m.PSS - m.Guest }
 
 // ReadMemoryUsage reads /proc/<pid>/smaps of a QEMU whose guest has
 // guestMiB of RAM; the guest RAM is the anonymous mapping of exactly that
@@ -48,6 +57,10 @@ func ReadMemoryUsage(pid, guestMiB int) (MemoryUsage, error) {
 			}
 			anon = fs[4] == "0"
 			continue
+		}
+		if len(fs) == 3 && fs[0] == "Pss:" {
+			kb, _ := strconv.ParseInt(fs[1], 10, 64)
+			u.PSS += kb << 10
 		}
 		if len(fs) == 3 && fs[0] == "Rss:" {
 			kb, _ := strconv.ParseInt(fs[1], 10, 64)

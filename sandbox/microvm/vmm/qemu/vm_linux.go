@@ -36,7 +36,7 @@ type VM struct {
 	console *tail
 	stderr  *tail
 	copiers sync.WaitGroup // console and stderr copiers
-	events  sync.WaitGroup // the QMP event watcher
+	events  sync.WaitGroup // the QMP event watcher and the boot-file releaser
 
 	mu sync.Mutex
 	// shutdown is the last SHUTDOWN event's data; protected by mu.
