@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cube-platform/cube/sandbox/microvm/vmtest"
 	"github.com/cube-platform/cube/sandbox/sandboxtest"
 
 	"github.com/cube-platform/cube/errdefs"
@@ -61,6 +62,10 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	vmtest.Cleanup()
+	if shimBinDir != "" {
+		os.RemoveAll(shimBinDir)
+	}
 	for _, c := range []string{"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd", "unified"} {
 		unix.Rmdir(filepath.Join("/sys/fs/cgroup", c, "cube-shim-test"))
 	}
