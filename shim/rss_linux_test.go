@@ -19,8 +19,8 @@ import (
 	"github.com/cube-platform/cube/sandbox/microvm/vmtest"
 )
 
-// shimBuild is how the Makefile builds bin/cube-shim; keep them the same,
-// or the benchmark measures a binary nobody runs.
+// shimBuild is how the Makefile builds bin/cube-shim (with CGO_ENABLED=0);
+// keep them the same, or the benchmark measures a binary nobody runs.
 var shimBuild = []string{"build", "-o"}
 
 var (
@@ -44,6 +44,7 @@ func realShim(b *testing.B) string {
 		}
 		shimBin = filepath.Join(shimBinDir, "cube-shim")
 		cmd := exec.Command("go", slices.Concat(shimBuild, []string{shimBin, "github.com/cube-platform/cube/cmd/cube-shim"})...)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			shimBinErr = fmt.Errorf("build cube-shim: %v\n%s", err, out)
 		}
