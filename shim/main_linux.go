@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -40,6 +41,7 @@ var Backends = sandbox.Backends{
 // sandbox and start the containers (after Client.Start, with
 // Config.AwaitStart) in the background.
 func Main(ctx context.Context, configPath string) error {
+	tuneGC()
 	cfg, err := LoadConfig(configPath)
 	if err != nil {
 		return err
@@ -134,6 +136,23 @@ func Main(ctx context.Context, configPath string) error {
 	defer scancel()
 	srv.Shutdown(sctx)
 	return nil
+}
+
+// shimGCPercent is the shim's GOGC. A shim lives as long as its instance
+// with about 1 MiB of live heap, and allocates little once the instance
+// runs (a state poll, a log line): at Go's default of 100 its heap grows
+// to the 4 MiB floor before the first collection and stays there, 1.4 MiB
+// more RSS in every shim (go test -bench ShimRSS ./shim/). At 50 the floor
+// is 2 MiB; the price is a few more collections of a 1 MiB heap while the
+// sandbox boots (5 MiB allocated in all), and no work at all when idle.
+// Lower bought almost nothing more (25: 0.05 MiB).
+const shimGCPercent = 50
+
+// tuneGC sets shimGCPercent unless the operator set GOGC.
+func tuneGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(shimGCPercent)
+	}
 }
 
 func shutdownOrLog(s *supervisor, log *slog.Logger) bool {
