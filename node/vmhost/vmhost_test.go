@@ -59,7 +59,7 @@ func TestNoKernel(t *testing.T) {
 // options a VM boots with.
 func TestReady(t *testing.T) {
 	vmtest.Require(t)
-	h := New(Config{CacheDir: kernel.DefaultCacheDir, Agent: vmtest.AgentBinary(t)})
+	h := New(Config{CacheDir: kernel.DefaultCacheDir, Agent: vmtest.AgentBinary(t), Init: vmtest.InitBinary(t)})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	h.Start(ctx)
