@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cube-platform/cube/errdefs"
 )
@@ -296,8 +297,22 @@ func Key(agent, cinit []byte) string {
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
+// Cache pruning: Cached keeps the KeepCached most recently used archives
+// of a cache dir, and never removes one used in the last pruneMinAge (a
+// caller may be about to hand its path to a VMM). Removing an archive a
+// running VM booted from is safe: QEMU read the whole file at start (and
+// on Linux an unlinked file lives on for whoever still has it open); only
+// a VM started later from that path would miss it, and a caller that
+// keeps a path (node/vmhost) asks Cached again before each use, which
+// marks it used (or rebuilds it).
+const (
+	KeepCached  = 4
+	pruneMinAge = time.Hour
+)
+
 // Cached returns the initramfs of agentBinary and initBinary under
 // cacheDir/initramfs/<key>/initramfs.cpio, building it the first time
+// (and then pruning the cache); a hit marks it used (its mtime).
 // Concurrent callers (in any process) may both build it; each writes a
 // temp file and renames it over the same bytes, so a reader never sees a
 // partial archive.
@@ -306,9 +321,12 @@ func Cached(cacheDir, agentBinary, initBinary string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(cacheDir, "initramfs", Key(agent, cinit))
+	root := filepath.Join(cacheDir, "initramfs")
+	dir := filepath.Join(root, Key(agent, cinit))
 	out := filepath.Join(dir, "initramfs.cpio")
 	if fi, err := os.Stat(out); err == nil && fi.Mode().IsRegular() {
+		now := time.Now()
+		os.Chtimes(out, now, now)
 		return out, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -317,5 +335,45 @@ func Cached(cacheDir, agentBinary, initBinary string) (string, error) {
 	if err := writeFile(out, agent, cinit); err != nil {
 		return "", err
 	}
+	// A failed prune costs disk, not the boot.
+	prune(root, KeepCached, pruneMinAge, time.Now())
 	return out, nil
+}
+
+// prune removes the archive dirs under root beyond the keep most recently
+// used (by their archive's mtime), except those used within minAge of
+// now. A dir without an archive (another caller's build under way, or
+// not ours) is left alone.
+func prune(root string, keep int, minAge time.Duration, now time.Time) error {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return err
+	}
+	type cached struct {
+		dir  string
+		used time.Time
+	}
+	var all []cached
+	for _, e := range ents {
+		if !e.IsDir() || len(e.Name()) != 16 || strings.Trim(e.Name(), "0123456789abcdef") != "" {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		fi, err := os.Lstat(filepath.Join(dir, "initramfs.cpio"))
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		all = append(all, cached{dir, fi.ModTime()})
+	}
+	slices.SortFunc(all, func(a, b cached) int { return b.used.Compare(a.used) })
+	var errs []error
+	for i, c := range all {
+		if i < keep || now.Sub(c.used) < minAge {
+			continue
+		}
+		if err := os.RemoveAll(c.dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

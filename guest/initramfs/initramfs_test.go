@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cube-platform/cube/errdefs"
 )
@@ -282,6 +283,71 @@ func TestKeyCoversBoth(t *testing.T) {
 		a, b := tc[0], tc[1]
 		if Key([]byte(a[0]), []byte(a[1])) == Key([]byte(b[0]), []byte(b[1])) {
 			t.Errorf("Key(%q, %q) == Key(%q, %q); want them to differ", a[0], a[1], b[0], b[1])
+		}
+	}
+}
+
+// TestCachedPrunes: writing a new archive keeps the KeepCached most
+// recently used ones and those used within pruneMinAge, and removes the
+// rest; a hit marks its archive used, and dirs that are not archives are
+// left alone.
+func TestCachedPrunes(t *testing.T) {
+	cache := t.TempDir()
+	bins := t.TempDir()
+	initBin := filepath.Join(bins, "cube-init")
+	if err := os.WriteFile(initBin, []byte("init"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-2 * pruneMinAge)
+	build := func(i int) string {
+		t.Helper()
+		bin := filepath.Join(bins, fmt.Sprintf("agent%d", i))
+		if err := os.WriteFile(bin, []byte(fmt.Sprintf("agent v%d", i)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		p, err := Cached(cache, bin, initBin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// Six old archives, used one minute apart (0 the least recently).
+	var paths []string
+	for i := range 6 {
+		p := build(i)
+		at := old.Add(time.Duration(i) * time.Minute)
+		if err := os.Chtimes(p, at, at); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	// A hit on the oldest makes it the most recently used.
+	if p := build(0); p != paths[0] {
+		t.Fatalf("Cached(agent v0) = %s; want %s", p, paths[0])
+	}
+	notOurs := filepath.Join(cache, "initramfs", "building")
+	if err := os.MkdirAll(notOurs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A new archive: the newest four are 6 (new), 0 (hit), 5 and 4.
+	paths = append(paths, build(6))
+	for i, p := range paths {
+		_, err := os.Stat(p)
+		if kept, want := err == nil, i == 0 || i >= 4; kept != want {
+			t.Errorf("archive %d kept = %v; want %v", i, kept, want)
+		}
+	}
+	if _, err := os.Stat(notOurs); err != nil {
+		t.Errorf("a dir that is not an archive was removed: %v", err)
+	}
+	// Archives used within pruneMinAge are all kept, even beyond
+	// KeepCached.
+	for i := 7; i < 7+KeepCached+1; i++ {
+		paths = append(paths, build(i))
+	}
+	for i, p := range paths[6:] {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("recently used archive %d removed: %v", i+6, err)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/guest/initramfs"
@@ -180,12 +181,23 @@ func (h *Host) initrd() (string, error) {
 	return initrd, nil
 }
 
-// VM implements node.Runtimes.
+// VM implements node.Runtimes. The initramfs cache prunes archives no
+// one used for a while (guest/initramfs): each VM's options mark theirs
+// used, and one removed meanwhile is rebuilt.
 func (h *Host) VM() (sandbox.VMOptions, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.vm == nil {
 		return sandbox.VMOptions{}, false
+	}
+	now := time.Now()
+	if err := os.Chtimes(h.vm.Initrd, now, now); errors.Is(err, os.ErrNotExist) {
+		initrd, err := h.initrd()
+		if err != nil {
+			h.log.Warn("guest initramfs gone from the cache, and not rebuilt", "err", err)
+			return sandbox.VMOptions{}, false
+		}
+		h.vm.Initrd = initrd
 	}
 	return *h.vm, true
 }

@@ -75,4 +75,12 @@ func TestReady(t *testing.T) {
 	if fi, err := os.Stat(vm.Initrd); err != nil || fi.Size() == 0 {
 		t.Errorf("initrd %s: %v", vm.Initrd, err)
 	}
+	// An archive the cache pruned meanwhile is rebuilt for the next VM.
+	if err := os.Remove(vm.Initrd); err != nil {
+		t.Fatal(err)
+	}
+	again, ok := h.VM()
+	if fi, err := os.Stat(again.Initrd); !ok || err != nil || fi.Size() == 0 {
+		t.Errorf("VM() after the initrd was removed = %+v, %v (stat: %v); want it rebuilt", again, ok, err)
+	}
 }
