@@ -12,6 +12,9 @@ SHIM_BIN := bin/cube-shim
 # cube-agent, the guest agent (PID 1 of each microVM's initramfs), goes
 # beside them too; it must be static.
 AGENT_BIN := bin/cube-agent
+# cube-init, each container's init in a microVM, goes in the same
+# initramfs (so beside them); static too.
+INIT_BIN := bin/cube-init
 PREFIX   ?= /usr/local
 # Debian packages Cube runs with (runc, CNI plugins, iptables) and tests
 # with (a real OCI registry, busybox for test images, containerd to compare
@@ -47,11 +50,13 @@ build:
 	$(GO) build -o $(BIN) ./cmd/cube
 	CGO_ENABLED=0 $(GO) build -o $(SHIM_BIN) ./cmd/cube-shim
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(AGENT_BIN) ./cmd/cube-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(INIT_BIN) ./cmd/cube-init
 
 install: build
 	install -m 0755 $(BIN) $(PREFIX)/bin/cube
 	install -m 0755 $(SHIM_BIN) $(PREFIX)/bin/cube-shim
 	install -m 0755 $(AGENT_BIN) $(PREFIX)/bin/cube-agent
+	install -m 0755 $(INIT_BIN) $(PREFIX)/bin/cube-init
 
 # up: everything on this machine, in the foreground (Ctrl-C stops the
 # control plane; instances keep running and the next `make up` adopts them).

@@ -14,10 +14,15 @@ import (
 
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/guest/agentapi"
+	"github.com/cube-platform/cube/guest/cinit/reaper"
 )
 
 // Version is the agent's version, reported by Hello.
 var Version = "dev"
+
+// InitPath is where the guest's initramfs holds cmd/cube-init
+// (guest/initramfs puts it there, beside the agent's /init).
+const InitPath = "/cube-init"
 
 // Config is how an agent runs. DefaultConfig is the guest's; tests change
 // what a host cannot or must not do.
@@ -28,8 +33,9 @@ type Config struct {
 	// ReapAll reaps every child, orphans included, as an init or a
 	// subreaper must (implied by Init).
 	ReapAll bool
-	// Executable is this binary, re-executed as each container's init.
-	Executable string
+	// InitBinary is the container init (cmd/cube-init), started as each
+	// container's PID 1.
+	InitBinary string
 	// StateDir holds the agent's mounts and files (a tmpfs in the guest).
 	StateDir string
 	// CgroupRoot is the cgroup2 mount (or, on a hybrid host, the dir of
@@ -54,7 +60,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Init:             true,
-		Executable:       "/proc/self/exe",
+		InitBinary:       InitPath,
 		StateDir:         "/run/cube",
 		CgroupRoot:       "/sys/fs/cgroup",
 		CgroupParent:     "sandbox",
@@ -70,7 +76,7 @@ func DefaultConfig() Config {
 type Agent struct {
 	cfg     Config
 	log     *slog.Logger
-	reaper  *reaper
+	reaper  *reaper.Reaper
 	console *os.File
 	bootID  string
 	release string
@@ -95,8 +101,8 @@ type Agent struct {
 // New returns an agent; it starts reaping children at once when
 // cfg.Init (an init must never leave a zombie).
 func New(cfg Config) (*Agent, error) {
-	if cfg.Executable == "" || cfg.StateDir == "" || cfg.CgroupRoot == "" || cfg.CgroupParent == "" || cfg.Link == "" {
-		return nil, fmt.Errorf("%w: agent config needs Executable, StateDir, CgroupRoot, CgroupParent and Link", errdefs.ErrInvalid)
+	if cfg.InitBinary == "" || cfg.StateDir == "" || cfg.CgroupRoot == "" || cfg.CgroupParent == "" || cfg.Link == "" {
+		return nil, fmt.Errorf("%w: agent config needs InitBinary, StateDir, CgroupRoot, CgroupParent and Link", errdefs.ErrInvalid)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -113,7 +119,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg:        cfg,
 		log:        cfg.Logger.With("component", "agent"),
-		reaper:     newReaper(cfg.Init || cfg.ReapAll),
+		reaper:     reaper.New(cfg.Init || cfg.ReapAll),
 		console:    cfg.Console,
 		containers: map[string]*container{},
 		mounted:    map[string]string{},

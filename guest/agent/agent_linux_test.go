@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/guest/agentapi"
@@ -51,10 +54,11 @@ func TestStartOutputExit(t *testing.T) {
 
 // TestContainerEnvironment: the container sees the VM's network as Setup
 // configured it (shared network namespace), its hostname, resolv.conf
-// and its own PID namespace, and its root is the image's.
+// and its own PID namespace, and its root is the image's; it holds only
+// its bounded capabilities and no fd of its init's.
 func TestContainerEnvironment(t *testing.T) {
 	vm := startAgent(t)
-	script := `cat /sys/class/net/eth0/address; cat /sys/class/net/eth0/mtu; ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep -c 'via 10.88.0.1'; hostname; cat /etc/resolv.conf; tr "\\0" "\\n" < /proc/1/cmdline; ls /bin/busybox; touch /newfile && echo writable; grep -E "^(CapBnd|NoNewPrivs)" /proc/self/status; echo x > /proc/sys/kernel/core_pattern || echo sysctl-ro; test -s /proc/kcore || echo kcore-masked; mknod /tmp/vda b 254 0 || echo no-mknod; cat /proc/sys/net/ipv4/ping_group_range`
+	script := `cat /sys/class/net/eth0/address; cat /sys/class/net/eth0/mtu; ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep -c 'via 10.88.0.1'; hostname; cat /etc/resolv.conf; tr "\\0" "\\n" < /proc/1/cmdline; ls /bin/busybox; touch /newfile && echo writable; grep -E "^(CapBnd|NoNewPrivs)" /proc/self/status; echo x > /proc/sys/kernel/core_pattern || echo sysctl-ro; test -s /proc/kcore || echo kcore-masked; mknod /tmp/vda b 254 0 || echo no-mknod; cat /proc/sys/net/ipv4/ping_group_range; echo sockets=$(ls -l /proc/$$/fd | grep -c socket:); echo oom=$(cat /proc/self/oom_score_adj) init-oom=$(cat /proc/1/oom_score_adj)`
 	if err := vm.c.Setup(ctx(t), baseSetup(sh("app", script))); err != nil {
 		t.Fatalf("Setup: %v", err)
 	}
@@ -67,7 +71,10 @@ func TestContainerEnvironment(t *testing.T) {
 	for _, want := range []string{"02:00:0a:58:00:05\n", "1400\n", "inet 10.88.0.5/24\n", "2\n", "vm-test\n", "nameserver 10.88.0.1\n", "search default.svc.cube\n", "cube-init:app\n", "/bin/busybox\n", "writable\n",
 		// Docker's default capabilities without CAP_NET_RAW (as runc's)
 		// and CAP_MKNOD (the guest has no device cgroup).
-		"CapBnd:\t00000000a00405fb\n", "sysctl-ro\n", "kcore-masked\n", "no-mknod\n", "NoNewPrivs:\t1\n", "0\t2147483647\n"} {
+		"CapBnd:\t00000000a00405fb\n", "sysctl-ro\n", "kcore-masked\n", "no-mknod\n", "NoNewPrivs:\t1\n", "0\t2147483647\n",
+		// The init's channel to the agent stays in the init; the OOM
+		// killer picks the container's process, not its init.
+		"sockets=0\n", "oom=0 init-oom=" + initOOM(t) + "\n"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("container output lacks %q:\n%s\nstderr: %s", want, got, errOut)
 		}
@@ -75,6 +82,24 @@ func TestContainerEnvironment(t *testing.T) {
 	if st, err := vm.c.Wait(ctx(t), p); err != nil || st.Code != 0 {
 		t.Errorf("Wait = %+v, %v; want exit 0", st, err)
 	}
+}
+
+// initOOM is the container init's oom_score_adj: -1000, when the agent may
+// lower it (CAP_SYS_RESOURCE: a VM's init has it, some test hosts do not).
+func initOOM(t *testing.T) string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "CapEff:\t"); ok {
+			if caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil && caps&(1<<unix.CAP_SYS_RESOURCE) == 0 {
+				t.Log("no CAP_SYS_RESOURCE here: the init cannot lower its oom_score_adj")
+				return "0"
+			}
+		}
+	}
+	return "-1000"
 }
 
 // TestSetupOnce: a second Setup is refused, whatever it says.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/guest/agentapi"
+	"github.com/cube-platform/cube/guest/cinit/initproto"
 )
 
 // initReadyTimeout bounds a container init's root building.
@@ -56,7 +57,7 @@ func (r *containerRun) alive() bool {
 // startInit clones the container's init into fresh mount, PID, UTS and
 // IPC namespaces, puts it in cg, and has it build rootfs.
 func (a *Agent) startInit(name string, cg cgroup, cfg initConfig) (*containerRun, <-chan syscall.WaitStatus, error) {
-	agentEnd, initEnd, err := socketpair()
+	agentEnd, initEnd, err := initproto.Socketpair()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -71,9 +72,16 @@ func (a *Agent) startInit(name string, cg cgroup, cfg initConfig) (*containerRun
 		return nil, nil, err
 	}
 	defer devnull.Close()
+	// The init gets no environment but GODEBUG (GODEBUG=inittrace=1 on
+	// the kernel command line traces the agent and each init). Not nil:
+	// StartProcess would pass the agent's own.
+	env := []string{}
+	if v, ok := os.LookupEnv("GODEBUG"); ok {
+		env = append(env, "GODEBUG="+v)
+	}
 	attr := &os.ProcAttr{
-		Env:   []string{RoleEnv + "=" + RoleContainerInit},
-		Files: []*os.File{devnull, a.console, a.console, initEnd},
+		Env:   env,
+		Files: []*os.File{devnull, a.console, a.console, initEnd}, // initEnd is initproto.InitFD
 		Sys: &syscall.SysProcAttr{
 			// Not CLONE_NEWIPC: the containers of an instance share the
 			// VM's IPC namespace, as a pod's do (the VM is the infra).
@@ -85,8 +93,8 @@ func (a *Agent) startInit(name string, cg cgroup, cfg initConfig) (*containerRun
 	// another process once the init is reaped. The reaper, not the
 	// handle, waits for it.
 	var proc *os.Process
-	_, exited, err := a.reaper.start(func() (int, error) {
-		p, err := os.StartProcess(a.cfg.Executable, []string{"cube-init:" + name}, attr)
+	_, exited, err := a.reaper.Start(func() (int, error) {
+		p, err := os.StartProcess(a.cfg.InitBinary, []string{"cube-init:" + name}, attr)
 		if err != nil {
 			return 0, err
 		}

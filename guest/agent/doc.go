@@ -4,16 +4,19 @@
 // runs the containers Setup declared, each in its own mount, PID, UTS and
 // IPC namespace and cgroup, all sharing the VM's network namespace.
 //
-// Each container's PID 1 is this same binary re-executed as a container
-// init (RoleEnv): pure Go cannot setns into a mount namespace once its
-// runtime has threads, so the init, already inside the namespaces,
-// forks the container's process and every exec, reaps the container's
-// orphans, and reports exits to the agent over a socketpair.
+// Each container's PID 1 is cmd/cube-init (guest/cinit), a small static
+// binary of its own at InitPath: pure Go cannot setns into a mount
+// namespace once its runtime has threads, so the init, cloned into the
+// namespaces, forks the container's process and every exec, reaps the
+// container's orphans, and reports exits to the agent over a socketpair
+// (guest/cinit/initproto). It does not pay for the agent's protobuf and
+// ttRPC at every container start.
 //
 // The agent refuses every call that does not fit what Setup declared, and
 // a second Setup (deny by default, as Kata's agent policy). It runs on a
 // host too (tests): Config says what to skip when it is not PID 1.
 //
 // This package must not depend on host-side Cube packages (shim, node,
-// sandbox): only on guest/agentapi and errdefs.
+// sandbox): only on guest/agentapi, guest/cinit's initproto and reaper,
+// and errdefs.
 package agent

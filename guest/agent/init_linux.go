@@ -10,12 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Main is cmd/cube-agent's main: a container's init when RoleEnv says
-// so, else the agent as the VM's PID 1. It returns only to exit.
+// Main is cmd/cube-agent's main: the agent as the VM's PID 1. It returns
+// only to exit.
 func Main() int {
-	if os.Getenv(RoleEnv) == RoleContainerInit {
-		return runContainerInit()
-	}
 	if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "cube-agent: run me as the VM's init (PID 1); the host starts VMs with it")
 		return 2

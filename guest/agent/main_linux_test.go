@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,24 +27,26 @@ import (
 // its own network, mount and UTS namespaces, on one end of a socketpair
 // in place of the virtio port, with loop devices in place of virtio
 // drives: a real erofs image drive and a real ext4 writable drive. The
-// child re-executes the test binary as each container's init (RoleEnv).
+// child starts cmd/cube-init, built once per test binary (cubeInit), as
+// each container's init.
 const (
 	serveEnv    = "_CUBE_AGENT_TEST_SERVE"
 	stateEnv    = "_CUBE_AGENT_TEST_STATE"
 	cgroupEnv   = "_CUBE_AGENT_TEST_CGROUP"
 	drivesEnv   = "_CUBE_AGENT_TEST_DRIVES" // serial=dev,serial=dev
 	sockEnv     = "_CUBE_AGENT_TEST_SOCK"   // more connections, for raw requests
+	initEnv     = "_CUBE_AGENT_TEST_INIT"   // the cube-init binary
 	testTimeout = 60 * time.Second
 )
 
 func TestMain(m *testing.M) {
-	switch {
-	case os.Getenv(RoleEnv) == RoleContainerInit:
-		os.Exit(Main())
-	case os.Getenv(serveEnv) == "1":
+	if os.Getenv(serveEnv) == "1" {
 		os.Exit(serveChild())
 	}
 	code := m.Run()
+	if initDir != "" {
+		os.RemoveAll(initDir)
+	}
 	if code == 0 {
 		if err := checkGoroutineLeaks(5 * time.Second); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -75,6 +78,7 @@ func serveChild() int {
 	cfg.Init = false
 	cfg.ReapAll = true
 	cfg.StateDir = os.Getenv(stateEnv)
+	cfg.InitBinary = os.Getenv(initEnv)
 	cfg.CgroupParent = os.Getenv(cgroupEnv)
 	cfg.FindDrive = func(serial string) (string, error) {
 		if d, ok := drives[serial]; ok {
@@ -238,7 +242,7 @@ func startAgent(t *testing.T) *testVM {
 	defer guest.Close()
 	vm := &testVM{state: filepath.Join(tmp, "state"), sock: filepath.Join(tmp, "agent.sock"), cg: "cube-agent-test/" + randomID(), exit: make(chan error, 1)}
 	cmd := exec.Command("/proc/self/exe", "-test.run=^$")
-	cmd.Env = append(os.Environ(), serveEnv+"=1", stateEnv+"="+vm.state, sockEnv+"="+vm.sock, cgroupEnv+"="+vm.cg, drivesEnv+"="+drives)
+	cmd.Env = append(os.Environ(), serveEnv+"=1", initEnv+"="+cubeInit(t), stateEnv+"="+vm.state, sockEnv+"="+vm.sock, cgroupEnv+"="+vm.cg, drivesEnv+"="+drives)
 	cmd.ExtraFiles = []*os.File{guest}
 	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -268,6 +272,34 @@ func startAgent(t *testing.T) *testVM {
 		rmdirTree(filepath.Join("/sys/fs/cgroup", vm.cg))
 	})
 	return vm
+}
+
+var (
+	initOnce sync.Once
+	initDir  string
+	initBin  string
+	initErr  error
+)
+
+// cubeInit builds cmd/cube-init (static, as the Makefile does) once per
+// test binary; TestMain removes it.
+func cubeInit(t *testing.T) string {
+	t.Helper()
+	initOnce.Do(func() {
+		if initDir, initErr = os.MkdirTemp("", "cube-init-"); initErr != nil {
+			return
+		}
+		initBin = filepath.Join(initDir, "cube-init")
+		build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", initBin, "github.com/cube-platform/cube/cmd/cube-init")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+		if out, err := build.CombinedOutput(); err != nil {
+			initErr = fmt.Errorf("build cube-init: %v: %s", err, out)
+		}
+	})
+	if initErr != nil {
+		t.Fatal(initErr)
+	}
+	return initBin
 }
 
 // ctx is a test's deadline for one step.

@@ -71,8 +71,8 @@ var (
 	initrdErr  error
 )
 
-// testInitrd builds cmd/cube-agent (static) and packs it as /init of a
-// newc cpio, once per test binary.
+// testInitrd builds cmd/cube-agent and cmd/cube-init (static) and packs
+// them as /init and InitPath of a newc cpio, once per test binary.
 func testInitrd(t testing.TB) string {
 	t.Helper()
 	initrdOnce.Do(func() {
@@ -83,11 +83,13 @@ func testInitrd(t testing.TB) string {
 		}
 		root := filepath.Join(dir, "root")
 		os.MkdirAll(filepath.Join(root, "dev"), 0o755)
-		build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(root, "init"), "github.com/cube-platform/cube/cmd/cube-agent")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
-		if out, err := build.CombinedOutput(); err != nil {
-			initrdErr = fmt.Errorf("build cube-agent: %v: %s", err, out)
-			return
+		for out, pkg := range map[string]string{"init": "cube-agent", strings.TrimPrefix(InitPath, "/"): "cube-init"} {
+			build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(root, out), "github.com/cube-platform/cube/cmd/"+pkg)
+			build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+			if out, err := build.CombinedOutput(); err != nil {
+				initrdErr = fmt.Errorf("build %s: %v: %s", pkg, err, out)
+				return
+			}
 		}
 		if err := unix.Mknod(filepath.Join(root, "dev", "console"), unix.S_IFCHR|0o600, int(unix.Mkdev(5, 1))); err != nil {
 			initrdErr = err

@@ -3,7 +3,6 @@ package agentapi
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 
 	"github.com/cube-platform/cube/errdefs"
@@ -30,25 +29,98 @@ const (
 	MaxPidsLimit   = 1 << 22
 )
 
-var (
-	// A container name is a DNS label, as in the API.
-	nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	// An exec id is chosen by the host.
-	execIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
-	// A drive serial fits virtio-blk's 20 bytes.
-	serialRE   = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
-	hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$`)
-	macRE      = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
-	searchRE   = regexp.MustCompile(`^[A-Za-z0-9.-]{1,253}$`)
-	optionRE   = regexp.MustCompile(`^[a-z0-9-]{1,32}(:[0-9]{1,4})?$`)
-)
+// The shapes of names, as small byte loops rather than regexps: every
+// start of the agent would otherwise compile them (validate_test.go holds
+// the regexps they match exactly, and fuzzes the two against each other).
+// Every class is ASCII, so a byte loop accepts what a rune loop would.
+
+func lowerAlnum(c byte) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }
+func alnum(c byte) bool      { return lowerAlnum(c) || 'A' <= c && c <= 'Z' }
+func digit(c byte) bool      { return '0' <= c && c <= '9' }
+func lowerHex(c byte) bool   { return digit(c) || 'a' <= c && c <= 'f' }
+
+// all reports whether s is lo to hi bytes, each of class ok.
+func all(s string, lo, hi int, ok func(byte) bool) bool {
+	if len(s) < lo || len(s) > hi {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !ok(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// label reports whether s is 1 to max bytes of edge or inner, its first
+// and last of edge.
+func label(s string, max int, edge, inner func(byte) bool) bool {
+	return len(s) > 0 && edge(s[0]) && edge(s[len(s)-1]) &&
+		all(s, 1, max, func(c byte) bool { return edge(c) || inner(c) })
+}
+
+// validName: a container name is a DNS label, as in the API
+// (^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$).
+func validName(s string) bool {
+	return label(s, 63, lowerAlnum, func(c byte) bool { return c == '-' })
+}
+
+// validExecID: an exec id is chosen by the host
+// (^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$).
+func validExecID(s string) bool {
+	return len(s) > 0 && alnum(s[0]) &&
+		all(s, 1, 64, func(c byte) bool { return alnum(c) || c == '_' || c == '.' || c == '-' })
+}
+
+// validSerial: a drive serial fits virtio-blk's 20 bytes
+// (^[A-Za-z0-9_-]{1,20}$).
+func validSerial(s string) bool {
+	return all(s, 1, 20, func(c byte) bool { return alnum(c) || c == '_' || c == '-' })
+}
+
+// validHostname: ^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$.
+func validHostname(s string) bool {
+	return label(s, 63, alnum, func(c byte) bool { return c == '.' || c == '-' })
+}
+
+// validMAC: lowercase aa:bb:cc:dd:ee:ff (^[0-9a-f]{2}(:[0-9a-f]{2}){5}$).
+func validMAC(s string) bool {
+	if len(s) != 17 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if i%3 == 2 {
+			if s[i] != ':' {
+				return false
+			}
+		} else if !lowerHex(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// validSearch: a DNS search domain (^[A-Za-z0-9.-]{1,253}$).
+func validSearch(s string) bool {
+	return all(s, 1, 253, func(c byte) bool { return alnum(c) || c == '.' || c == '-' })
+}
+
+// validOption: a resolv.conf option like ndots:5
+// (^[a-z0-9-]{1,32}(:[0-9]{1,4})?$).
+func validOption(s string) bool {
+	k, v, colon := strings.Cut(s, ":")
+	if !all(k, 1, 32, func(c byte) bool { return lowerAlnum(c) || c == '-' }) {
+		return false
+	}
+	return !colon || all(v, 1, 4, digit)
+}
 
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errdefs.ErrInvalid, fmt.Sprintf(format, args...))
 }
 
 // ValidName reports whether s is a valid container name.
-func ValidName(s string) bool { return nameRE.MatchString(s) }
+func ValidName(s string) bool { return validName(s) }
 
 // Validate checks a process reference; exec_id "" names the container's
 // main process.
@@ -56,10 +128,10 @@ func (r *ProcessRef) Validate() error {
 	if r == nil {
 		return invalid("no process named")
 	}
-	if !nameRE.MatchString(r.GetContainer()) {
+	if !validName(r.GetContainer()) {
 		return invalid("container name %q is not a DNS label", clip(r.GetContainer()))
 	}
-	if r.GetExecId() != "" && !execIDRE.MatchString(r.GetExecId()) {
+	if r.GetExecId() != "" && !validExecID(r.GetExecId()) {
 		return invalid("exec id %q must be 1-64 of [A-Za-z0-9_.-]", clip(r.GetExecId()))
 	}
 	return nil
@@ -68,7 +140,7 @@ func (r *ProcessRef) Validate() error {
 // Validate checks a Setup request's bounds and shape (not whether its
 // drives exist: the agent does that).
 func (r *SetupRequest) Validate() error {
-	if r.GetHostname() != "" && !hostnameRE.MatchString(r.GetHostname()) {
+	if r.GetHostname() != "" && !validHostname(r.GetHostname()) {
 		return invalid("hostname %q is not a valid host name", clip(r.GetHostname()))
 	}
 	if err := r.GetNetwork().validate(); err != nil {
@@ -80,7 +152,7 @@ func (r *SetupRequest) Validate() error {
 	drives := map[string]DriveRole{}
 	writable := 0
 	for _, d := range r.GetDrives() {
-		if !serialRE.MatchString(d.GetSerial()) {
+		if !validSerial(d.GetSerial()) {
 			return invalid("drive serial %q must be 1-20 of [A-Za-z0-9_-]", clip(d.GetSerial()))
 		}
 		if _, dup := drives[d.GetSerial()]; dup {
@@ -132,7 +204,7 @@ func (n *Network) validate() error {
 	if n == nil {
 		return nil
 	}
-	if n.GetMac() != "" && !macRE.MatchString(n.GetMac()) {
+	if n.GetMac() != "" && !validMAC(n.GetMac()) {
 		return invalid("mac %q is not lowercase aa:bb:cc:dd:ee:ff", clip(n.GetMac()))
 	}
 	var prefix netip.Prefix
@@ -180,7 +252,7 @@ func (n *Network) validate() error {
 		return invalid("%d DNS search domains, at most %d", len(n.GetDnsSearch()), MaxDNSSearch)
 	}
 	for _, s := range n.GetDnsSearch() {
-		if !searchRE.MatchString(s) {
+		if !validSearch(s) {
 			return invalid("DNS search domain %q is not a domain name", clip(s))
 		}
 	}
@@ -188,7 +260,7 @@ func (n *Network) validate() error {
 		return invalid("%d DNS options, at most %d", len(n.GetDnsOptions()), MaxDNSOptions)
 	}
 	for _, s := range n.GetDnsOptions() {
-		if !optionRE.MatchString(s) {
+		if !validOption(s) {
 			return invalid("DNS option %q is not like ndots:5", clip(s))
 		}
 	}
@@ -196,7 +268,7 @@ func (n *Network) validate() error {
 }
 
 func (c *ContainerSpec) validate() error {
-	if !nameRE.MatchString(c.GetName()) {
+	if !validName(c.GetName()) {
 		return invalid("container name %q is not a DNS label", clip(c.GetName()))
 	}
 	if err := validateCommand(c.GetArgs(), c.GetEnv(), c.GetCwd()); err != nil {

@@ -1,10 +1,11 @@
 // Package initramfs writes the guest's initramfs: a deterministic,
-// uncompressed newc cpio whose /init is the guest agent, with the few
-// dirs and the /dev/console node the agent and early printk need.
+// uncompressed newc cpio whose /init is the guest agent and whose
+// /cube-init is the containers' init (cmd/cube-init), with the few dirs
+// and the /dev/console node the agent and early printk need.
 //
-// The same agent binary always gives the same bytes (fixed mtimes, owner
-// root, sorted entries, inode numbers by position), so the archive can be
-// cached by the agent's hash. The package depends only on the standard
+// The same binaries always give the same bytes (fixed mtimes, owner root,
+// sorted entries, inode numbers by position), so the archive can be
+// cached by the binaries' hash. The package depends only on the standard
 // library and errdefs; it must not import the rest of Cube.
 package initramfs
 
@@ -21,6 +22,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cube-platform/cube/errdefs"
 )
@@ -41,18 +43,24 @@ type File struct {
 	Major, Minor uint32
 }
 
-// MaxAgentSize bounds the agent binary Build reads.
+// MaxAgentSize bounds each binary (agent, container init) Build reads.
 const MaxAgentSize = 256 << 20
+
+// InitName is the container init's entry, at the root: guest/agent's
+// InitPath is "/"+InitName.
+const InitName = "cube-init"
 
 // layoutVersion is part of Cached's key: bump it when Entries changes, so
 // an old archive is not reused for the new layout.
-const layoutVersion = "1"
+const layoutVersion = "2"
 
-// Entries returns the archive's files for an agent binary: /init (the
-// agent, 0755), /dev/console (char 5,1, 0600), and the dirs /dev, /proc,
-// /sys, /tmp (1777), /run, /mnt.
-func Entries(agent []byte) []File {
-	return []File{
+// Entries returns the archive's files for an agent and a container init
+// binary: /init (the agent, 0755), /cube-init (the init, 0755; left out
+// when cinit is nil, for a guest that is not Cube's agent), /dev/console
+// (char 5,1, 0600), and the dirs /dev, /proc, /sys, /tmp (1777), /run,
+// /mnt.
+func Entries(agent, cinit []byte) []File {
+	files := []File{
 		{Name: "dev", Mode: fs.ModeDir | 0o755},
 		{Name: "dev/console", Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600, Major: 5, Minor: 1},
 		{Name: "init", Mode: 0o755, Data: agent},
@@ -62,6 +70,10 @@ func Entries(agent []byte) []File {
 		{Name: "sys", Mode: fs.ModeDir | 0o555},
 		{Name: "tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777},
 	}
+	if cinit != nil {
+		files = append(files, File{Name: InitName, Mode: 0o755, Data: cinit})
+	}
+	return files
 }
 
 // Write writes files as a newc cpio archive, sorted by name (so a dir
@@ -177,12 +189,13 @@ func pad4(b []byte) []byte {
 	return b
 }
 
-// readAgent reads the agent binary, bounded by MaxAgentSize.
-func readAgent(agentBinary string) ([]byte, error) {
-	f, err := os.Open(agentBinary)
+// readBinary reads the binary at path (what names it in errors: agent,
+// container init), bounded by MaxAgentSize.
+func readBinary(what, path string) ([]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("initramfs: agent %s not found (build it with make build): %w", agentBinary, errdefs.ErrNotFound)
+			return nil, fmt.Errorf("initramfs: %s %s not found (build it with make build): %w", what, path, errdefs.ErrNotFound)
 		}
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
@@ -192,29 +205,44 @@ func readAgent(agentBinary string) ([]byte, error) {
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("initramfs: agent %s is not a regular file: %w", agentBinary, errdefs.ErrInvalid)
+		return nil, fmt.Errorf("initramfs: %s %s is not a regular file: %w", what, path, errdefs.ErrInvalid)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, MaxAgentSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("initramfs: read agent: %w", err)
+		return nil, fmt.Errorf("initramfs: read %s: %w", what, err)
 	}
 	if len(data) > MaxAgentSize {
-		return nil, fmt.Errorf("initramfs: agent %s is larger than %d MiB: %w", agentBinary, MaxAgentSize>>20, errdefs.ErrInvalid)
+		return nil, fmt.Errorf("initramfs: %s %s is larger than %d MiB: %w", what, path, MaxAgentSize>>20, errdefs.ErrInvalid)
 	}
 	return data, nil
 }
 
-// Build writes the initramfs of agentBinary to outPath, atomically: a
-// temp file beside it, synced, then renamed.
-func Build(agentBinary, outPath string) error {
-	agent, err := readAgent(agentBinary)
+// readBinaries reads the agent and the container init (none for "").
+func readBinaries(agentBinary, initBinary string) (agent, cinit []byte, err error) {
+	if agent, err = readBinary("agent", agentBinary); err != nil {
+		return nil, nil, err
+	}
+	if initBinary == "" {
+		return agent, nil, nil
+	}
+	if cinit, err = readBinary("container init", initBinary); err != nil {
+		return nil, nil, err
+	}
+	return agent, cinit, nil
+}
+
+// Build writes the initramfs of agentBinary and initBinary (cmd/cube-init;
+// "" leaves it out, for a guest that is not Cube's agent) to outPath,
+// atomically: a temp file beside it, synced, then renamed.
+func Build(agentBinary, initBinary, outPath string) error {
+	agent, cinit, err := readBinaries(agentBinary, initBinary)
 	if err != nil {
 		return err
 	}
-	return writeFile(outPath, agent)
+	return writeFile(outPath, agent, cinit)
 }
 
-func writeFile(outPath string, agent []byte) (err error) {
+func writeFile(outPath string, agent, cinit []byte) (err error) {
 	dir := filepath.Dir(outPath)
 	tmp, err := os.CreateTemp(dir, ".initramfs-*")
 	if err != nil {
@@ -226,7 +254,7 @@ func writeFile(outPath string, agent []byte) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	if err := Write(tmp, Entries(agent)); err != nil {
+	if err := Write(tmp, Entries(agent, cinit)); err != nil {
 		return err
 	}
 	if err := tmp.Chmod(0o644); err != nil {
@@ -256,35 +284,96 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// Key is Cached's cache key for an agent binary's content: the first 16
-// hex digits of sha256 over the layout version and the agent.
-func Key(agent []byte) string {
+// Key is Cached's cache key for the binaries' content: the first 16 hex
+// digits of sha256 over the layout version and both binaries, each after
+// its length (no two pairs hash the same bytes).
+func Key(agent, cinit []byte) string {
 	h := sha256.New()
 	io.WriteString(h, "cube-initramfs "+layoutVersion+"\n")
-	h.Write(agent)
+	for _, b := range [][]byte{agent, cinit} {
+		fmt.Fprintf(h, "%d\n", len(b))
+		h.Write(b)
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-// Cached returns the initramfs of agentBinary under
-// cacheDir/initramfs/<key>/initramfs.cpio, building it the first time.
+// Cache pruning: Cached keeps the KeepCached most recently used archives
+// of a cache dir, and never removes one used in the last pruneMinAge (a
+// caller may be about to hand its path to a VMM). Removing an archive a
+// running VM booted from is safe: QEMU read the whole file at start (and
+// on Linux an unlinked file lives on for whoever still has it open); only
+// a VM started later from that path would miss it, and a caller that
+// keeps a path (node/vmhost) asks Cached again before each use, which
+// marks it used (or rebuilds it).
+const (
+	KeepCached  = 4
+	pruneMinAge = time.Hour
+)
+
+// Cached returns the initramfs of agentBinary and initBinary under
+// cacheDir/initramfs/<key>/initramfs.cpio, building it the first time
+// (and then pruning the cache); a hit marks it used (its mtime).
 // Concurrent callers (in any process) may both build it; each writes a
 // temp file and renames it over the same bytes, so a reader never sees a
 // partial archive.
-func Cached(cacheDir, agentBinary string) (string, error) {
-	agent, err := readAgent(agentBinary)
+func Cached(cacheDir, agentBinary, initBinary string) (string, error) {
+	agent, cinit, err := readBinaries(agentBinary, initBinary)
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(cacheDir, "initramfs", Key(agent))
+	root := filepath.Join(cacheDir, "initramfs")
+	dir := filepath.Join(root, Key(agent, cinit))
 	out := filepath.Join(dir, "initramfs.cpio")
 	if fi, err := os.Stat(out); err == nil && fi.Mode().IsRegular() {
+		now := time.Now()
+		os.Chtimes(out, now, now)
 		return out, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("initramfs: %w", err)
 	}
-	if err := writeFile(out, agent); err != nil {
+	if err := writeFile(out, agent, cinit); err != nil {
 		return "", err
 	}
+	// A failed prune costs disk, not the boot.
+	prune(root, KeepCached, pruneMinAge, time.Now())
 	return out, nil
+}
+
+// prune removes the archive dirs under root beyond the keep most recently
+// used (by their archive's mtime), except those used within minAge of
+// now. A dir without an archive (another caller's build under way, or
+// not ours) is left alone.
+func prune(root string, keep int, minAge time.Duration, now time.Time) error {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return err
+	}
+	type cached struct {
+		dir  string
+		used time.Time
+	}
+	var all []cached
+	for _, e := range ents {
+		if !e.IsDir() || len(e.Name()) != 16 || strings.Trim(e.Name(), "0123456789abcdef") != "" {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		fi, err := os.Lstat(filepath.Join(dir, "initramfs.cpio"))
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		all = append(all, cached{dir, fi.ModTime()})
+	}
+	slices.SortFunc(all, func(a, b cached) int { return b.used.Compare(a.used) })
+	var errs []error
+	for i, c := range all {
+		if i < keep || now.Sub(c.used) < minAge {
+			continue
+		}
+		if err := os.RemoveAll(c.dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -59,7 +59,7 @@ func testInitrd(t testing.TB, name string) string {
 		t.Fatalf("build markerinit: %v\n%s", err, out)
 	}
 	out := filepath.Join(dir, "initramfs.cpio")
-	if err := initramfs.Build(bin, out); err != nil {
+	if err := initramfs.Build(bin, "", out); err != nil {
 		t.Fatal(err)
 	}
 	return out

@@ -1,7 +1,7 @@
 // Package vmhost is what a node needs to run microVMs, as a node.Runtimes:
 // the guest kernel (found in the cache, or built in the background while
-// the node runs runc alone), the initramfs of the guest agent installed
-// beside the node's executable, QEMU, and the accelerator a real boot
+// the node runs runc alone), the initramfs of the guest agent and the
+// container init installed beside the node's executable, QEMU, and the accelerator a real boot
 // probe found (kvm, else tcg). The node offers microvm from the moment
 // all of them are there.
 package vmhost
@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/guest/initramfs"
@@ -33,6 +34,9 @@ type Config struct {
 	// Agent is the guest agent binary (default: cube-agent beside this
 	// executable).
 	Agent string
+	// Init is the guest's container init binary (default: cube-init
+	// beside this executable).
+	Init string
 	// QEMU is qemu-system-x86_64 (default: looked up in PATH).
 	QEMU string
 	// Build builds the guest kernel in the background when it is not
@@ -60,10 +64,9 @@ var _ node.Runtimes = (*Host)(nil)
 func New(cfg Config) *Host {
 	cfg.CacheDir = cmp.Or(cfg.CacheDir, kernel.DefaultCacheDir)
 	log := cmp.Or(cfg.Log, slog.New(slog.DiscardHandler)).With("component", "vmhost")
-	if cfg.Agent == "" {
-		if exe, err := os.Executable(); err == nil {
-			cfg.Agent = filepath.Join(filepath.Dir(exe), "cube-agent")
-		}
+	if exe, err := os.Executable(); err == nil {
+		cfg.Agent = cmp.Or(cfg.Agent, filepath.Join(filepath.Dir(exe), "cube-agent"))
+		cfg.Init = cmp.Or(cfg.Init, filepath.Join(filepath.Dir(exe), "cube-init"))
 	}
 	_, err := exec.LookPath("runc")
 	return &Host{cfg: cfg, log: log, runc: err == nil, reason: "not started"}
@@ -126,12 +129,12 @@ func (h *Host) assemble(ctx context.Context) (*sandbox.VMOptions, error) {
 		}
 		qemuBin = p
 	}
-	if h.cfg.Agent == "" {
-		return nil, errors.New("no guest agent binary: install cube-agent beside cube")
+	if h.cfg.Agent == "" || h.cfg.Init == "" {
+		return nil, errors.New("no guest agent or container init binary: install cube-agent and cube-init beside cube")
 	}
-	initrd, err := initramfs.Cached(h.cfg.CacheDir, h.cfg.Agent)
+	initrd, err := h.initrd()
 	if err != nil {
-		return nil, fmt.Errorf("guest initramfs from %s: %w (install cube-agent beside cube)", h.cfg.Agent, err)
+		return nil, err
 	}
 	accel := qemu.Probe(ctx, qemu.ProbeOptions{Binary: qemuBin, Kernel: k,
 		CacheFile: filepath.Join(h.cfg.CacheDir, "accel.json"), Logger: h.log})
@@ -170,12 +173,31 @@ func (h *Host) Status() node.RuntimeStatus {
 // error can be long; the log has it whole).
 const maxStatus = 240
 
-// VM implements node.Runtimes.
+func (h *Host) initrd() (string, error) {
+	initrd, err := initramfs.Cached(h.cfg.CacheDir, h.cfg.Agent, h.cfg.Init)
+	if err != nil {
+		return "", fmt.Errorf("guest initramfs from %s and %s: %w (install cube-agent and cube-init beside cube: make install)", h.cfg.Agent, h.cfg.Init, err)
+	}
+	return initrd, nil
+}
+
+// VM implements node.Runtimes. The initramfs cache prunes archives no
+// one used for a while (guest/initramfs): each VM's options mark theirs
+// used, and one removed meanwhile is rebuilt.
 func (h *Host) VM() (sandbox.VMOptions, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.vm == nil {
 		return sandbox.VMOptions{}, false
+	}
+	now := time.Now()
+	if err := os.Chtimes(h.vm.Initrd, now, now); errors.Is(err, os.ErrNotExist) {
+		initrd, err := h.initrd()
+		if err != nil {
+			h.log.Warn("guest initramfs gone from the cache, and not rebuilt", "err", err)
+			return sandbox.VMOptions{}, false
+		}
+		h.vm.Initrd = initrd
 	}
 	return *h.vm, true
 }

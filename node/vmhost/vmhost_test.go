@@ -59,7 +59,7 @@ func TestNoKernel(t *testing.T) {
 // options a VM boots with.
 func TestReady(t *testing.T) {
 	vmtest.Require(t)
-	h := New(Config{CacheDir: kernel.DefaultCacheDir, Agent: vmtest.AgentBinary(t)})
+	h := New(Config{CacheDir: kernel.DefaultCacheDir, Agent: vmtest.AgentBinary(t), Init: vmtest.InitBinary(t)})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	h.Start(ctx)
@@ -74,5 +74,13 @@ func TestReady(t *testing.T) {
 	}
 	if fi, err := os.Stat(vm.Initrd); err != nil || fi.Size() == 0 {
 		t.Errorf("initrd %s: %v", vm.Initrd, err)
+	}
+	// An archive the cache pruned meanwhile is rebuilt for the next VM.
+	if err := os.Remove(vm.Initrd); err != nil {
+		t.Fatal(err)
+	}
+	again, ok := h.VM()
+	if fi, err := os.Stat(again.Initrd); !ok || err != nil || fi.Size() == 0 {
+		t.Errorf("VM() after the initrd was removed = %+v, %v (stat: %v); want it rebuilt", again, ok, err)
 	}
 }

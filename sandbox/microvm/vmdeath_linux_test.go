@@ -92,7 +92,7 @@ func TestBadGuests(t *testing.T) {
 	}
 	// busybox as /init runs its init: a shell on the console, and never a
 	// word on the agent's port.
-	if err := initramfs.Write(f, initramfs.Entries(busybox)); err != nil {
+	if err := initramfs.Write(f, initramfs.Entries(busybox, nil)); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()

@@ -1,5 +1,5 @@
 // Package vmtest gives VM tests what they boot: the node's guest kernel,
-// an initramfs of the guest agent built from this tree, and the busybox
+// an initramfs of the guest agent and container init built from this tree, and the busybox
 // test image as a block image. A missing prerequisite skips the test,
 // except under CI=true, where it fails (the Makefile provides them all).
 package vmtest
@@ -61,27 +61,32 @@ var (
 	buildOnce sync.Once
 	buildDir  string
 	agentBin  string
+	initBin   string
 	initrd    string
 	imageDir  string
 	imageFile string
 	buildErr  error
 )
 
-// build makes, once per test binary, the agent, its initramfs and the
-// busybox block image, in one temp dir that Cleanup removes.
+// build makes, once per test binary, the agent, the container init, their
+// initramfs and the busybox block image, in one temp dir that Cleanup
+// removes. The binaries are built as the Makefile builds them.
 func build() {
 	buildDir, buildErr = os.MkdirTemp("", "cube-vmtest-")
 	if buildErr != nil {
 		return
 	}
 	agentBin = filepath.Join(buildDir, "cube-agent")
-	cmd := exec.Command("go", "build", "-o", agentBin, "github.com/cube-platform/cube/cmd/cube-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		buildErr = fmt.Errorf("build cube-agent: %v\n%s", err, out)
-		return
+	initBin = filepath.Join(buildDir, "cube-init")
+	for bin, pkg := range map[string]string{agentBin: "cube-agent", initBin: "cube-init"} {
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "github.com/cube-platform/cube/cmd/"+pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+			return
+		}
 	}
-	if initrd, buildErr = initramfs.Cached(buildDir, agentBin); buildErr != nil {
+	if initrd, buildErr = initramfs.Cached(buildDir, agentBin, initBin); buildErr != nil {
 		return
 	}
 	imageDir = filepath.Join(buildDir, "busybox")
@@ -131,4 +136,11 @@ func AgentBinary(t testing.TB) string {
 	t.Helper()
 	built(t)
 	return agentBin
+}
+
+// InitBinary is the cube-init built from this tree.
+func InitBinary(t testing.TB) string {
+	t.Helper()
+	built(t)
+	return initBin
 }

@@ -1,9 +1,8 @@
-package agent
+package cinit
 
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,52 +10,47 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cube-platform/cube/guest/cinit/initproto"
+	"github.com/cube-platform/cube/guest/cinit/reaper"
 )
 
-// RoleEnv, set to RoleContainerInit in a re-executed agent's environment,
-// makes Main run as a container's init instead of as the agent.
-const (
-	RoleEnv           = "_CUBE_AGENT_ROLE"
-	RoleContainerInit = "container-init"
-)
-
-// initFD is the socket to the agent in a container init (fd 3).
-const initFD = 3
-
-// runContainerInit is PID 1 of a container's PID namespace, in its own
-// mount, UTS and IPC namespaces (the agent cloned it so). It builds the
-// container's root, pivots into it, then runs what the agent asks and
-// reports exits, until the container's main process exits.
-func runContainerInit() int {
-	// The OOM killer must pick the container's process, not its init.
+// Main is cmd/cube-init's main: PID 1 of a container's PID namespace, in
+// its own mount and UTS namespaces (the agent cloned it so), its channel
+// to the agent on fd 3. It builds the container's root, pivots into it,
+// then runs what the agent asks and reports exits, until the container's
+// main process exits. It returns only to exit.
+func Main() int {
+	// The OOM killer must pick the container's process, not its init
+	// (lowering the score needs CAP_SYS_RESOURCE, which a VM's init has).
 	os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0)
-	conn, err := fileConn(os.NewFile(initFD, "agent"))
+	conn, err := initproto.NewFDConn(initproto.InitFD)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "container init:", err)
 		return 1
 	}
-	var cfg initConfig
-	if _, err := recvMsg(conn, maxInitMsg, &cfg); err != nil {
+	var cfg initproto.Config
+	if _, err := initproto.Recv(conn, initproto.MaxInitMsg, &cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "container init: read config:", err)
 		return 1
 	}
 	if err := buildRoot(cfg); err != nil {
-		sendMsg(conn, initMsg{Op: "failed", Error: err.Error()})
+		initproto.Send(conn, initproto.Msg{Op: "failed", Error: err.Error()})
 		return 1
 	}
 	sp, err := newSpawner()
 	if err != nil {
-		sendMsg(conn, initMsg{Op: "failed", Error: err.Error()})
+		initproto.Send(conn, initproto.Msg{Op: "failed", Error: err.Error()})
 		return 1
 	}
-	if err := sendMsg(conn, initMsg{Op: "ready"}); err != nil {
+	if err := initproto.Send(conn, initproto.Msg{Op: "ready"}); err != nil {
 		return 1
 	}
 	return (&containerInit{conn: conn, procs: map[int]string{}, spawn: sp}).serve()
 }
 
 type containerInit struct {
-	conn  *net.UnixConn
+	conn  *initproto.FDConn
 	spawn *spawner
 	mu    sync.Mutex
 	// procs maps a running process's pid to its id. Protected by mu.
@@ -68,15 +62,16 @@ type containerInit struct {
 
 func (ci *containerInit) serve() int {
 	ci.ids = map[string]*os.Process{}
-	r := newReaper(true)
+	r := reaper.New(true)
 	// Exits reach the agent in the order they were reaped; the main
 	// process's ends the init (and, with it, every process left in the
 	// namespace).
 	mainDone := make(chan int, 1)
 	go func() {
+		buf := make([]byte, initproto.MaxInitMsg+1)
 		for {
-			var m initMsg
-			files, err := recvMsg(ci.conn, maxInitMsg, &m)
+			var m initproto.Msg
+			files, err := initproto.RecvBuf(ci.conn, buf, &m)
 			if err != nil {
 				// The agent is gone: so is the container.
 				mainDone <- 137
@@ -86,7 +81,7 @@ func (ci *containerInit) serve() int {
 			case "run":
 				ci.run(r, m, files, mainDone)
 			case "signal":
-				closeFiles(files)
+				initproto.CloseFiles(files)
 				ci.mu.Lock()
 				p, ok := ci.ids[m.ID]
 				ci.mu.Unlock()
@@ -94,23 +89,17 @@ func (ci *containerInit) serve() int {
 					p.Signal(syscall.Signal(m.Signal))
 				}
 			default:
-				closeFiles(files)
+				initproto.CloseFiles(files)
 			}
 		}
 	}()
 	return <-mainDone
 }
 
-func closeFiles(fs []*os.File) {
-	for _, f := range fs {
-		f.Close()
-	}
-}
-
-func (ci *containerInit) run(r *reaper, m initMsg, files []*os.File, mainDone chan<- int) {
-	defer closeFiles(files)
+func (ci *containerInit) run(r *reaper.Reaper, m initproto.Msg, files []*os.File, mainDone chan<- int) {
+	defer initproto.CloseFiles(files)
 	fail := func(err error) {
-		sendMsg(ci.conn, initMsg{Op: "failed", ID: m.ID, Error: err.Error()})
+		initproto.Send(ci.conn, initproto.Msg{Op: "failed", ID: m.ID, Error: err.Error()})
 	}
 	if len(files) != 3 || len(m.Args) == 0 {
 		fail(errors.New("run needs args and 3 stdio files"))
@@ -137,7 +126,7 @@ func (ci *containerInit) run(r *reaper, m initMsg, files []*os.File, mainDone ch
 			Pdeathsig:  syscall.SIGKILL,
 		},
 	}
-	pid, ch, err := r.start(func() (int, error) {
+	pid, ch, err := r.Start(func() (int, error) {
 		proc, err := ci.spawn.start(path, m.Args, attr)
 		if err != nil {
 			return 0, err
@@ -156,7 +145,7 @@ func (ci *containerInit) run(r *reaper, m initMsg, files []*os.File, mainDone ch
 		fail(err)
 		return
 	}
-	sendMsg(ci.conn, initMsg{Op: "started", ID: m.ID, Pid: pid})
+	initproto.Send(ci.conn, initproto.Msg{Op: "started", ID: m.ID, Pid: pid})
 	go func() {
 		ws := <-ch
 		ci.mu.Lock()
@@ -166,7 +155,7 @@ func (ci *containerInit) run(r *reaper, m initMsg, files []*os.File, mainDone ch
 		}
 		delete(ci.ids, m.ID)
 		ci.mu.Unlock()
-		sendMsg(ci.conn, initMsg{Op: "exited", ID: m.ID, Status: int(ws)})
+		initproto.Send(ci.conn, initproto.Msg{Op: "exited", ID: m.ID, Status: int(ws)})
 		if m.ID == "" {
 			// The init's own status says how the main process ended too,
 			// should its report be lost.
@@ -205,7 +194,7 @@ func lookPath(file string, env []string) (string, error) {
 // buildRoot makes the container's root filesystem and pivots into it:
 // /proc of its own PID namespace, a minimal /dev, /sys read-only, the
 // agent's resolv.conf/hosts/hostname, then pivot_root.
-func buildRoot(cfg initConfig) error {
+func buildRoot(cfg initproto.Config) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make / private: %w", err)
 	}

@@ -1,4 +1,9 @@
-package agent
+// Package reaper waits for a process's children: the guest agent's (the
+// VM's init) and each container init's (its PID namespace's init).
+//
+// The container init imports it: it must depend only on the standard
+// library and x/sys/unix (see guest/cinit).
+package reaper
 
 import (
 	"os"
@@ -9,11 +14,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// reaper waits for children. As init (or a subreaper) it reaps every
+// Reaper waits for children. As init (or a subreaper) it reaps every
 // child, known or orphaned, with wait4(-1); otherwise only the ones it
 // started, so that it never steals another part of its process's
 // children (in tests the agent shares a process with the test).
-type reaper struct {
+type Reaper struct {
 	all bool
 	// mu is held across a start and its registration, and by the reap
 	// loop before it looks a pid up: a child that exits at once is still
@@ -23,8 +28,10 @@ type reaper struct {
 	sigs  chan os.Signal
 }
 
-func newReaper(all bool) *reaper {
-	r := &reaper{all: all, procs: map[int]chan syscall.WaitStatus{}}
+// New returns a reaper; with all, it reaps every child (an init's or a
+// subreaper's duty) from a SIGCHLD handler it starts at once.
+func New(all bool) *Reaper {
+	r := &Reaper{all: all, procs: map[int]chan syscall.WaitStatus{}}
 	if all {
 		r.sigs = make(chan os.Signal, 16)
 		signal.Notify(r.sigs, unix.SIGCHLD)
@@ -33,9 +40,9 @@ func newReaper(all bool) *reaper {
 	return r
 }
 
-// start runs fn (which starts a process and returns its pid) under mu and
+// Start runs fn (which starts a process and returns its pid) under mu and
 // returns a channel that receives the process's wait status once.
-func (r *reaper) start(fn func() (int, error)) (int, <-chan syscall.WaitStatus, error) {
+func (r *Reaper) Start(fn func() (int, error)) (int, <-chan syscall.WaitStatus, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	pid, err := fn()
@@ -62,14 +69,14 @@ func (r *reaper) start(fn func() (int, error)) (int, <-chan syscall.WaitStatus, 
 	return pid, ch, nil
 }
 
-func (r *reaper) loop() {
+func (r *Reaper) loop() {
 	for range r.sigs {
 		r.reapAll()
 	}
 }
 
 // reapAll reaps every exited child; a SIGCHLD may stand for several.
-func (r *reaper) reapAll() {
+func (r *Reaper) reapAll() {
 	for {
 		var ws syscall.WaitStatus
 		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
