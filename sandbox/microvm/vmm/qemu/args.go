@@ -31,14 +31,15 @@ const MachineOptions = "microvm,x-option-roms=off,isa-serial=on,pit=on,pic=on,rt
 
 // TCGCacheMiB caps TCG's translation cache. QEMU's default is 1 GiB of
 // address space that fills as the guest runs new code, and the cap is
-// resident in full once a boot has filled it. Measured 2026-12-02 (16
-// boots each, interleaved, load 3-6): the agent's boot to Hello took a
-// median 1.71 s at 16 MiB, 1.64 s at 8 and 3.59 s at 4 (at 4 MiB the
-// cache flushes and retranslates the Go agent over and over); the VMM
-// overhead was 70.1, 60.4 and 55.9 MiB. 8 keeps the boot and saves
-// ~10 MiB per VM; a guest whose hot code outgrows it pays in flushes.
+// resident in full once a boot has filled it. Measured 2026-12-02: to the
+// agent's Hello alone, 8 MiB boots as fast as 16 (4 MiB retranslates the
+// Go agent over and over, 2x slower), but a whole instance start does not
+// (cube bench boot --n 6, interleaved, twice: p50_start 1984/2078 ms at
+// 16 against 3098/2938 ms at 8; 32 was no faster than 16 for 18 MiB more):
+// the container's init and programs are new code that an 8 MiB cache
+// makes TCG flush for. So 16, for ~9 MiB more per VM than 8.
 // Only TCG has it; under KVM the guest runs natively.
-const TCGCacheMiB = 8
+const TCGCacheMiB = 16
 
 // SandboxOptions is QEMU's own seccomp filter.
 const SandboxOptions = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
