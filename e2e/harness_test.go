@@ -68,14 +68,17 @@ func run(m *testing.M) int {
 		fmt.Println("e2e: building cube-shim failed:", err)
 		return 1
 	}
-	// cube-agent beside them too, static (it is PID 1 of every VM): the
-	// node makes the VMs' initramfs from it.
-	build = exec.Command("go", "build", "-o", filepath.Join(dir, "cube-agent"), "../cmd/cube-agent")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Println("e2e: building cube-agent failed:", err)
-		return 1
+	// cube-agent and cube-init beside them too, static (PID 1 of every
+	// VM, and of each of its containers): the node makes the VMs'
+	// initramfs from them.
+	for _, guest := range []string{"cube-agent", "cube-init"} {
+		build = exec.Command("go", "build", "-o", filepath.Join(dir, guest), "../cmd/"+guest)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		build.Stdout, build.Stderr = os.Stdout, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Println("e2e: building", guest, "failed:", err)
+			return 1
+		}
 	}
 	return m.Run()
 }
