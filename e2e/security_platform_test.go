@@ -57,22 +57,7 @@ func TestPlatformClosedToLocalUsers(t *testing.T) {
 		filepath.Join(c.dataDir, "node", "agent.sock"),
 	}, shimSockets...)
 	for _, sock := range sockets {
-		// Root gets through: the socket is real and live.
-		if conn, err := net.DialTimeout("unix", sock, 5*time.Second); err != nil {
-			t.Errorf("root dialing %s: %v; want it to work (positive control)", sock, err)
-		} else {
-			conn.Close()
-		}
-		err := asuser.Do(asuser.Nobody, func() error {
-			conn, err := net.DialTimeout("unix", sock, 5*time.Second)
-			if err == nil {
-				conn.Close()
-			}
-			return err
-		})
-		if !errors.Is(err, os.ErrPermission) {
-			t.Errorf("nobody dialing %s: %v; want permission denied", sock, err)
-		}
+		socketRefusesNobody(t, sock)
 	}
 	for _, secret := range []string{
 		filepath.Join(c.dataDir, "admin.token"),
@@ -155,4 +140,26 @@ func cubeProcesses(t *testing.T) []int {
 func cmdline(pid int) string {
 	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	return strings.ReplaceAll(string(b), "\x00", " ")
+}
+
+// socketRefusesNobody: root dials sock (the positive control: the socket
+// is real and live) and user nobody gets permission denied.
+func socketRefusesNobody(t *testing.T, sock string) {
+	t.Helper()
+	conn, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		t.Errorf("root dialing %s: %v; want it to work (positive control)", sock, err)
+		return
+	}
+	conn.Close()
+	err = asuser.Do(asuser.Nobody, func() error {
+		conn, err := net.DialTimeout("unix", sock, 5*time.Second)
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	})
+	if !errors.Is(err, os.ErrPermission) {
+		t.Errorf("nobody dialing %s: %v; want permission denied", sock, err)
+	}
 }

@@ -3,7 +3,6 @@ package microvm
 import (
 	"context"
 	"io"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cube-platform/cube/sandbox"
-	"github.com/cube-platform/cube/sandbox/microvm/vmtest"
 	"github.com/cube-platform/cube/sandbox/sandboxtest"
 )
 
@@ -55,25 +53,9 @@ var _ io.Writer = (*arrivals)(nil)
 // one must be close (the guest behind, or output late by more than the
 // bound).
 func TestGuestClock(t *testing.T) {
-	opts := vmtest.Options(t)
-	id := sandboxtest.RandomID()
-	spec := sandbox.Spec{ID: id, Hostname: "h-" + id, StateDir: filepath.Join(t.TempDir(), "state"), CgroupParent: "/cube-test/" + id,
-		Containers: []sandbox.ContainerSpec{sandboxtest.Shell("app", "while :; do adjtimex; sleep 0.1; done")}}
-	spec.Containers[0].RootFS = vmtest.Image(t)
-	sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(t), VM: opts})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	t.Cleanup(func() {
-		if err := sb.Destroy(context.Background()); err != nil {
-			t.Errorf("Destroy: %v", err)
-		}
-	})
-	if err := sb.Create(ctx); err != nil {
-		t.Fatal(err)
-	}
+	sb, _ := createShellVM(t, ctx, "while :; do adjtimex; sleep 0.1; done")
 	out := &arrivals{}
 	if err := sb.Start(ctx, "app", sandbox.Stdio{Stdout: out, Stderr: out}); err != nil {
 		t.Fatal(err)

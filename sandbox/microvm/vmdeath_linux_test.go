@@ -21,25 +21,9 @@ import (
 // layer, and exec works in it. (What the guest had not synced dies with
 // it, as on a power cut: the container syncs.)
 func TestVMMDeath(t *testing.T) {
-	opts := vmtest.Options(t)
-	id := sandboxtest.RandomID()
-	spec := sandbox.Spec{ID: id, Hostname: "h-" + id, StateDir: filepath.Join(t.TempDir(), "state"), CgroupParent: "/cube-test/" + id,
-		Containers: []sandbox.ContainerSpec{sandboxtest.Shell("app", "echo run >> /runs; sync; wc -l < /runs; exec sleep 600")}}
-	spec.Containers[0].RootFS = vmtest.Image(t)
-	sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(t), VM: opts})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	t.Cleanup(func() {
-		if err := sb.Destroy(context.Background()); err != nil {
-			t.Errorf("Destroy: %v", err)
-		}
-	})
-	if err := sb.Create(ctx); err != nil {
-		t.Fatal(err)
-	}
+	sb, spec := createShellVM(t, ctx, "echo run >> /runs; sync; wc -l < /runs; exec sleep 600")
 	var out1 sandboxtest.Buffer
 	if err := sb.Start(ctx, "app", sandbox.Stdio{Stdout: &out1}); err != nil {
 		t.Fatal(err)
@@ -69,6 +53,29 @@ func TestVMMDeath(t *testing.T) {
 	if code, err := sb.Exec(ctx, "app", sandbox.ExecSpec{Args: []string{"cat", "/runs"}}, sandbox.Stdio{Stdout: &out3}); err != nil || code != 0 || strings.Count(out3.String(), "run") != 2 {
 		t.Errorf("exec cat /runs in the new VM = %q, %d, %v; want two runs", out3.String(), code, err)
 	}
+}
+
+// createShellVM creates (boots) a VM sandbox whose one container, app,
+// runs script in the busybox test image; the test's end destroys it.
+func createShellVM(t *testing.T, ctx context.Context, script string) (sandbox.Sandbox, sandbox.Spec) {
+	t.Helper()
+	id := sandboxtest.RandomID()
+	spec := sandbox.Spec{ID: id, Hostname: "h-" + id, StateDir: filepath.Join(t.TempDir(), "state"), CgroupParent: "/cube-test/" + id,
+		Containers: []sandbox.ContainerSpec{sandboxtest.Shell("app", script)}}
+	spec.Containers[0].RootFS = vmtest.Image(t)
+	sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(t), VM: vmtest.Options(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := sb.Destroy(context.Background()); err != nil {
+			t.Errorf("Destroy: %v", err)
+		}
+	})
+	if err := sb.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return sb, spec
 }
 
 // TestBadGuests: a kernel that is not one, and a guest whose init never
