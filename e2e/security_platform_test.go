@@ -64,10 +64,7 @@ func TestPlatformClosedToLocalUsers(t *testing.T) {
 		filepath.Join(c.dataDir, "node", "token"),
 		c.config,
 	} {
-		err := asuser.Do(asuser.Nobody, func() error { _, err := os.ReadFile(secret); return err })
-		if !errors.Is(err, os.ErrPermission) {
-			t.Errorf("nobody reading %s: %v; want permission denied", secret, err)
-		}
+		fileRefusesNobody(t, secret)
 		if fi, err := os.Stat(secret); err != nil || fi.Mode().Perm()&0o077 != 0 {
 			t.Errorf("%s: mode %v (%v); want no access for group or others", secret, fi.Mode(), err)
 		}
@@ -161,5 +158,15 @@ func socketRefusesNobody(t *testing.T, sock string) {
 	})
 	if !errors.Is(err, os.ErrPermission) {
 		t.Errorf("nobody dialing %s: %v; want permission denied", sock, err)
+	}
+}
+
+// fileRefusesNobody: user nobody reading path gets permission denied (a
+// missing file fails too: the check would prove nothing).
+func fileRefusesNobody(t *testing.T, path string) {
+	t.Helper()
+	err := asuser.Do(asuser.Nobody, func() error { _, err := os.ReadFile(path); return err })
+	if !errors.Is(err, os.ErrPermission) {
+		t.Errorf("nobody reading %s: %v; want permission denied", path, err)
 	}
 }
