@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/containerd/ttrpc"
@@ -78,10 +77,12 @@ type Agent struct {
 	log     *slog.Logger
 	reaper  *reaper.Reaper
 	console *os.File
-	bootID  string
 	release string
 
 	mu sync.Mutex
+	// bootID is read at Setup, after the reseed; "" before. Protected by
+	// mu.
+	bootID string
 	// setup is the accepted Setup; nil before. Protected by mu.
 	setup *agentapi.SetupRequest
 	// containers are the declared containers by name (fixed at Setup).
@@ -124,9 +125,6 @@ func New(cfg Config) (*Agent, error) {
 		containers: map[string]*container{},
 		mounted:    map[string]string{},
 		done:       make(chan struct{}),
-	}
-	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
-		a.bootID = strings.TrimSpace(string(b))
 	}
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err == nil {

@@ -9,8 +9,11 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/guest/agentapi"
@@ -216,5 +219,54 @@ func TestTwoContainers(t *testing.T) {
 		if len(left) != n-1 {
 			t.Fatalf("WaitAny returned %v, not one of those asked", p)
 		}
+	}
+}
+
+// TestBootIDAfterSetup: Hello answers no boot id before Setup (the kernel
+// makes it from the RNG on first read, which Setup reseeds first), and
+// the kernel's after it.
+func TestBootIDAfterSetup(t *testing.T) {
+	vm := startAgent(t)
+	info, err := vm.c.Hello(ctx(t))
+	if err != nil || info.BootID != "" {
+		t.Fatalf("Hello before Setup = %+v, %v; want no boot id", info, err)
+	}
+	if err := vm.c.Setup(ctx(t), baseSetup(sh("app", "true"))); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	want, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := vm.c.Hello(ctx(t)); err != nil || info.BootID != strings.TrimSpace(string(want)) {
+		t.Errorf("Hello after Setup = %+v, %v; want boot id %q", info, err, strings.TrimSpace(string(want)))
+	}
+}
+
+// TestResumeRefused: Resume before Setup is refused, as is one that
+// breaks the bounds (sent raw, past the client's own check); after Setup
+// a valid one is served.
+func TestResumeRefused(t *testing.T) {
+	vm := startAgent(t)
+	now := time.Now().UnixNano()
+	if err := vm.c.Resume(ctx(t), now, make([]byte, 32)); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("Resume before Setup = %v; want ErrConflict", err)
+	}
+	if err := vm.c.Setup(ctx(t), baseSetup(sh("app", "true"))); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	svc := agentapi.NewAgentClient(rawClient(t, vm))
+	for _, bad := range []*agentapi.ResumeRequest{
+		{TimeUnixNano: now, Entropy: make([]byte, 31)},
+		{TimeUnixNano: now, Entropy: make([]byte, 257)},
+		{Entropy: make([]byte, 32)},
+	} {
+		_, err := svc.Resume(ctx(t), bad)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "resume") && !strings.Contains(err.Error(), "entropy") && !strings.Contains(err.Error(), "time") {
+			t.Errorf("raw Resume(%d bytes, time %d) = %v; want ErrInvalid", len(bad.Entropy), bad.TimeUnixNano, err)
+		}
+	}
+	if err := vm.c.Resume(ctx(t), now, make([]byte, 32)); err != nil {
+		t.Errorf("Resume after Setup: %v", err)
 	}
 }

@@ -3,7 +3,9 @@ package agent
 import (
 	"context"
 	"fmt"
+	"os"
 	"reflect"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,9 +23,9 @@ var _ agentapi.AgentService = (*service)(nil)
 
 func (s *service) Hello(ctx context.Context, _ *agentapi.HelloRequest) (*agentapi.HelloResponse, error) {
 	s.a.mu.Lock()
-	done := s.a.setup != nil
+	done, bootID := s.a.setup != nil, s.a.bootID
 	s.a.mu.Unlock()
-	return &agentapi.HelloResponse{AgentVersion: Version, KernelRelease: s.a.release, BootId: s.a.bootID, SetupDone: done}, nil
+	return &agentapi.HelloResponse{AgentVersion: Version, KernelRelease: s.a.release, BootId: bootID, SetupDone: done}, nil
 }
 
 func (s *service) Setup(ctx context.Context, req *agentapi.SetupRequest) (*agentapi.Empty, error) {
@@ -54,11 +56,23 @@ func (s *service) Setup(ctx context.Context, req *agentapi.SetupRequest) (*agent
 	return &agentapi.Empty{}, nil
 }
 
-// doSetup applies a valid Setup.
+// doSetup applies a valid Setup. Its first steps take this VM's own
+// identity, before anything else draws a random number or reads a drive:
+// the VM may be a clone of a template, whose kernel RNG state, clock and
+// drive probes every clone shares.
 // Preconditions: a.mu is held.
 func (a *Agent) doSetup(req *agentapi.SetupRequest) error {
+	if err := a.reseed(req.GetEntropy()); err != nil {
+		return err
+	}
+	a.bootID = readBootID()
 	if err := a.setClock(req.GetTimeUnixNano()); err != nil {
 		return err
+	}
+	if req.GetRestored() {
+		if err := a.reprobeDrives(); err != nil {
+			return err
+		}
 	}
 	pids := req.GetPidsLimit()
 	if pids == 0 {
@@ -99,6 +113,73 @@ func (a *Agent) setClock(ns int64) error {
 		return fmt.Errorf("set the clock: %w", err)
 	}
 	return nil
+}
+
+// reseed mixes the host's entropy into the kernel's RNG and reseeds its
+// CRNG at once. Only as PID 1 of a VM: a test agent on the host must not
+// touch the host's RNG.
+func (a *Agent) reseed(entropy []byte) error {
+	if !a.cfg.Init {
+		return nil
+	}
+	return reseedKernelRNG(entropy)
+}
+
+// readBootID reads the kernel's boot id. The kernel makes it from the
+// CRNG on its first read, so it is read only after Setup's reseed: a
+// template that read it before its snapshot would hand every clone the
+// same id (and Hello before Setup answers ""). The kernel keeps it for
+// the boot, so later reads (a container's) see the same.
+func readBootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// reprobeDrives makes the kernel probe every virtio disk again (see
+// reprobe_linux.go). Only as PID 1 of a VM: a test agent on the host must
+// not unbind the host's disks.
+// Preconditions: a.mu is held.
+func (a *Agent) reprobeDrives() error {
+	if !a.cfg.Init {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), reprobeTimeout)
+	defer cancel()
+	t0 := time.Now()
+	n, err := reprobeDisks(ctx, virtioBus, "/dev")
+	if err != nil {
+		return err
+	}
+	a.log.Debug("re-probed virtio disks", "disks", n, "took", time.Since(t0))
+	return nil
+}
+
+func (s *service) Resume(ctx context.Context, req *agentapi.ResumeRequest) (*agentapi.Empty, error) {
+	a := s.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.shutdown {
+		return nil, fmt.Errorf("%w: the agent is shutting down", errdefs.ErrUnavailable)
+	}
+	if a.setup == nil {
+		return nil, fmt.Errorf("%w: resume is for a VM that was set up; call Setup first", errdefs.ErrConflict)
+	}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	// The same order as Setup: a VM restored twice from one suspend is
+	// two clones, so the RNG diverges before the clock lets anything run
+	// on.
+	if err := a.reseed(req.GetEntropy()); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	if err := a.setClock(req.GetTimeUnixNano()); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	return &agentapi.Empty{}, nil
 }
 
 func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agentapi.StartResponse, error) {

@@ -258,7 +258,9 @@ type HelloResponse struct {
 	AgentVersion string                 `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// The guest kernel's release (uname -r).
 	KernelRelease string `protobuf:"bytes,2,opt,name=kernel_release,json=kernelRelease,proto3" json:"kernel_release,omitempty"`
-	// /proc/sys/kernel/random/boot_id: a new one on every boot.
+	// /proc/sys/kernel/random/boot_id: a new one on every boot (and every
+	// clone of a template). "" before Setup: the agent reads it only once
+	// Setup has reseeded the kernel's RNG.
 	BootId string `protobuf:"bytes,3,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
 	// Whether Setup has run on this boot.
 	SetupDone     bool `protobuf:"varint,4,opt,name=setup_done,json=setupDone,proto3" json:"setup_done,omitempty"`
@@ -336,7 +338,15 @@ type SetupRequest struct {
 	// The host's clock (Unix ns) when it sent this; the agent sets the
 	// guest's clock to it before anything runs (the kernel took whole
 	// seconds from the RTC). 0 or less leaves the clock alone.
-	TimeUnixNano  int64 `protobuf:"varint,6,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	TimeUnixNano int64 `protobuf:"varint,6,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// Random bytes from the host (empty, or 32 to 256): the agent mixes
+	// them into the kernel's pool and reseeds its CRNG before anything
+	// else, so that clones of one template draw different random numbers.
+	Entropy []byte `protobuf:"bytes,7,opt,name=entropy,proto3" json:"entropy,omitempty"`
+	// The VM is a clone restored from a template snapshot: its drives were
+	// placeholders when the template booted, so the agent re-probes every
+	// virtio disk before it mounts any.
+	Restored      bool `protobuf:"varint,8,opt,name=restored,proto3" json:"restored,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -413,6 +423,74 @@ func (x *SetupRequest) GetTimeUnixNano() int64 {
 	return 0
 }
 
+func (x *SetupRequest) GetEntropy() []byte {
+	if x != nil {
+		return x.Entropy
+	}
+	return nil
+}
+
+func (x *SetupRequest) GetRestored() bool {
+	if x != nil {
+		return x.Restored
+	}
+	return false
+}
+
+type ResumeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host's clock (Unix ns): the guest's stopped at suspend.
+	TimeUnixNano int64 `protobuf:"varint,1,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// As SetupRequest's entropy.
+	Entropy       []byte `protobuf:"bytes,2,opt,name=entropy,proto3" json:"entropy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeRequest) Reset() {
+	*x = ResumeRequest{}
+	mi := &file_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeRequest) ProtoMessage() {}
+
+func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
+func (*ResumeRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ResumeRequest) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *ResumeRequest) GetEntropy() []byte {
+	if x != nil {
+		return x.Entropy
+	}
+	return nil
+}
+
 type Network struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// eth0's MAC ("02:00:0a:58:00:05"); "" keeps the one QEMU gave.
@@ -433,7 +511,7 @@ type Network struct {
 
 func (x *Network) Reset() {
 	*x = Network{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -445,7 +523,7 @@ func (x *Network) String() string {
 func (*Network) ProtoMessage() {}
 
 func (x *Network) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -458,7 +536,7 @@ func (x *Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Network.ProtoReflect.Descriptor instead.
 func (*Network) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Network) GetMac() string {
@@ -529,7 +607,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -541,7 +619,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -554,7 +632,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Route) GetDestination() string {
@@ -584,7 +662,7 @@ type Drive struct {
 
 func (x *Drive) Reset() {
 	*x = Drive{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +674,7 @@ func (x *Drive) String() string {
 func (*Drive) ProtoMessage() {}
 
 func (x *Drive) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +687,7 @@ func (x *Drive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drive.ProtoReflect.Descriptor instead.
 func (*Drive) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Drive) GetSerial() string {
@@ -660,7 +738,7 @@ type ContainerSpec struct {
 
 func (x *ContainerSpec) Reset() {
 	*x = ContainerSpec{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -672,7 +750,7 @@ func (x *ContainerSpec) String() string {
 func (*ContainerSpec) ProtoMessage() {}
 
 func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -685,7 +763,7 @@ func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerSpec.ProtoReflect.Descriptor instead.
 func (*ContainerSpec) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ContainerSpec) GetName() string {
@@ -781,7 +859,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +871,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +884,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StartRequest) GetContainer() string {
@@ -826,7 +904,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +916,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +929,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StartResponse) GetPid() int32 {
@@ -873,7 +951,7 @@ type ProcessRef struct {
 
 func (x *ProcessRef) Reset() {
 	*x = ProcessRef{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +963,7 @@ func (x *ProcessRef) String() string {
 func (*ProcessRef) ProtoMessage() {}
 
 func (x *ProcessRef) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +976,7 @@ func (x *ProcessRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessRef.ProtoReflect.Descriptor instead.
 func (*ProcessRef) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ProcessRef) GetContainer() string {
@@ -924,7 +1002,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1014,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1027,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WaitRequest) GetProcess() *ProcessRef {
@@ -975,7 +1053,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1065,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1078,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WaitResponse) GetExitCode() int32 {
@@ -1047,7 +1125,7 @@ type WaitAnyRequest struct {
 
 func (x *WaitAnyRequest) Reset() {
 	*x = WaitAnyRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1137,7 @@ func (x *WaitAnyRequest) String() string {
 func (*WaitAnyRequest) ProtoMessage() {}
 
 func (x *WaitAnyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1150,7 @@ func (x *WaitAnyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitAnyRequest.ProtoReflect.Descriptor instead.
 func (*WaitAnyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WaitAnyRequest) GetProcesses() []*ProcessRef {
@@ -1092,7 +1170,7 @@ type WaitAnyResponse struct {
 
 func (x *WaitAnyResponse) Reset() {
 	*x = WaitAnyResponse{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1182,7 @@ func (x *WaitAnyResponse) String() string {
 func (*WaitAnyResponse) ProtoMessage() {}
 
 func (x *WaitAnyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1195,7 @@ func (x *WaitAnyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitAnyResponse.ProtoReflect.Descriptor instead.
 func (*WaitAnyResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WaitAnyResponse) GetProcess() *ProcessRef {
@@ -1144,7 +1222,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1234,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1247,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SignalRequest) GetProcess() *ProcessRef {
@@ -1206,7 +1284,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1296,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1309,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExecRequest) GetProcess() *ProcessRef {
@@ -1314,7 +1392,7 @@ type WriteStdinRequest struct {
 
 func (x *WriteStdinRequest) Reset() {
 	*x = WriteStdinRequest{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1404,7 @@ func (x *WriteStdinRequest) String() string {
 func (*WriteStdinRequest) ProtoMessage() {}
 
 func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1417,7 @@ func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinRequest.ProtoReflect.Descriptor instead.
 func (*WriteStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WriteStdinRequest) GetProcess() *ProcessRef {
@@ -1365,7 +1443,7 @@ type WriteStdinResponse struct {
 
 func (x *WriteStdinResponse) Reset() {
 	*x = WriteStdinResponse{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1455,7 @@ func (x *WriteStdinResponse) String() string {
 func (*WriteStdinResponse) ProtoMessage() {}
 
 func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1468,7 @@ func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinResponse.ProtoReflect.Descriptor instead.
 func (*WriteStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WriteStdinResponse) GetWritten() uint32 {
@@ -1413,7 +1491,7 @@ type ReadOutputRequest struct {
 
 func (x *ReadOutputRequest) Reset() {
 	*x = ReadOutputRequest{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1503,7 @@ func (x *ReadOutputRequest) String() string {
 func (*ReadOutputRequest) ProtoMessage() {}
 
 func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1516,7 @@ func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOutputRequest.ProtoReflect.Descriptor instead.
 func (*ReadOutputRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReadOutputRequest) GetProcess() *ProcessRef {
@@ -1481,7 +1559,7 @@ type ReadOutputResponse struct {
 
 func (x *ReadOutputResponse) Reset() {
 	*x = ReadOutputResponse{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1571,7 @@ func (x *ReadOutputResponse) String() string {
 func (*ReadOutputResponse) ProtoMessage() {}
 
 func (x *ReadOutputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1584,7 @@ func (x *ReadOutputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOutputResponse.ProtoReflect.Descriptor instead.
 func (*ReadOutputResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReadOutputResponse) GetData() []byte {
@@ -1534,7 +1612,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1624,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1637,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ResizePtyRequest) GetProcess() *ProcessRef {
@@ -1595,7 +1673,7 @@ type ProcessState struct {
 
 func (x *ProcessState) Reset() {
 	*x = ProcessState{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +1685,7 @@ func (x *ProcessState) String() string {
 func (*ProcessState) ProtoMessage() {}
 
 func (x *ProcessState) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +1698,7 @@ func (x *ProcessState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessState.ProtoReflect.Descriptor instead.
 func (*ProcessState) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ProcessState) GetProcess() *ProcessRef {
@@ -1660,7 +1738,7 @@ type StateResponse struct {
 
 func (x *StateResponse) Reset() {
 	*x = StateResponse{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1750,7 @@ func (x *StateResponse) String() string {
 func (*StateResponse) ProtoMessage() {}
 
 func (x *StateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1763,7 @@ func (x *StateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateResponse.ProtoReflect.Descriptor instead.
 func (*StateResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StateResponse) GetProcesses() []*ProcessState {
@@ -1707,7 +1785,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x0ekernel_release\x18\x02 \x01(\tR\rkernelRelease\x12\x17\n" +
 	"\aboot_id\x18\x03 \x01(\tR\x06bootId\x12\x1d\n" +
 	"\n" +
-	"setup_done\x18\x04 \x01(\bR\tsetupDone\"\x8d\x02\n" +
+	"setup_done\x18\x04 \x01(\bR\tsetupDone\"\xc3\x02\n" +
 	"\fSetupRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x120\n" +
 	"\anetwork\x18\x02 \x01(\v2\x16.cube.agent.v1.NetworkR\anetwork\x12,\n" +
@@ -1717,7 +1795,12 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"containers\x18\x05 \x03(\v2\x1c.cube.agent.v1.ContainerSpecR\n" +
 	"containers\x12$\n" +
-	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\"\xf3\x01\n" +
+	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\x12\x18\n" +
+	"\aentropy\x18\a \x01(\fR\aentropy\x12\x1a\n" +
+	"\brestored\x18\b \x01(\bR\brestored\"O\n" +
+	"\rResumeRequest\x12$\n" +
+	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x18\n" +
+	"\aentropy\x18\x02 \x01(\fR\aentropy\"\xf3\x01\n" +
 	"\aNetwork\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x1b\n" +
 	"\tipv4_cidr\x18\x02 \x01(\tR\bipv4Cidr\x12\x18\n" +
@@ -1826,10 +1909,11 @@ const file_agent_proto_rawDesc = "" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eSTATUS_CREATED\x10\x01\x12\x12\n" +
 	"\x0eSTATUS_RUNNING\x10\x02\x12\x11\n" +
-	"\rSTATUS_EXITED\x10\x032\xec\x06\n" +
+	"\rSTATUS_EXITED\x10\x032\xaa\a\n" +
 	"\x05Agent\x12B\n" +
 	"\x05Hello\x12\x1b.cube.agent.v1.HelloRequest\x1a\x1c.cube.agent.v1.HelloResponse\x12:\n" +
-	"\x05Setup\x12\x1b.cube.agent.v1.SetupRequest\x1a\x14.cube.agent.v1.Empty\x12B\n" +
+	"\x05Setup\x12\x1b.cube.agent.v1.SetupRequest\x1a\x14.cube.agent.v1.Empty\x12<\n" +
+	"\x06Resume\x12\x1c.cube.agent.v1.ResumeRequest\x1a\x14.cube.agent.v1.Empty\x12B\n" +
 	"\x05Start\x12\x1b.cube.agent.v1.StartRequest\x1a\x1c.cube.agent.v1.StartResponse\x12?\n" +
 	"\x04Wait\x12\x1a.cube.agent.v1.WaitRequest\x1a\x1b.cube.agent.v1.WaitResponse\x12H\n" +
 	"\aWaitAny\x12\x1d.cube.agent.v1.WaitAnyRequest\x1a\x1e.cube.agent.v1.WaitAnyResponse\x12<\n" +
@@ -1858,7 +1942,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_agent_proto_goTypes = []any{
 	(DriveRole)(0),             // 0: cube.agent.v1.DriveRole
 	(Stream)(0),                // 1: cube.agent.v1.Stream
@@ -1867,75 +1951,78 @@ var file_agent_proto_goTypes = []any{
 	(*HelloRequest)(nil),       // 4: cube.agent.v1.HelloRequest
 	(*HelloResponse)(nil),      // 5: cube.agent.v1.HelloResponse
 	(*SetupRequest)(nil),       // 6: cube.agent.v1.SetupRequest
-	(*Network)(nil),            // 7: cube.agent.v1.Network
-	(*Route)(nil),              // 8: cube.agent.v1.Route
-	(*Drive)(nil),              // 9: cube.agent.v1.Drive
-	(*ContainerSpec)(nil),      // 10: cube.agent.v1.ContainerSpec
-	(*StartRequest)(nil),       // 11: cube.agent.v1.StartRequest
-	(*StartResponse)(nil),      // 12: cube.agent.v1.StartResponse
-	(*ProcessRef)(nil),         // 13: cube.agent.v1.ProcessRef
-	(*WaitRequest)(nil),        // 14: cube.agent.v1.WaitRequest
-	(*WaitResponse)(nil),       // 15: cube.agent.v1.WaitResponse
-	(*WaitAnyRequest)(nil),     // 16: cube.agent.v1.WaitAnyRequest
-	(*WaitAnyResponse)(nil),    // 17: cube.agent.v1.WaitAnyResponse
-	(*SignalRequest)(nil),      // 18: cube.agent.v1.SignalRequest
-	(*ExecRequest)(nil),        // 19: cube.agent.v1.ExecRequest
-	(*WriteStdinRequest)(nil),  // 20: cube.agent.v1.WriteStdinRequest
-	(*WriteStdinResponse)(nil), // 21: cube.agent.v1.WriteStdinResponse
-	(*ReadOutputRequest)(nil),  // 22: cube.agent.v1.ReadOutputRequest
-	(*ReadOutputResponse)(nil), // 23: cube.agent.v1.ReadOutputResponse
-	(*ResizePtyRequest)(nil),   // 24: cube.agent.v1.ResizePtyRequest
-	(*ProcessState)(nil),       // 25: cube.agent.v1.ProcessState
-	(*StateResponse)(nil),      // 26: cube.agent.v1.StateResponse
+	(*ResumeRequest)(nil),      // 7: cube.agent.v1.ResumeRequest
+	(*Network)(nil),            // 8: cube.agent.v1.Network
+	(*Route)(nil),              // 9: cube.agent.v1.Route
+	(*Drive)(nil),              // 10: cube.agent.v1.Drive
+	(*ContainerSpec)(nil),      // 11: cube.agent.v1.ContainerSpec
+	(*StartRequest)(nil),       // 12: cube.agent.v1.StartRequest
+	(*StartResponse)(nil),      // 13: cube.agent.v1.StartResponse
+	(*ProcessRef)(nil),         // 14: cube.agent.v1.ProcessRef
+	(*WaitRequest)(nil),        // 15: cube.agent.v1.WaitRequest
+	(*WaitResponse)(nil),       // 16: cube.agent.v1.WaitResponse
+	(*WaitAnyRequest)(nil),     // 17: cube.agent.v1.WaitAnyRequest
+	(*WaitAnyResponse)(nil),    // 18: cube.agent.v1.WaitAnyResponse
+	(*SignalRequest)(nil),      // 19: cube.agent.v1.SignalRequest
+	(*ExecRequest)(nil),        // 20: cube.agent.v1.ExecRequest
+	(*WriteStdinRequest)(nil),  // 21: cube.agent.v1.WriteStdinRequest
+	(*WriteStdinResponse)(nil), // 22: cube.agent.v1.WriteStdinResponse
+	(*ReadOutputRequest)(nil),  // 23: cube.agent.v1.ReadOutputRequest
+	(*ReadOutputResponse)(nil), // 24: cube.agent.v1.ReadOutputResponse
+	(*ResizePtyRequest)(nil),   // 25: cube.agent.v1.ResizePtyRequest
+	(*ProcessState)(nil),       // 26: cube.agent.v1.ProcessState
+	(*StateResponse)(nil),      // 27: cube.agent.v1.StateResponse
 }
 var file_agent_proto_depIdxs = []int32{
-	7,  // 0: cube.agent.v1.SetupRequest.network:type_name -> cube.agent.v1.Network
-	9,  // 1: cube.agent.v1.SetupRequest.drives:type_name -> cube.agent.v1.Drive
-	10, // 2: cube.agent.v1.SetupRequest.containers:type_name -> cube.agent.v1.ContainerSpec
-	8,  // 3: cube.agent.v1.Network.routes:type_name -> cube.agent.v1.Route
+	8,  // 0: cube.agent.v1.SetupRequest.network:type_name -> cube.agent.v1.Network
+	10, // 1: cube.agent.v1.SetupRequest.drives:type_name -> cube.agent.v1.Drive
+	11, // 2: cube.agent.v1.SetupRequest.containers:type_name -> cube.agent.v1.ContainerSpec
+	9,  // 3: cube.agent.v1.Network.routes:type_name -> cube.agent.v1.Route
 	0,  // 4: cube.agent.v1.Drive.role:type_name -> cube.agent.v1.DriveRole
-	13, // 5: cube.agent.v1.WaitRequest.process:type_name -> cube.agent.v1.ProcessRef
-	13, // 6: cube.agent.v1.WaitAnyRequest.processes:type_name -> cube.agent.v1.ProcessRef
-	13, // 7: cube.agent.v1.WaitAnyResponse.process:type_name -> cube.agent.v1.ProcessRef
-	15, // 8: cube.agent.v1.WaitAnyResponse.exit:type_name -> cube.agent.v1.WaitResponse
-	13, // 9: cube.agent.v1.SignalRequest.process:type_name -> cube.agent.v1.ProcessRef
-	13, // 10: cube.agent.v1.ExecRequest.process:type_name -> cube.agent.v1.ProcessRef
-	13, // 11: cube.agent.v1.WriteStdinRequest.process:type_name -> cube.agent.v1.ProcessRef
-	13, // 12: cube.agent.v1.ReadOutputRequest.process:type_name -> cube.agent.v1.ProcessRef
+	14, // 5: cube.agent.v1.WaitRequest.process:type_name -> cube.agent.v1.ProcessRef
+	14, // 6: cube.agent.v1.WaitAnyRequest.processes:type_name -> cube.agent.v1.ProcessRef
+	14, // 7: cube.agent.v1.WaitAnyResponse.process:type_name -> cube.agent.v1.ProcessRef
+	16, // 8: cube.agent.v1.WaitAnyResponse.exit:type_name -> cube.agent.v1.WaitResponse
+	14, // 9: cube.agent.v1.SignalRequest.process:type_name -> cube.agent.v1.ProcessRef
+	14, // 10: cube.agent.v1.ExecRequest.process:type_name -> cube.agent.v1.ProcessRef
+	14, // 11: cube.agent.v1.WriteStdinRequest.process:type_name -> cube.agent.v1.ProcessRef
+	14, // 12: cube.agent.v1.ReadOutputRequest.process:type_name -> cube.agent.v1.ProcessRef
 	1,  // 13: cube.agent.v1.ReadOutputRequest.stream:type_name -> cube.agent.v1.Stream
-	13, // 14: cube.agent.v1.ResizePtyRequest.process:type_name -> cube.agent.v1.ProcessRef
-	13, // 15: cube.agent.v1.ProcessState.process:type_name -> cube.agent.v1.ProcessRef
+	14, // 14: cube.agent.v1.ResizePtyRequest.process:type_name -> cube.agent.v1.ProcessRef
+	14, // 15: cube.agent.v1.ProcessState.process:type_name -> cube.agent.v1.ProcessRef
 	2,  // 16: cube.agent.v1.ProcessState.status:type_name -> cube.agent.v1.Status
-	15, // 17: cube.agent.v1.ProcessState.exit:type_name -> cube.agent.v1.WaitResponse
-	25, // 18: cube.agent.v1.StateResponse.processes:type_name -> cube.agent.v1.ProcessState
+	16, // 17: cube.agent.v1.ProcessState.exit:type_name -> cube.agent.v1.WaitResponse
+	26, // 18: cube.agent.v1.StateResponse.processes:type_name -> cube.agent.v1.ProcessState
 	4,  // 19: cube.agent.v1.Agent.Hello:input_type -> cube.agent.v1.HelloRequest
 	6,  // 20: cube.agent.v1.Agent.Setup:input_type -> cube.agent.v1.SetupRequest
-	11, // 21: cube.agent.v1.Agent.Start:input_type -> cube.agent.v1.StartRequest
-	14, // 22: cube.agent.v1.Agent.Wait:input_type -> cube.agent.v1.WaitRequest
-	16, // 23: cube.agent.v1.Agent.WaitAny:input_type -> cube.agent.v1.WaitAnyRequest
-	18, // 24: cube.agent.v1.Agent.Signal:input_type -> cube.agent.v1.SignalRequest
-	19, // 25: cube.agent.v1.Agent.Exec:input_type -> cube.agent.v1.ExecRequest
-	20, // 26: cube.agent.v1.Agent.WriteStdin:input_type -> cube.agent.v1.WriteStdinRequest
-	13, // 27: cube.agent.v1.Agent.CloseStdin:input_type -> cube.agent.v1.ProcessRef
-	22, // 28: cube.agent.v1.Agent.ReadOutput:input_type -> cube.agent.v1.ReadOutputRequest
-	24, // 29: cube.agent.v1.Agent.ResizePty:input_type -> cube.agent.v1.ResizePtyRequest
-	3,  // 30: cube.agent.v1.Agent.State:input_type -> cube.agent.v1.Empty
-	3,  // 31: cube.agent.v1.Agent.Shutdown:input_type -> cube.agent.v1.Empty
-	5,  // 32: cube.agent.v1.Agent.Hello:output_type -> cube.agent.v1.HelloResponse
-	3,  // 33: cube.agent.v1.Agent.Setup:output_type -> cube.agent.v1.Empty
-	12, // 34: cube.agent.v1.Agent.Start:output_type -> cube.agent.v1.StartResponse
-	15, // 35: cube.agent.v1.Agent.Wait:output_type -> cube.agent.v1.WaitResponse
-	17, // 36: cube.agent.v1.Agent.WaitAny:output_type -> cube.agent.v1.WaitAnyResponse
-	3,  // 37: cube.agent.v1.Agent.Signal:output_type -> cube.agent.v1.Empty
-	3,  // 38: cube.agent.v1.Agent.Exec:output_type -> cube.agent.v1.Empty
-	21, // 39: cube.agent.v1.Agent.WriteStdin:output_type -> cube.agent.v1.WriteStdinResponse
-	3,  // 40: cube.agent.v1.Agent.CloseStdin:output_type -> cube.agent.v1.Empty
-	23, // 41: cube.agent.v1.Agent.ReadOutput:output_type -> cube.agent.v1.ReadOutputResponse
-	3,  // 42: cube.agent.v1.Agent.ResizePty:output_type -> cube.agent.v1.Empty
-	26, // 43: cube.agent.v1.Agent.State:output_type -> cube.agent.v1.StateResponse
-	3,  // 44: cube.agent.v1.Agent.Shutdown:output_type -> cube.agent.v1.Empty
-	32, // [32:45] is the sub-list for method output_type
-	19, // [19:32] is the sub-list for method input_type
+	7,  // 21: cube.agent.v1.Agent.Resume:input_type -> cube.agent.v1.ResumeRequest
+	12, // 22: cube.agent.v1.Agent.Start:input_type -> cube.agent.v1.StartRequest
+	15, // 23: cube.agent.v1.Agent.Wait:input_type -> cube.agent.v1.WaitRequest
+	17, // 24: cube.agent.v1.Agent.WaitAny:input_type -> cube.agent.v1.WaitAnyRequest
+	19, // 25: cube.agent.v1.Agent.Signal:input_type -> cube.agent.v1.SignalRequest
+	20, // 26: cube.agent.v1.Agent.Exec:input_type -> cube.agent.v1.ExecRequest
+	21, // 27: cube.agent.v1.Agent.WriteStdin:input_type -> cube.agent.v1.WriteStdinRequest
+	14, // 28: cube.agent.v1.Agent.CloseStdin:input_type -> cube.agent.v1.ProcessRef
+	23, // 29: cube.agent.v1.Agent.ReadOutput:input_type -> cube.agent.v1.ReadOutputRequest
+	25, // 30: cube.agent.v1.Agent.ResizePty:input_type -> cube.agent.v1.ResizePtyRequest
+	3,  // 31: cube.agent.v1.Agent.State:input_type -> cube.agent.v1.Empty
+	3,  // 32: cube.agent.v1.Agent.Shutdown:input_type -> cube.agent.v1.Empty
+	5,  // 33: cube.agent.v1.Agent.Hello:output_type -> cube.agent.v1.HelloResponse
+	3,  // 34: cube.agent.v1.Agent.Setup:output_type -> cube.agent.v1.Empty
+	3,  // 35: cube.agent.v1.Agent.Resume:output_type -> cube.agent.v1.Empty
+	13, // 36: cube.agent.v1.Agent.Start:output_type -> cube.agent.v1.StartResponse
+	16, // 37: cube.agent.v1.Agent.Wait:output_type -> cube.agent.v1.WaitResponse
+	18, // 38: cube.agent.v1.Agent.WaitAny:output_type -> cube.agent.v1.WaitAnyResponse
+	3,  // 39: cube.agent.v1.Agent.Signal:output_type -> cube.agent.v1.Empty
+	3,  // 40: cube.agent.v1.Agent.Exec:output_type -> cube.agent.v1.Empty
+	22, // 41: cube.agent.v1.Agent.WriteStdin:output_type -> cube.agent.v1.WriteStdinResponse
+	3,  // 42: cube.agent.v1.Agent.CloseStdin:output_type -> cube.agent.v1.Empty
+	24, // 43: cube.agent.v1.Agent.ReadOutput:output_type -> cube.agent.v1.ReadOutputResponse
+	3,  // 44: cube.agent.v1.Agent.ResizePty:output_type -> cube.agent.v1.Empty
+	27, // 45: cube.agent.v1.Agent.State:output_type -> cube.agent.v1.StateResponse
+	3,  // 46: cube.agent.v1.Agent.Shutdown:output_type -> cube.agent.v1.Empty
+	33, // [33:47] is the sub-list for method output_type
+	19, // [19:33] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
 	19, // [19:19] is the sub-list for extension extendee
 	0,  // [0:19] is the sub-list for field type_name
@@ -1952,7 +2039,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -10,6 +10,7 @@ import (
 type AgentService interface {
 	Hello(context.Context, *HelloRequest) (*HelloResponse, error)
 	Setup(context.Context, *SetupRequest) (*Empty, error)
+	Resume(context.Context, *ResumeRequest) (*Empty, error)
 	Start(context.Context, *StartRequest) (*StartResponse, error)
 	Wait(context.Context, *WaitRequest) (*WaitResponse, error)
 	WaitAny(context.Context, *WaitAnyRequest) (*WaitAnyResponse, error)
@@ -39,6 +40,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.Setup(ctx, &req)
+			},
+			"Resume": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ResumeRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Resume(ctx, &req)
 			},
 			"Start": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req StartRequest
@@ -142,6 +150,14 @@ func (c *agentClient) Hello(ctx context.Context, req *HelloRequest) (*HelloRespo
 func (c *agentClient) Setup(ctx context.Context, req *SetupRequest) (*Empty, error) {
 	var resp Empty
 	if err := c.client.Call(ctx, "cube.agent.v1.Agent", "Setup", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) Resume(ctx context.Context, req *ResumeRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "cube.agent.v1.Agent", "Resume", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

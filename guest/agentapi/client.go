@@ -122,6 +122,20 @@ func (c *Client) Setup(ctx context.Context, req *SetupRequest) error {
 	return fromStatus("setup", err)
 }
 
+// Resume tells the agent of a VM restored from a suspend: it reseeds the
+// guest's RNG with entropy (none, or MinEntropyBytes to MaxEntropyBytes)
+// and sets the guest's clock to timeUnixNano (the host's, Unix ns).
+func (c *Client) Resume(ctx context.Context, timeUnixNano int64, entropy []byte) error {
+	req := &ResumeRequest{TimeUnixNano: timeUnixNano, Entropy: entropy}
+	if err := req.Validate(); err != nil {
+		return fmt.Errorf("agent resume: %w", err)
+	}
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	_, err := c.svc.Resume(ctx, req)
+	return fromStatus("resume", err)
+}
+
 // Start starts the declared container and returns its guest pid.
 func (c *Client) Start(ctx context.Context, container string) (int, error) {
 	ref := &ProcessRef{Container: container}

@@ -66,7 +66,7 @@ func call(t *testing.T, op byte, b []byte) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	p := Process{Container: "app"}
-	switch op % 7 {
+	switch op % 8 {
 	case 0:
 		info, err := c.Hello(ctx)
 		if err == nil {
@@ -105,6 +105,10 @@ func call(t *testing.T, op byte, b []byte) {
 		if err == nil && (got.Container != "app" || (got.ExecID != "" && got.ExecID != "e1") || st.Code < 0 || st.Code > 255) {
 			t.Errorf("WaitAny returned %+v, %+v", got, st)
 		}
+	case 7:
+		// Resume answers nothing but Empty: whatever comes back, it
+		// neither panics nor hangs (the fuzz's own check).
+		c.Resume(ctx, 1, nil)
 	case 5:
 		n, err := c.WriteStdin(ctx, p, []byte("hello"))
 		if n < 0 || n > 5 || (err == nil && n != 5) {
@@ -132,6 +136,8 @@ func FuzzDecodeResponse(f *testing.F) {
 	f.Add(byte(5), response(f, &WriteStdinResponse{Written: 500}))
 	f.Add(byte(6), response(f, &WaitAnyResponse{Process: &ProcessRef{Container: "app", ExecId: "e1"}, Exit: &WaitResponse{ExitCode: 1}}))
 	f.Add(byte(6), response(f, &WaitAnyResponse{Process: &ProcessRef{Container: "other"}, Exit: &WaitResponse{}}))
+	f.Add(byte(7), response(f, &Empty{}))
+	f.Add(byte(7), frame(1, messageTypeResponse, 0, []byte{0x0a, 0xff}))
 	f.Add(byte(0), frame(1, messageTypeResponse, 0, []byte{0xff, 0xff, 0xff}))
 	f.Add(byte(1), frame(7, messageTypeResponse, 0, nil))
 	f.Add(byte(2), []byte{0x00, 0xff, 0xff, 0xff, 0, 0, 0, 1, 2, 0})

@@ -27,6 +27,11 @@ const (
 	MaxInfoBytes   = 256      // Hello's strings
 	MaxErrorBytes  = 1024     // an error message the client passes on
 	MaxPidsLimit   = 1 << 22
+	// The host's entropy for Setup and Resume: 32 bytes (256 bits) are
+	// what the kernel's CRNG needs to count as seeded; more than 256 is
+	// no better and only costs the wire.
+	MinEntropyBytes = 32
+	MaxEntropyBytes = 256
 )
 
 // The shapes of names, as small byte loops rather than regexps: every
@@ -140,6 +145,9 @@ func (r *ProcessRef) Validate() error {
 // Validate checks a Setup request's bounds and shape (not whether its
 // drives exist: the agent does that).
 func (r *SetupRequest) Validate() error {
+	if err := validateEntropy(r.GetEntropy()); err != nil {
+		return err
+	}
 	if r.GetHostname() != "" && !validHostname(r.GetHostname()) {
 		return invalid("hostname %q is not a valid host name", clip(r.GetHostname()))
 	}
@@ -196,6 +204,26 @@ func (r *SetupRequest) Validate() error {
 				return invalid("container %q: image drive %q is not a declared image drive", c.GetName(), clip(c.GetImageDrive()))
 			}
 		}
+	}
+	return nil
+}
+
+// validateEntropy: none, or MinEntropyBytes to MaxEntropyBytes.
+func validateEntropy(b []byte) error {
+	if n := len(b); n != 0 && (n < MinEntropyBytes || n > MaxEntropyBytes) {
+		return invalid("entropy of %d bytes; want none or %d to %d", n, MinEntropyBytes, MaxEntropyBytes)
+	}
+	return nil
+}
+
+// Validate checks a Resume request: a clock to set is required (the
+// guest's stopped at suspend), entropy is bounded as Setup's.
+func (r *ResumeRequest) Validate() error {
+	if err := validateEntropy(r.GetEntropy()); err != nil {
+		return err
+	}
+	if r.GetTimeUnixNano() <= 0 {
+		return invalid("time %d: want the host's clock in Unix ns", r.GetTimeUnixNano())
 	}
 	return nil
 }

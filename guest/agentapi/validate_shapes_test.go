@@ -37,7 +37,7 @@ func shapeCases() []string {
 		"svc.cube", "default.svc.cube", "ndots:2", "ndots:", "ndots:12345", "ndots:1234", ":5",
 		"rotate", "attempts:3:4", "Ndots:2", "edns0", "ndots:a",
 	}
-	for _, n := range []int{19, 20, 21, 31, 32, 33, 62, 63, 64, 65, 252, 253, 254} {
+	for _, n := range []int{19, 20, 21, 31, 32, 33, 62, 63, 64, 65, 252, 253, 254, 255, 256, 257} {
 		for _, c := range []string{"a", "Z", "9", "-", ".", "_"} {
 			cases = append(cases, strings.Repeat(c, n), "a"+strings.Repeat(c, n-2)+"a", "a"+strings.Repeat(c, n-1))
 		}
@@ -94,8 +94,22 @@ func TestShapes(t *testing.T) {
 	}
 }
 
+// entropyOK is the rule for Setup's and Resume's entropy, said plainly:
+// none, or 32 to 256 bytes of anything (a regexp counts runes, not bytes).
+func entropyOK(b []byte) bool { return len(b) == 0 || len(b) >= 32 && len(b) <= 256 }
+
+func TestEntropyBounds(t *testing.T) {
+	for _, n := range []int{0, 1, 31, 32, 33, 255, 256, 257, 4096} {
+		b := make([]byte, n)
+		if got, want := validateEntropy(b) == nil, entropyOK(b); got != want {
+			t.Errorf("validateEntropy(%d bytes) ok = %v; want %v", n, got, want)
+		}
+	}
+}
+
 // FuzzShapes: on any input, every hand-written check agrees with the
-// regexp it replaced.
+// regexp it replaced, and the entropy bound with its plain rule (on the
+// bytes alone, in Setup and in Resume).
 func FuzzShapes(f *testing.F) {
 	for _, in := range shapeCases() {
 		f.Add(in)
@@ -105,6 +119,19 @@ func FuzzShapes(f *testing.F) {
 			if got, want := s.check(in), s.re.MatchString(in); got != want {
 				t.Errorf("%s check(%q) = %v; its regexp says %v", s.name, in, got, want)
 			}
+		}
+		b := []byte(in)
+		want := entropyOK(b)
+		setup := &SetupRequest{Entropy: b, Containers: []*ContainerSpec{{Name: "app", Args: []string{"sh"}}}}
+		resume := &ResumeRequest{TimeUnixNano: 1, Entropy: b}
+		if got := validateEntropy(b) == nil; got != want {
+			t.Errorf("validateEntropy(%d bytes) ok = %v; want %v", len(b), got, want)
+		}
+		if got := setup.Validate() == nil; got != want {
+			t.Errorf("Setup with %d bytes of entropy: Validate() = %v; want ok=%v", len(b), setup.Validate(), want)
+		}
+		if got := resume.Validate() == nil; got != want {
+			t.Errorf("Resume with %d bytes of entropy: Validate() = %v; want ok=%v", len(b), resume.Validate(), want)
 		}
 	})
 }

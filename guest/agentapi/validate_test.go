@@ -49,6 +49,12 @@ func TestSetupValidate(t *testing.T) {
 		{"tiny memory", func(r *SetupRequest) { r.Containers[0].MemoryBytes = 4096 }, false},
 		{"negative pids", func(r *SetupRequest) { r.PidsLimit = -1 }, false},
 		{"no drives, no image drive", func(r *SetupRequest) { r.Drives = nil; r.Containers[0].ImageDrive = "" }, true},
+		{"restored", func(r *SetupRequest) { r.Restored = true }, true},
+		{"entropy at the minimum", func(r *SetupRequest) { r.Entropy = make([]byte, MinEntropyBytes) }, true},
+		{"entropy at the maximum", func(r *SetupRequest) { r.Entropy = make([]byte, MaxEntropyBytes) }, true},
+		{"entropy too short", func(r *SetupRequest) { r.Entropy = make([]byte, MinEntropyBytes-1) }, false},
+		{"entropy of one byte", func(r *SetupRequest) { r.Entropy = []byte{1} }, false},
+		{"entropy too long", func(r *SetupRequest) { r.Entropy = make([]byte, MaxEntropyBytes+1) }, false},
 	}
 	for _, tt := range tests {
 		r := okSetup()
@@ -59,6 +65,36 @@ func TestSetupValidate(t *testing.T) {
 		}
 		if err != nil && !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("%s: Validate() = %v; want an errdefs.ErrInvalid", tt.name, err)
+		}
+	}
+}
+
+func TestResumeValidate(t *testing.T) {
+	const now = int64(1_800_000_000_000_000_000)
+	tests := []struct {
+		name string
+		req  *ResumeRequest
+		ok   bool
+	}{
+		{"time, no entropy", &ResumeRequest{TimeUnixNano: now}, true},
+		{"time and 32 bytes", &ResumeRequest{TimeUnixNano: now, Entropy: make([]byte, MinEntropyBytes)}, true},
+		{"time and 256 bytes", &ResumeRequest{TimeUnixNano: now, Entropy: make([]byte, MaxEntropyBytes)}, true},
+		{"no time", &ResumeRequest{Entropy: make([]byte, MinEntropyBytes)}, false},
+		{"negative time", &ResumeRequest{TimeUnixNano: -1}, false},
+		{"31 bytes", &ResumeRequest{TimeUnixNano: now, Entropy: make([]byte, MinEntropyBytes-1)}, false},
+		{"257 bytes", &ResumeRequest{TimeUnixNano: now, Entropy: make([]byte, MaxEntropyBytes+1)}, false},
+		{"nil request", nil, false},
+	}
+	for _, tt := range tests {
+		err := tt.req.Validate()
+		if (err == nil) != tt.ok {
+			t.Errorf("%s: Validate() = %v; want ok=%v", tt.name, err, tt.ok)
+		}
+		if err != nil && !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("%s: Validate() = %v; want an errdefs.ErrInvalid", tt.name, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "entropy") && !strings.Contains(err.Error(), "time") {
+			t.Errorf("%s: Validate() = %v; want it to name the field", tt.name, err)
 		}
 	}
 }

@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// A clone restored from a template runs the template's kernel, whose
+// virtio_blk probed the template's placeholder drives: it cached their
+// capacity (0 or a few bytes), scanned their partitions and holds pages
+// of them in the page cache. The clone's QEMU serves the instance's own
+// files behind the same virtio devices, so before mounting anything the
+// agent unbinds and binds virtio_blk for each: the probe reads the real
+// capacity and makes a new gendisk (a new block device inode, so no page
+// of the placeholder survives; TestQEMURestoredDrives shows it).
+
+// virtioBus is the kernel's virtio bus in sysfs.
+const virtioBus = "/sys/bus/virtio"
+
+// reprobeTimeout bounds the re-probe of all disks (TCG emulates every
+// instruction of it).
+const reprobeTimeout = 10 * time.Second
+
+// virtioDisk is a virtio device ("virtio3") and its disk ("vdb").
+type virtioDisk struct{ dev, disk string }
+
+// isVirtioDev reports whether name is a virtio device's ("virtio" and a
+// number): the driver's directory also holds bind, unbind, uevent...
+func isVirtioDev(name string) bool {
+	n, ok := strings.CutPrefix(name, "virtio")
+	_, err := strconv.ParseUint(n, 10, 32)
+	return ok && err == nil && !strings.HasPrefix(n, "+")
+}
+
+// diskOf is the disk of a virtio device dir ("" while it has none).
+func diskOf(devDir string) string {
+	entries, err := os.ReadDir(filepath.Join(devDir, "block"))
+	if err != nil || len(entries) != 1 {
+		return ""
+	}
+	return entries[0].Name()
+}
+
+// boundVirtioDisks lists the virtio devices virtio_blk drives that have a
+// disk, under bus (virtioBus).
+func boundVirtioDisks(bus string) ([]virtioDisk, error) {
+	entries, err := os.ReadDir(filepath.Join(bus, "drivers", "virtio_blk"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // no virtio_blk, no disk
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []virtioDisk
+	for _, e := range entries {
+		if !isVirtioDev(e.Name()) {
+			continue
+		}
+		if disk := diskOf(filepath.Join(bus, "devices", e.Name())); disk != "" {
+			out = append(out, virtioDisk{e.Name(), disk})
+		}
+	}
+	return out, nil
+}
+
+// reprobeDisks unbinds and binds virtio_blk for every virtio disk under
+// bus, one at a time (each gets its old vdX back, the lowest free), and
+// waits until each disk is back in sysfs and its node in devDir.
+func reprobeDisks(ctx context.Context, bus, devDir string) (int, error) {
+	disks, err := boundVirtioDisks(bus)
+	if err != nil {
+		return 0, fmt.Errorf("list virtio disks: %w", err)
+	}
+	drv := filepath.Join(bus, "drivers", "virtio_blk")
+	for _, d := range disks {
+		if err := os.WriteFile(filepath.Join(drv, "unbind"), []byte(d.dev), 0); err != nil {
+			return 0, fmt.Errorf("unbind %s (%s) from virtio_blk: %w", d.dev, d.disk, err)
+		}
+		if err := os.WriteFile(filepath.Join(drv, "bind"), []byte(d.dev), 0); err != nil {
+			return 0, fmt.Errorf("bind %s to virtio_blk: %w", d.dev, err)
+		}
+		if _, err := waitDisk(ctx, filepath.Join(bus, "devices", d.dev), devDir); err != nil {
+			return 0, fmt.Errorf("re-probe %s (was %s): %w", d.dev, d.disk, err)
+		}
+	}
+	return len(disks), nil
+}
+
+// waitDisk waits until the virtio device at devDir has a disk whose node
+// is in nodes (devtmpfs), or ctx ends. The bind above probes
+// synchronously, so the first look finds it; the wait is for a kernel
+// that probes asynchronously.
+func waitDisk(ctx context.Context, devDir, nodes string) (string, error) {
+	for {
+		if disk := diskOf(devDir); disk != "" {
+			if _, err := os.Stat(filepath.Join(nodes, disk)); err == nil {
+				return disk, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("its disk did not come back: %w", ctx.Err())
+		case <-time.After(100 * time.Microsecond):
+		}
+	}
+}
