@@ -40,6 +40,10 @@ func (s *Server) registerNode(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if n := len(body.Status.Templates); n > v1.MaxNodeTemplates {
+		writeError(w, fmt.Errorf("%w: status.templates: %d entries, at most %d", errdefs.ErrInvalid, n, v1.MaxNodeTemplates))
+		return
+	}
 	if secret := r.Header.Get(NodeSecretHeader); secret != "" {
 		if err := s.store.SetNodeSecret(r.Context(), name, secret); err != nil {
 			writeError(w, err)
@@ -52,6 +56,7 @@ func (s *Server) registerNode(w http.ResponseWriter, r *http.Request) {
 		n.Status.Capacity, n.Status.Address = body.Status.Capacity, body.Status.Address
 		n.Status.Runtimes, n.Status.Accelerator, n.Status.GuestKernel = body.Status.Runtimes, body.Status.Accelerator, body.Status.GuestKernel
 		n.Status.Images = body.Status.Images
+		n.Status.Templates = body.Status.Templates
 		// The node agent owns its labels and taints (set by its flags).
 		n.Metadata.Labels, n.Spec.Taints = body.Metadata.Labels, body.Spec.Taints
 		return nil

@@ -85,7 +85,7 @@ func newNodesCmd(g *globals) *cobra.Command {
 				return err
 			}
 			tw := newTable(g.stdout)
-			fmt.Fprintln(tw, "NAME\tSTATUS\tCPU(ALLOC/CAP)\tMEMORY(ALLOC/CAP)\tINSTANCES\tRUNTIMES\tACCEL\tAGE")
+			fmt.Fprintln(tw, "NAME\tSTATUS\tCPU(ALLOC/CAP)\tMEMORY(ALLOC/CAP)\tINSTANCES\tRUNTIMES\tACCEL\tTEMPLATES\tAGE")
 			now := time.Now()
 			for _, n := range list.Items {
 				status := "Ready"
@@ -95,9 +95,9 @@ func newNodesCmd(g *globals) *cobra.Command {
 				if n.Spec.Unschedulable {
 					status += ",Unschedulable"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s/%s\t%d\t%s\t%s\t%s\n", n.Metadata.Name, status,
+				fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s/%s\t%d\t%s\t%s\t%s\t%s\n", n.Metadata.Name, status,
 					n.Status.Allocated.CPU, n.Status.Capacity.CPU, n.Status.Allocated.Memory, n.Status.Capacity.Memory,
-					n.Status.Instances, runtimesText(n.Status), orDash(n.Status.Accelerator), age(n.Metadata.CreationTimestamp, now))
+					n.Status.Instances, runtimesText(n.Status), orDash(n.Status.Accelerator), templatesText(n.Status.Templates), age(n.Metadata.CreationTimestamp, now))
 			}
 			return tw.Flush()
 		},
@@ -218,6 +218,25 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// templatesText counts a node's ready VM templates per size:
+// "1x324M:ready,1x128M:building" reads as "1/2 (1x324M)".
+func templatesText(ts []v1.TemplateStatus) string {
+	if len(ts) == 0 {
+		return "-"
+	}
+	var ready []string
+	for _, t := range ts {
+		if t.State == "ready" {
+			ready = append(ready, t.Size)
+		}
+	}
+	out := fmt.Sprintf("%d/%d", len(ready), len(ts))
+	if len(ready) > 0 {
+		out += " (" + strings.Join(ready, ",") + ")"
+	}
+	return out
 }
 
 // runtimesText lists a node's runtimes, and the guest kernel's progress

@@ -24,3 +24,18 @@ func TestRuntimesText(t *testing.T) {
 		t.Errorf("runtimeText = %q; want microvm/tcg", got)
 	}
 }
+
+func TestTemplatesText(t *testing.T) {
+	for _, c := range []struct {
+		in   []v1.TemplateStatus
+		want string
+	}{
+		{nil, "-"},
+		{[]v1.TemplateStatus{{Size: "1x324M", State: "building"}}, "0/1"},
+		{[]v1.TemplateStatus{{Size: "1x128M", State: "ready"}, {Size: "1x324M", State: "failed: no kvm"}, {Size: "2x580M", State: "ready"}}, "2/3 (1x128M,2x580M)"},
+	} {
+		if got := templatesText(c.in); got != c.want {
+			t.Errorf("templatesText(%+v) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}

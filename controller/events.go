@@ -50,6 +50,9 @@ func InstanceEvents(prev, cur *v1.Instance, at time.Time) []v1.Event {
 	if ps.Preemption == nil && cs.Preemption != nil {
 		add(v1.EventWarning, "Preempting", cs.Preemption.Message)
 	}
+	if cs.VMBootWarning != "" && cs.VMBootWarning != ps.VMBootWarning {
+		add(v1.EventWarning, "TemplateFallback", cs.VMBootWarning)
+	}
 	// The phase reached, unless final, comes before what the containers
 	// did in it (a change can hold a start and the first exit).
 	phaseChanged := ps.Phase != cs.Phase || ps.Reason != cs.Reason || ps.Message != cs.Message

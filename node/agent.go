@@ -265,7 +265,7 @@ func (a *Agent) register(ctx context.Context) (registration, error) {
 	rts := reg.runtimes
 	node := &v1.Node{Metadata: v1.ObjectMeta{Name: a.cfg.Name, Labels: a.cfg.Labels}, Spec: v1.NodeSpec{Taints: a.cfg.Taints},
 		Status: v1.NodeStatus{Capacity: a.cfg.Capacity, Address: a.address, Images: reg.images,
-			Runtimes: rts.Runtimes, Accelerator: rts.Accelerator, GuestKernel: rts.GuestKernel}}
+			Runtimes: rts.Runtimes, Accelerator: rts.Accelerator, GuestKernel: rts.GuestKernel, Templates: rts.Templates}}
 	_, err := a.cfg.Client.RegisterNode(ctx, node, a.secret)
 	return reg, err
 }

@@ -126,6 +126,15 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 		attc <- attached{att, err, time.Since(t0)}
 	}()
 	spec.NetNS = netns
+	var extra []*os.File
+	if backend == sandbox.BackendMicroVM && in.Metadata.Labels[v1.LabelVMBoot] != v1.VMBootCold {
+		// A clone of the node's template for this VM size, when it has one
+		// ready; the shim gets the template's memory as an fd.
+		if t, ok := w.a.cfg.Runtimes.Template(spec); ok {
+			vm.TemplateDir, vm.TemplateMemFD = t.Dir, shim.FirstExtraFD
+			extra = append(extra, t.Mem)
+		}
+	}
 	cfg := shim.Config{
 		Sandbox:       spec,
 		RestartPolicy: string(in.Spec.RestartPolicy),
@@ -135,6 +144,7 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 		AwaitStart:    true,
 		Backend:       backend,
 		VM:            vm,
+		ExtraFiles:    extra,
 		// The shim logs at debug (its step timings) when the node does.
 		Debug: w.a.log.Enabled(ctx, slog.LevelDebug),
 	}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"os"
 	"slices"
 
 	v1 "github.com/cube-platform/cube/api/v1"
@@ -17,6 +18,16 @@ type Runtimes interface {
 	// VM is what a microVM boots with; false while the node cannot run
 	// VMs (no kernel yet, no QEMU).
 	VM() (sandbox.VMOptions, bool)
+	// Template is the ready template a microVM of spec's size clones;
+	// false: it boots cold.
+	Template(spec sandbox.Spec) (Template, bool)
+}
+
+// Template is a booted VM saved for clones (sandbox/microvm): its
+// directory, and its sealed memory, which the node hands to the shim.
+type Template struct {
+	Dir string
+	Mem *os.File
 }
 
 // RuntimeStatus is the runtimes part of a node's status.
@@ -27,10 +38,13 @@ type RuntimeStatus struct {
 	Accelerator string
 	// GuestKernel is the guest kernel's progress ("ready", "building 42%").
 	GuestKernel string
+	// Templates is each VM size's template and how it comes along.
+	Templates []v1.TemplateStatus
 }
 
 func (s RuntimeStatus) equal(o RuntimeStatus) bool {
-	return slices.Equal(s.Runtimes, o.Runtimes) && s.Accelerator == o.Accelerator && s.GuestKernel == o.GuestKernel
+	return slices.Equal(s.Runtimes, o.Runtimes) && s.Accelerator == o.Accelerator && s.GuestKernel == o.GuestKernel &&
+		slices.Equal(s.Templates, o.Templates)
 }
 
 // RuncOnly is the Runtimes of a node without VMs.
@@ -38,6 +52,8 @@ type RuncOnly struct{}
 
 func (RuncOnly) Status() RuntimeStatus         { return RuntimeStatus{Runtimes: []string{v1.RuntimeRunc}} }
 func (RuncOnly) VM() (sandbox.VMOptions, bool) { return sandbox.VMOptions{}, false }
+
+func (RuncOnly) Template(sandbox.Spec) (Template, bool) { return Template{}, false }
 
 // backendOf maps an instance's runtime onto the shim's sandbox backend;
 // an instance stored before runtimes existed ran runc.

@@ -14,6 +14,7 @@ import (
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/sandbox"
+	"github.com/cube-platform/cube/sandbox/microvm"
 	"github.com/cube-platform/cube/shim"
 )
 
@@ -290,6 +291,17 @@ func (w *worker) follow(ctx context.Context, c *shim.Client) {
 			status := statusFromShim(cur.Status, st, ip, now)
 			if backendOf(cur) == sandbox.BackendMicroVM {
 				status.Accelerator = w.a.cfg.Runtimes.Status().Accelerator
+				if status.Phase == v1.PhaseRunning {
+					// The boot record is written once the guest is set up.
+					if rec, err := microvm.ReadBootRecord(filepath.Join(w.dir, "sandbox")); err == nil {
+						status.VMBoot, status.VMBootWarning = rec.From, ""
+						if rec.Fallback != "" {
+							// The reason names host paths: the node's log
+							// has it, the tenant gets the fact.
+							status.VMBootWarning = "the node's template for this VM size could not be cloned; it booted cold"
+						}
+					}
+				}
 			}
 			markPreempted(&status)
 			return status

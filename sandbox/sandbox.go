@@ -221,6 +221,28 @@ type Sandbox interface {
 	Destroy(ctx context.Context) error
 }
 
+// Suspender is a Sandbox whose whole state can be saved to disk, freeing
+// its memory and CPU, and restored later: by this process, or by a new
+// one built from the same Spec after this one died.
+type Suspender interface {
+	Sandbox
+	// Suspend freezes every container and saves the sandbox under
+	// Spec.StateDir; nothing of it runs afterwards. Containers keep their
+	// phase (a running container is still PhaseRunning, and a Wait on it
+	// keeps waiting). Suspending a suspended sandbox is a no-op.
+	Suspend(ctx context.Context) error
+	// Resume continues where Suspend left off. Running containers' output
+	// goes to stdio(name) from then on (stdio may be nil in the process
+	// that suspended: it keeps the writers it had), and Wait reports their
+	// exits again. Resuming a running sandbox is a no-op.
+	Resume(ctx context.Context, stdio func(container string) Stdio) error
+	// Suspended reports whether the sandbox is suspended. Create of a
+	// sandbox whose StateDir holds a suspended state loads that state
+	// instead of booting: Suspended is then true, State reports the
+	// containers as they were, and nothing runs until Resume.
+	Suspended() bool
+}
+
 // Options are what a backend gets from its host, beside the Spec.
 type Options struct {
 	// Logger receives the backend's logs. Default slog.Default().
@@ -245,6 +267,12 @@ type VMOptions struct {
 	// BootTimeout bounds the boot to agent ready (0: the backend's
 	// default for Accel).
 	BootTimeout time.Duration `json:"bootTimeout,omitempty"`
+	// TemplateDir and TemplateMemFD are the template to clone the VM
+	// from instead of booting it (docs/microvm-templates.md): its
+	// directory, and its sealed memory as an fd this process holds (the
+	// node hands it to the shim). Empty: boot cold.
+	TemplateDir   string `json:"templateDir,omitempty"`
+	TemplateMemFD int    `json:"templateMemFD,omitempty"`
 }
 
 // Factory builds a backend's sandbox for spec. It touches nothing on the

@@ -53,6 +53,9 @@ type Config struct {
 	Runtime string `json:"runtime,omitempty"`
 	// VM configures the microvm backend (kernel, initramfs, accelerator).
 	VM sandbox.VMOptions `json:"vm,omitzero"`
+	// ExtraFiles are handed to the shim process from fd FirstExtraFD on
+	// (a template's memory: VM.TemplateMemFD names it); not saved.
+	ExtraFiles []*os.File `json:"-"`
 	// LogMaxBytes is the size at which a container log rotates. Default 10 MiB.
 	LogMaxBytes int64 `json:"logMaxBytes,omitempty"`
 	// LogMaxFiles is how many files of each container log are kept, the

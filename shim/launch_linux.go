@@ -63,7 +63,7 @@ func Launch(ctx context.Context, argv []string, cfg Config) (*Client, error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.ExtraFiles = []*os.File{readyW} // fd 3
+	cmd.ExtraFiles = append([]*os.File{readyW}, cfg.ExtraFiles...) // fd 3, then FirstExtraFD..
 	cmd.Env = append(os.Environ(), envReadyFD+"=3")
 	err = cmd.Start()
 	readyW.Close()
@@ -113,6 +113,9 @@ func Launch(ctx context.Context, argv []string, cfg Config) (*Client, error) {
 // envReadyFD names the file descriptor on which Launch waits for the shim
 // to say it serves (see signalReady).
 const envReadyFD = "CUBE_SHIM_READY_FD"
+
+// FirstExtraFD is the shim's fd of Config.ExtraFiles[0].
+const FirstExtraFD = 4
 
 // signalReady writes one byte to the descriptor named by envReadyFD and
 // closes it, so Launch need not poll the socket. Nothing the shim starts

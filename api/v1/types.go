@@ -191,8 +191,13 @@ type InstanceStatus struct {
 	IP string `json:"ip,omitempty"`
 	// Accelerator runs a microvm instance's VM: "kvm", or "tcg" (QEMU's
 	// software emulation, where the node has no usable KVM).
-	Accelerator string            `json:"accelerator,omitempty"`
-	Containers  []ContainerStatus `json:"containers,omitempty"`
+	Accelerator string `json:"accelerator,omitempty"`
+	// VMBoot is how a microvm instance's VM last started: "template" (a
+	// clone of its node's template for its size) or "cold" (its kernel
+	// booted). VMBootWarning says why a VM given a template booted cold.
+	VMBoot        string            `json:"vmBoot,omitempty"`
+	VMBootWarning string            `json:"vmBootWarning,omitempty"`
+	Containers    []ContainerStatus `json:"containers,omitempty"`
 	// Timestamps of each phase.
 	ScheduledAt *time.Time `json:"scheduledAt,omitempty"`
 	CreatingAt  *time.Time `json:"creatingAt,omitempty"`
@@ -285,6 +290,10 @@ type NodeStatus struct {
 	// GuestKernel tells how the node's guest kernel comes along: "ready",
 	// "building 42%", "failed: …", or "" where it runs no VMs.
 	GuestKernel string `json:"guestKernel,omitempty"`
+	// Templates are the node's VM templates, one per VM size it runs:
+	// microvm instances of a size whose template is ready start as its
+	// clones, in a fraction of a cold boot.
+	Templates []TemplateStatus `json:"templates,omitempty"`
 	// Images are the digests the node holds locally; the scheduler prefers
 	// nodes that already have an instance's image.
 	Images []string `json:"images,omitempty"`
@@ -292,6 +301,27 @@ type NodeStatus struct {
 	Ready         bool       `json:"ready"`
 	LastHeartbeat *time.Time `json:"lastHeartbeat,omitempty"`
 }
+
+// LabelVMBoot set to VMBootCold makes a microvm instance boot its kernel
+// instead of cloning its node's template (to measure or debug the cold
+// path; it only makes the instance's own start slower).
+const (
+	LabelVMBoot = "cube.dev/vm-boot"
+	VMBootCold  = "cold"
+)
+
+// TemplateStatus is one VM size's template on a node.
+type TemplateStatus struct {
+	// Size is "<vcpus>x<memory MiB>M", e.g. "1x324M".
+	Size      string `json:"size"`
+	VCPUs     int    `json:"vcpus"`
+	MemoryMiB int    `json:"memoryMiB"`
+	// State is "queued", "building", "ready" or "failed: <reason>".
+	State string `json:"state"`
+}
+
+// MaxNodeTemplates bounds NodeStatus.Templates.
+const MaxNodeTemplates = 16
 
 // Image is an image a tenant imported or pulled.
 type Image struct {

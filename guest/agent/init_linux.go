@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cube-platform/cube/guest/agentapi"
 )
 
 // Main is cmd/cube-agent's main: the agent as the VM's PID 1. It returns
@@ -50,7 +52,14 @@ func runInit() error {
 		return err
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- a.servePort(ctx, dev, srv) }()
+	go func() {
+		errc <- a.servePort(ctx, dev, srv, func() {
+			// On the console, so a host that snapshots the VM as a
+			// template knows the agent serves without ever connecting
+			// (a clone's host must be the port's first: see ReadyMarker).
+			fmt.Println(agentapi.ReadyMarker)
+		})
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve %s: %w", dev, err)

@@ -161,7 +161,7 @@ func (a *Agent) ServeConn(ctx context.Context, conn net.Conn) error {
 // servePort serves on the virtio-serial port until ctx ends. The port
 // stays open across the host's absence (see portConn.Read); should the
 // server drop it on an error, it is opened again.
-func (a *Agent) servePort(ctx context.Context, dev string, srv *ttrpc.Server) error {
+func (a *Agent) servePort(ctx context.Context, dev string, srv *ttrpc.Server, opened func()) error {
 	l := newConnListener()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ctx, l) }()
@@ -175,6 +175,10 @@ func (a *Agent) servePort(ctx context.Context, dev string, srv *ttrpc.Server) er
 		if !l.offer(c) {
 			c.Close()
 			return <-errc
+		}
+		if opened != nil {
+			opened()
+			opened = nil
 		}
 		select {
 		case <-c.closed:

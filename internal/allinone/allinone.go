@@ -115,7 +115,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("default runtime %q: want auto, microvm or runc", c.DefaultRuntime)
 	}
 	if c.Runtimes == nil {
-		c.Runtimes = vmhost.New(vmhost.Config{Build: c.BuildKernel, Log: c.Log})
+		c.Runtimes = vmhost.New(vmhost.Config{Build: c.BuildKernel, Log: c.Log, TemplateDir: filepath.Join(c.DataDir, "templates")})
 	}
 	if len(c.Etcd.Endpoints) > 0 {
 		if err := c.Etcd.Validate(); err != nil {

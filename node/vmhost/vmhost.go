@@ -23,6 +23,7 @@ import (
 	"github.com/cube-platform/cube/guest/kernel"
 	"github.com/cube-platform/cube/node"
 	"github.com/cube-platform/cube/sandbox"
+	"github.com/cube-platform/cube/sandbox/microvm"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm/qemu"
 )
 
@@ -42,7 +43,10 @@ type Config struct {
 	// Build builds the guest kernel in the background when it is not
 	// cached (cube up does; a test that only wants a cached kernel not).
 	Build bool
-	Log   *slog.Logger
+	// TemplateDir keeps the node's VM templates (docs/microvm-templates.md);
+	// empty: no templates, every VM boots cold.
+	TemplateDir string
+	Log         *slog.Logger
 }
 
 // Host implements node.Runtimes.
@@ -51,6 +55,8 @@ type Host struct {
 	log     *slog.Logger
 	builder *kernel.Builder
 	runc    bool
+	// templates is nil without Config.TemplateDir.
+	templates *templates
 
 	mu     sync.Mutex
 	vm     *sandbox.VMOptions // set once everything is there; protected by mu
@@ -69,7 +75,11 @@ func New(cfg Config) *Host {
 		cfg.Init = cmp.Or(cfg.Init, filepath.Join(filepath.Dir(exe), "cube-init"))
 	}
 	_, err := exec.LookPath("runc")
-	return &Host{cfg: cfg, log: log, runc: err == nil, reason: "not started"}
+	h := &Host{cfg: cfg, log: log, runc: err == nil, reason: "not started"}
+	if cfg.TemplateDir != "" {
+		h.templates = newTemplates(cfg.TemplateDir, log, nil)
+	}
+	return h
 }
 
 // Start finds the parts of a VM and, when the kernel is missing and Build
@@ -109,6 +119,13 @@ func (h *Host) find(ctx context.Context) {
 	}
 	h.vm, h.reason = vm, ""
 	h.log.Info("microvm runtime ready", "kernel", vm.Kernel, "initrd", vm.Initrd, "accel", vm.Accel)
+	if h.templates != nil {
+		go h.templates.run(ctx, h.VM)
+		vcpus, mib := defaultTemplateSize()
+		if key, err := microvm.TemplateKeyFor(*vm, vcpus, mib); err == nil {
+			h.templates.want(key)
+		}
+	}
 }
 
 func (h *Host) assemble(ctx context.Context) (*sandbox.VMOptions, error) {
@@ -162,6 +179,9 @@ func (h *Host) Status() node.RuntimeStatus {
 	}
 	if h.runc {
 		st.Runtimes = append(st.Runtimes, v1.RuntimeRunc)
+	}
+	if h.templates != nil {
+		st.Templates = h.templates.status()
 	}
 	if len(st.GuestKernel) > maxStatus {
 		st.GuestKernel = st.GuestKernel[:maxStatus-3] + "..."

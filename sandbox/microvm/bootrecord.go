@@ -15,6 +15,18 @@ type BootRecord struct {
 	VMMPid int `json:"vmmPid"`
 	// BootMs is the time from the VMM's start to the agent's first answer.
 	BootMs float64 `json:"bootMs"`
+	// From is "cold" (booted the kernel) or "template" (a clone).
+	From string `json:"from"`
+	// Fallback says why a VM given a template booted cold (bounded).
+	Fallback string `json:"fallback,omitempty"`
+	// SetupMs is the agent's Setup (network, drives, identity); ReadyMs
+	// the time from the VMM's start to Setup's end (for a clone: its
+	// restore, up to agent ready with the instance's identity).
+	SetupMs float64 `json:"setupMs"`
+	ReadyMs float64 `json:"readyMs"`
+	// ResumeMs is the last resume's, from the call to the guest running
+	// with the host's clock (0: never suspended).
+	ResumeMs float64 `json:"resumeMs,omitempty"`
 	// GuestMiB is the guest's memory.
 	GuestMiB int    `json:"guestMiB"`
 	Accel    string `json:"accel"`
@@ -27,6 +39,9 @@ type BootRecord struct {
 func BootRecordFile(dir string) string { return filepath.Join(dir, "boot.json") }
 
 func writeBootRecord(dir string, r BootRecord) error {
+	if len(r.Fallback) > 512 {
+		r.Fallback = r.Fallback[:509] + "..."
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err

@@ -10,12 +10,15 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cube-platform/cube/errdefs"
@@ -59,6 +62,9 @@ const (
 	IDDir = "/run/cube/vmm-ids"
 	// writableDrive is the virtio serial of the writable layer.
 	writableDrive = "rw"
+	// ReasonTemplateFallback: the VM could not be cloned from its
+	// template (damaged, stale, or its restore failed) and booted cold.
+	ReasonTemplateFallback = "TemplateFallback"
 )
 
 var _ sandbox.Sandbox = (*vmSandbox)(nil)
@@ -94,19 +100,41 @@ type vmSandbox struct {
 	booted    chan struct{}      // closed when vm ends; protected by mu
 	iface     *sandbox.Interface // from Connect; protected by mu
 	isSetup   bool               // Setup ran on this boot; protected by mu
+	restored  bool               // this boot is a template's clone; protected by mu
+	record    BootRecord         // this boot's, written once Setup ran; protected by mu
+
+	// template is what boots clone (nil: boot cold); set in New, dropped
+	// once a restore from it failed. Protected by lifeMu.
+	template *Template
 	created   bool               // protected by mu
 	destroyed bool               // protected by mu
 	ctrs      map[string]*ctr    // protected by mu
 	execSeq   int                // protected by mu
+	vmStarted time.Time          // when this boot's VMM started; protected by mu
+	// liveDrives is how many drives the running VM has (a clone has its
+	// template's slots); protected by mu.
+	liveDrives int
+	// suspendedBoot is the booted channel of the boot Suspend ended, so
+	// its followers take that end for no container's; suspended: the
+	// state is on disk and no VMM runs. Both protected by mu.
+	suspendedBoot chan struct{}
+	suspended     bool
+	// fallback is why the VM boots cold though it was given a template
+	// (for the boot record, and so the node's event); protected by lifeMu.
+	fallback string
 }
 
 // ctr is the host's view of one container.
 type ctr struct {
 	state sandbox.ContainerState
 	// exited is closed when the current run's exit is recorded (and its
-	// output copied); replaced at each Start.
+	// output copied); replaced at each Start. A suspend leaves it open.
 	exited chan struct{}
+	// stdio is where the current run's output goes (again after a resume).
+	stdio sandbox.Stdio
 }
+
+func (c *ctr) procRef() agentapi.Process { return agentapi.Process{Container: c.state.Name} }
 
 // New returns the microvm sandbox for spec; it does nothing on the host
 // until Create.
@@ -115,7 +143,7 @@ func New(spec sandbox.Spec, opts sandbox.Options) (sandbox.Sandbox, error) {
 		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalid, err)
 	}
 	log := cmp.Or(opts.Logger, slog.Default()).With("component", "sandbox/microvm", "sandbox", spec.ID)
-	drv, err := qemu.New(qemu.Options{Binary: opts.VM.VMM, Logger: log})
+	drv, err := newDriver(opts.VM, log)
 	if err != nil {
 		return nil, err
 	}
@@ -157,7 +185,43 @@ func New(spec sandbox.Spec, opts sandbox.Options) (sandbox.Sandbox, error) {
 	if err := s.setup.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalid, err)
 	}
+	s.template = s.openTemplate()
 	return s, nil
+}
+
+// openTemplate is the template opts name, if this sandbox can be its
+// clone: it has no more images than the template has drive slots, and the template was built
+// for this VM's size and these very binaries. A template that does not
+// fit is logged and skipped: the VM boots cold.
+func (s *vmSandbox) openTemplate() *Template {
+	o := s.opts
+	if o.TemplateDir == "" || o.TemplateMemFD <= 0 {
+		return nil
+	}
+	skip := func(err error) *Template {
+		s.log.Warn(ReasonTemplateFallback+": not cloning the template; booting cold", "template", o.TemplateDir, "err", err)
+		s.fallback = err.Error()
+		return nil
+	}
+	if n := len(s.drives) - 1; n > TemplateImageSlots {
+		return skip(fmt.Errorf("%d images; a template has room for %d", n, TemplateImageSlots))
+	}
+	// A dup: the sandbox owns (and the GC may close) its own descriptor.
+	fd, err := unix.FcntlInt(uintptr(o.TemplateMemFD), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return skip(fmt.Errorf("template memory fd %d: %w", o.TemplateMemFD, err))
+	}
+	mem := os.NewFile(uintptr(fd), "template-mem")
+	vcpus, mib := s.size()
+	key, err := TemplateKeyFor(o, vcpus, mib)
+	if err == nil {
+		var t *Template
+		if t, err = OpenTemplate(o.TemplateDir, mem, key); err == nil {
+			return t
+		}
+	}
+	mem.Close()
+	return skip(err)
 }
 
 func validate(spec sandbox.Spec, o sandbox.VMOptions) error {
@@ -220,20 +284,10 @@ func (s *vmSandbox) bootTimeout() time.Duration {
 // vmConfig is the VMM's configuration for this sandbox.
 func (s *vmSandbox) vmConfig(uid int) vmm.Config {
 	vcpus, mib := s.size()
-	accel := vmm.Accel(cmp.Or(s.opts.Accel, string(vmm.AccelTCG)))
-	cmdline := kernel.Cmdline
-	if accel == vmm.AccelTCG && vcpus == 1 {
-		cmdline += " " + kernel.CmdlineTCG()
-	}
-	cfg := vmm.Config{
-		ID: s.spec.ID, Kernel: s.opts.Kernel, Initrd: s.opts.Initrd, Cmdline: cmdline,
-		VCPUs: vcpus, MemoryMiB: mib, Drives: s.drives,
-		AgentSocket: filepath.Join(s.spec.StateDir, "agent.sock"),
-		ConsoleLog:  filepath.Join(s.spec.StateDir, "console.log"),
-		Accel:       accel,
-		StateDir:    filepath.Join(s.spec.StateDir, "vmm"),
-		Jail:        vmm.JailConfig{UID: uid, GID: uid, CgroupParent: s.spec.CgroupParent},
-	}
+	cfg := baseConfig(s.opts, s.spec.ID, filepath.Join(s.spec.StateDir, "vmm"), uid, vcpus, mib, s.drives)
+	cfg.AgentSocket = filepath.Join(s.spec.StateDir, "agent.sock")
+	cfg.ConsoleLog = filepath.Join(s.spec.StateDir, "console.log")
+	cfg.Jail.CgroupParent = s.spec.CgroupParent
 	if s.spec.NetNS != "" {
 		// The guest takes the CNI interface's MAC at Connect; until then
 		// its card has a random local one.
@@ -241,6 +295,45 @@ func (s *vmSandbox) vmConfig(uid int) vmm.Config {
 	}
 	return cfg
 }
+
+// baseConfig is a VM of o's kernel: the part a template and its clones
+// share. stateDir holds the VMM's sockets (and, unless the caller moves
+// them, the agent's socket and the console log).
+func baseConfig(o sandbox.VMOptions, id, stateDir string, uid, vcpus, mib int, drives []vmm.Drive) vmm.Config {
+	accel := vmm.Accel(cmp.Or(o.Accel, string(vmm.AccelTCG)))
+	return vmm.Config{
+		ID: id, Kernel: o.Kernel, Initrd: o.Initrd, Cmdline: cmdlineFor(accel, vcpus),
+		VCPUs: vcpus, MemoryMiB: mib, Drives: drives,
+		AgentSocket: filepath.Join(stateDir, "agent.sock"),
+		ConsoleLog:  filepath.Join(stateDir, "console.log"),
+		Accel:       accel,
+		StateDir:    stateDir,
+		Jail:        vmm.JailConfig{UID: uid, GID: uid},
+	}
+}
+
+func cmdlineFor(accel vmm.Accel, vcpus int) string {
+	if accel == vmm.AccelTCG && vcpus == 1 {
+		return kernel.Cmdline + " " + kernel.CmdlineTCG()
+	}
+	return kernel.Cmdline
+}
+
+func newDriver(o sandbox.VMOptions, log *slog.Logger) (*qemu.Driver, error) {
+	return qemu.New(qemu.Options{Binary: o.VMM, Logger: log})
+}
+
+// lookVMM is the QEMU binary the driver runs when VMOptions names none.
+func lookVMM() (string, error) {
+	p, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return "", fmt.Errorf("qemu-system-x86_64 not found in PATH: %w", errdefs.ErrUnavailable)
+	}
+	return filepath.Abs(p)
+}
+
+// placeholder is the empty file behind a clone's unused drive slots.
+func (s *vmSandbox) placeholder() string { return filepath.Join(s.spec.StateDir, "empty-drive") }
 
 func randomMAC() net.HardwareAddr {
 	b := make([]byte, 6)
@@ -282,6 +375,18 @@ func (s *vmSandbox) Create(ctx context.Context) (err error) {
 	} else if err != nil {
 		return fmt.Errorf("writable layer: %w", err)
 	}
+	if err := os.WriteFile(s.placeholder(), nil, 0o600); err != nil {
+		return err
+	}
+	// A previous shim suspended it: nothing runs until Resume.
+	if suspended, err := s.loadSuspended(); err != nil || suspended {
+		if err == nil {
+			s.mu.Lock()
+			s.created = true
+			s.mu.Unlock()
+		}
+		return err
+	}
 	if err := s.boot(ctx); err != nil {
 		return err
 	}
@@ -314,14 +419,50 @@ func (s *vmSandbox) removeLeftovers(ctx context.Context) error {
 	return nil
 }
 
-// boot starts the VMM and waits for its agent, within the boot timeout.
+// boot starts the VMM and waits for its agent, within the boot timeout:
+// a clone of the template if there is one, else (or when the restore
+// fails: a damaged template never fails the instance) a cold boot.
 // Preconditions: lifeMu held, no VM running.
 func (s *vmSandbox) boot(ctx context.Context) error {
 	uid, err := jail.AllocateID(s.idDir, s.spec.ID)
 	if err != nil {
 		return err
 	}
+	if t := s.template; t != nil {
+		err := s.start(ctx, uid, t)
+		if err == nil {
+			return nil
+		}
+		s.log.Warn(ReasonTemplateFallback+": the template's clone failed; booting cold", "template", t.Key.ID(), "err", err)
+		s.fallback = "the clone failed: " + err.Error()
+		s.template = nil
+		t.Close()
+		if err := s.removeLeftovers(ctx); err != nil {
+			return err
+		}
+	}
+	return s.start(ctx, uid, nil)
+}
+
+// start runs the VMM, cold or as t's clone, and waits for its agent.
+func (s *vmSandbox) start(ctx context.Context, uid int, t *Template) error {
 	cfg := s.vmConfig(uid)
+	from := "cold"
+	if t != nil {
+		from = "template"
+		cfg.Drives = append(slices.Clone(cfg.Drives), placeholderSlots(len(cfg.Drives)-1, s.placeholder())...)
+		cfg.Memory = &vmm.Memory{File: t.Mem}
+		if cfg.Net == nil {
+			// The template's card, reaching nothing.
+			cfg.Net = &vmm.NIC{Tap: tapName, MAC: randomMAC(), Isolated: true}
+		}
+		in, err := os.Open(filepath.Join(t.Dir, templateState))
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		cfg.Incoming = in
+	}
 	bctx, cancel := context.WithTimeout(ctx, s.bootTimeout())
 	defer cancel()
 	start := time.Now()
@@ -329,20 +470,24 @@ func (s *vmSandbox) boot(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start the vm: %w", err)
 	}
-	agent, info, err := s.connect(bctx, vm, cfg.AgentSocket)
+	agent, info, err := connectAgent(bctx, vm, cfg.AgentSocket, s.bootTimeout())
+	if err == nil && info.SetupDone {
+		agent.Close()
+		err = fmt.Errorf("the guest's agent was set up before (a template must be pristine): %w", errdefs.ErrInvalid)
+	}
 	if err != nil {
 		vm.Stop(context.WithoutCancel(ctx))
 		return err
 	}
 	took := time.Since(start)
-	s.log.Info("vm booted", "pid", vm.Pid(), "kernel", info.KernelRelease, "boot", took, "accel", cfg.Accel)
-	if err := writeBootRecord(s.spec.StateDir, BootRecord{VMMPid: vm.Pid(), BootMs: float64(took.Microseconds()) / 1000,
-		GuestMiB: cfg.MemoryMiB, Accel: string(cfg.Accel), Kernel: info.KernelRelease, BootID: info.BootID}); err != nil {
-		s.log.Warn("write the boot record", "err", err)
-	}
+	s.log.Info("vm booted", "from", from, "pid", vm.Pid(), "kernel", info.KernelRelease, "boot", took, "accel", cfg.Accel)
 	booted := make(chan struct{})
 	s.mu.Lock()
-	s.vm, s.agent, s.booted, s.isSetup = vm, agent, booted, false
+	s.vm, s.agent, s.booted, s.isSetup, s.restored = vm, agent, booted, false, t != nil
+	s.liveDrives = len(cfg.Drives)
+	s.record = BootRecord{VMMPid: vm.Pid(), BootMs: float64(took.Microseconds()) / 1000, From: from, Fallback: s.fallback,
+		GuestMiB: cfg.MemoryMiB, Accel: string(cfg.Accel), Kernel: info.KernelRelease}
+	s.vmStarted = start
 	s.mu.Unlock()
 	go s.watch(vm, agent, booted)
 	return nil
@@ -351,7 +496,7 @@ func (s *vmSandbox) boot(ctx context.Context) error {
 // connect dials the agent's channel and waits for its Hello. The guest
 // reads what is written before its agent opens the port, so one Hello
 // suffices; it is abandoned when the VM ends or ctx does.
-func (s *vmSandbox) connect(ctx context.Context, vm *qemu.VM, socket string) (*agentapi.Client, agentapi.Info, error) {
+func connectAgent(ctx context.Context, vm *qemu.VM, socket string, timeout time.Duration) (*agentapi.Client, agentapi.Info, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
@@ -378,7 +523,10 @@ func (s *vmSandbox) connect(ctx context.Context, vm *qemu.VM, socket string) (*a
 	}
 	agent.Close()
 	if ctx.Err() != nil {
-		err = fmt.Errorf("the guest did not boot within %s (console: %q): %w", s.bootTimeout(), consoleTail(vm), errdefs.ErrUnavailable)
+		err = fmt.Errorf("%v; the guest did not boot within %s (console: %q): %w", err, timeout, consoleTail(vm), errdefs.ErrUnavailable)
+	}
+	if false {
+		err = fmt.Errorf("the guest did not boot within %s (console: %q): %w", timeout, consoleTail(vm), errdefs.ErrUnavailable)
 	}
 	return nil, agentapi.Info{}, fmt.Errorf("guest agent: %w", err)
 }
@@ -424,11 +572,13 @@ func (s *vmSandbox) watch(vm *qemu.VM, agent *agentapi.Client, booted chan struc
 // Preconditions: lifeMu held.
 func (s *vmSandbox) running(ctx context.Context) (*agentapi.Client, error) {
 	s.mu.Lock()
-	agent, created, destroyed := s.agent, s.created, s.destroyed
+	agent, created, destroyed, suspended := s.agent, s.created, s.destroyed, s.suspended
 	s.mu.Unlock()
 	switch {
 	case destroyed:
 		return nil, fmt.Errorf("sandbox %s is destroyed: %w", s.spec.ID, errdefs.ErrConflict)
+	case suspended:
+		return nil, fmt.Errorf("sandbox %s is suspended; resume it first: %w", s.spec.ID, errdefs.ErrConflict)
 	case !created:
 		return nil, fmt.Errorf("sandbox %s is not created: %w", s.spec.ID, errdefs.ErrConflict)
 	case agent != nil:
@@ -466,14 +616,34 @@ func (s *vmSandbox) ensureSetup(ctx context.Context) error {
 	if iface != nil {
 		req.Network = networkOf(*iface)
 	}
-	// The guest's clock, to the whole second from the RTC until now.
-	req.TimeUnixNano = time.Now().UnixNano()
+	s.mu.Lock()
+	req.Restored = s.restored
+	s.mu.Unlock()
+	// A clone's kernel has its template's random state: the agent
+	// reseeds it first, then the clock (to the whole second from the RTC
+	// on a cold boot; the template's on a clone).
+	req.Entropy = entropy()
+	t0 := time.Now()
+	req.TimeUnixNano = t0.UnixNano()
 	if err := agent.Setup(ctx, req); err != nil {
+		return err
+	}
+	setupTook := time.Since(t0)
+	info, err := agent.Hello(ctx)
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	s.isSetup = true
+	rec := s.record
+	rec.SetupMs = float64(setupTook.Microseconds()) / 1000
+	rec.ReadyMs = float64(time.Since(s.vmStarted).Microseconds()) / 1000
+	rec.BootID = info.BootID
+	s.record = rec
 	s.mu.Unlock()
+	if err := writeBootRecord(s.spec.StateDir, rec); err != nil {
+		s.log.Warn("write the boot record", "err", err)
+	}
 	return nil
 }
 
@@ -560,7 +730,7 @@ func (s *vmSandbox) Start(ctx context.Context, name string, stdio sandbox.Stdio)
 	}
 	s.mu.Lock()
 	c.state = sandbox.ContainerState{Name: name, Phase: sandbox.PhaseRunning, Pid: pid, StartedAt: now}
-	c.exited = exited
+	c.exited, c.stdio = exited, stdio
 	booted := s.booted
 	s.mu.Unlock()
 	go s.follow(agent, booted, c, agentapi.Process{Container: name}, stdio, exited)
@@ -573,8 +743,17 @@ func (s *vmSandbox) Start(ctx context.Context, name string, stdio sandbox.Stdio)
 // once booted is closed). An agent that fails to answer while its VM
 // lives is not to be trusted with the VM: the container counts as ended,
 // and the VM is stopped.
-func (s *vmSandbox) follow(agent *agentapi.Client, booted <-chan struct{}, c *ctr, p agentapi.Process, stdio sandbox.Stdio, exited chan struct{}) {
-	defer close(exited)
+func (s *vmSandbox) follow(agent *agentapi.Client, booted chan struct{}, c *ctr, p agentapi.Process, stdio sandbox.Stdio, exited chan struct{}) {
+	defer func() {
+		// A suspend ends the VM, not the container: the follower of the
+		// resumed VM closes exited.
+		s.mu.Lock()
+		suspended := s.suspendedBoot != nil && s.suspendedBoot == booted
+		s.mu.Unlock()
+		if !suspended {
+			close(exited)
+		}
+	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {

@@ -59,11 +59,17 @@ func TestVMMDeath(t *testing.T) {
 // runs script in the busybox test image; the test's end destroys it.
 func createShellVM(t *testing.T, ctx context.Context, script string) (sandbox.Sandbox, sandbox.Spec) {
 	t.Helper()
+	return createShellVMWith(t, ctx, vmtest.Options(t), script)
+}
+
+// createShellVMWith is createShellVM booting with opts (a template's).
+func createShellVMWith(t *testing.T, ctx context.Context, opts sandbox.VMOptions, script string) (sandbox.Sandbox, sandbox.Spec) {
+	t.Helper()
 	id := sandboxtest.RandomID()
 	spec := sandbox.Spec{ID: id, Hostname: "h-" + id, StateDir: filepath.Join(t.TempDir(), "state"), CgroupParent: "/cube-test/" + id,
 		Containers: []sandbox.ContainerSpec{sandboxtest.Shell("app", script)}}
 	spec.Containers[0].RootFS = vmtest.Image(t)
-	sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(t), VM: vmtest.Options(t)})
+	sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(t), VM: opts})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"regexp"
 	"syscall"
 	"time"
@@ -39,11 +40,29 @@ type NIC struct {
 	// NetNS is the path of the network namespace holding the tap
 	// (e.g. /run/netns/x); empty: the caller's own namespace.
 	NetNS string
+	// Isolated puts the tap in a namespace of its own instead (see
+	// tap.OpenIsolated): a card that reaches nothing.
+	Isolated bool
 	// Tap is the tap device's name inside NetNS.
 	Tap string
 	// MAC the guest's card uses (the CNI interface's MAC, so traffic the
 	// tc redirect hands over is addressed to the guest).
 	MAC net.HardwareAddr
+}
+
+// Memory backs the guest's RAM with a file instead of the VMM's anonymous
+// memory: a template's, or a clone of it (see docs/microvm-templates.md).
+type Memory struct {
+	// File is the RAM, MemoryMiB long (or empty, when Shared: the VMM
+	// sizes it). A memfd: the jailed VMM opens it as /proc/self/fd/N.
+	File *os.File
+	// Shared maps File MAP_SHARED, so the guest's writes land in it (a
+	// template being built: its RAM stays in the file after a snapshot).
+	// Otherwise File is mapped privately, copy-on-write: every clone of
+	// a template shares the pages it has not written. Give a clone a
+	// sealed memfd (F_SEAL_WRITE), so not even a compromised VMM can
+	// write to the template through its own descriptor.
+	Shared bool
 }
 
 // JailConfig is how the VMM process is confined (see vmm/jail).
@@ -96,6 +115,14 @@ type Config struct {
 	StateDir string
 	// Jail confines the VMM process.
 	Jail JailConfig
+	// Memory, if set, is the file the guest's RAM lives in.
+	Memory *Memory
+	// Incoming, if set, restores a snapshot (see VM.Save) instead of
+	// booting Kernel: the VMM reads the guest's state from this file.
+	// Everything else in the Config must describe the same machine as
+	// the one saved (devices, sizes, kernel), and when the snapshot left
+	// the RAM in a shared memory file, Memory must be that file.
+	Incoming *os.File
 }
 
 // MaxConsoleLogBytes caps what a guest can write to its console log.
@@ -141,6 +168,9 @@ func (c *Config) Validate() error {
 		if d.Path == "" {
 			return bad("drive %q has no path", d.ID)
 		}
+	}
+	if c.Memory != nil && c.Memory.File == nil {
+		return bad("memory backend without a file")
 	}
 	if n := c.Net; n != nil {
 		if n.Tap == "" || len(n.Tap) > 15 {

@@ -91,6 +91,15 @@ func setupMounts(s *helperSpec) error {
 			return err
 		}
 	}
+	if s.Proc {
+		dst := filepath.Join(s.Root, "proc")
+		if err := os.Mkdir(dst, 0o555); err != nil {
+			return fmt.Errorf("proc mount point: %w", err)
+		}
+		if err := unix.Mount("proc", dst, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC|unix.MS_RDONLY, "hidepid=invisible,subset=pid"); err != nil {
+			return fmt.Errorf("mount the vmm's proc: %w", err)
+		}
+	}
 	if err := unix.Chdir(s.Root); err != nil {
 		return err
 	}

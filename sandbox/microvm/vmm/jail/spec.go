@@ -50,6 +50,8 @@ type helperSpec struct {
 	// ParentPid: the helper exits if its parent is no longer this one
 	// after PR_SET_PDEATHSIG is set (the parent died in between).
 	ParentPid int `json:"parentPid"`
+	// Proc: mount the VMM's own /proc (see Spec.Proc).
+	Proc bool `json:"proc,omitempty"`
 }
 
 func (s *helperSpec) validate() error {

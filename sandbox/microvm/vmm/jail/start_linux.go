@@ -41,6 +41,11 @@ type Spec struct {
 	Stdout, Stderr io.Writer
 	// Cgroup the VMM is put in before it execs; nil: the caller's.
 	Cgroup *Cgroup
+	// Proc mounts a procfs at /proc that shows the VMM only itself
+	// (hidepid=invisible: every VMM has a uid of its own; subset=pid: no
+	// /proc/sys, kallsyms or the like). QEMU opens a memory backend by
+	// path, and /proc/self/fd/N is the only path to a memfd.
+	Proc bool
 }
 
 // DefaultRlimits bounds a VMM that writes at most maxFileBytes to any file.
@@ -63,7 +68,7 @@ func Start(ctx context.Context, s Spec) (*exec.Cmd, error) {
 	hs := helperSpec{
 		Path: s.Path, Args: s.Args, Root: s.Root, Binds: s.Binds,
 		UID: s.UID, GID: s.GID, Groups: s.Groups, Rlimits: s.Rlimits,
-		NFiles: len(s.ExtraFiles), ParentPid: os.Getpid(),
+		NFiles: len(s.ExtraFiles), ParentPid: os.Getpid(), Proc: s.Proc,
 	}
 	if err := hs.validate(); err != nil {
 		return nil, err

@@ -46,11 +46,13 @@ const SandboxOptions = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resou
 
 // args builds QEMU's argv (without argv[0]) for cfg. The fd layout: 3 the
 // QMP listener, 4 the agent listener, then the tap, then the drives (one
-// O_RDONLY fd each, and an O_RDWR one after it for a writable drive); see
-// driveFiles.
+// O_RDONLY fd each, and an O_RDWR one after it for a writable drive; see
+// driveFiles), then the memory file and the incoming snapshot, if any.
 func args(cfg *vmm.Config) []string {
+	// The RAM is always the backend "mem", so a snapshot of any VM
+	// (cold-booted or a template's clone) names the same RAM block.
 	a := []string{
-		"-M", MachineOptions,
+		"-M", MachineOptions + ",memory-backend=mem",
 	}
 	switch accelOf(cfg) {
 	case vmm.AccelKVM:
@@ -108,5 +110,40 @@ func args(cfg *vmm.Config) []string {
 			"-device", fmt.Sprintf("virtio-blk-device,drive=d%d,serial=%s", i, d.ID),
 		)
 	}
+	if m := cfg.Memory; m != nil {
+		share := "off"
+		if m.Shared {
+			share = "on"
+		}
+		// QEMU opens mem-path by name, so the memfd is reached through
+		// the jail's own /proc (see jail.Spec.Proc).
+		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=/proc/self/fd/%d,share=%s", cfg.MemoryMiB, fd, share))
+		fd++
+	} else {
+		a = append(a, "-object", fmt.Sprintf("memory-backend-ram,id=mem,size=%dM", cfg.MemoryMiB))
+	}
+	if cfg.Incoming != nil {
+		// Deferred, so the migration capabilities are set over QMP
+		// before the state is read (see StartVM).
+		a = append(a, "-incoming", "defer")
+	}
 	return a
+}
+
+// incomingFd is the fd of cfg.Incoming in the VMM (see args).
+func incomingFd(cfg *vmm.Config) int {
+	fd := fdFirst
+	if cfg.Net != nil {
+		fd++
+	}
+	for _, d := range cfg.Drives {
+		fd++
+		if !d.ReadOnly {
+			fd++
+		}
+	}
+	if cfg.Memory != nil {
+		fd++
+	}
+	return fd
 }

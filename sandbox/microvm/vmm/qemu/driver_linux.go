@@ -111,7 +111,8 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 		}
 	}
 	v := &VM{
-		id:      cfg.ID,
+		migration: make(chan string, 16),
+		id:        cfg.ID,
 		log:     d.log.With("vm", cfg.ID),
 		done:    make(chan struct{}),
 		qmpPath: filepath.Join(cfg.StateDir, "qmp.sock"),
@@ -152,7 +153,11 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	// or a snapshot of the guest's memory (migrate to an fd).
 	maxFile := int64(cfg.MemoryMiB+64) << 20
 	if n := cfg.Net; n != nil {
-		f, err := tap.Open(n.NetNS, n.Tap)
+		open := func() (*os.File, error) { return tap.Open(n.NetNS, n.Tap) }
+		if n.Isolated {
+			open = func() (*os.File, error) { return tap.OpenIsolated(n.Tap) }
+		}
+		f, err := open()
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
 		}
@@ -167,6 +172,17 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 		if !dr.ReadOnly && size > maxFile {
 			maxFile = size
 		}
+	}
+	// The memory file and the snapshot are dups: the caller keeps its own.
+	for _, f := range []*os.File{memoryFile(&cfg), cfg.Incoming} {
+		if f == nil {
+			continue
+		}
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+		}
+		files = append(files, os.NewFile(uintptr(fd), f.Name()))
 	}
 
 	if err := os.Mkdir(v.jailDir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
@@ -246,6 +262,7 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 		Stdout:     outW,
 		Stderr:     errW,
 		Cgroup:     v.cgroup,
+		Proc:       cfg.Memory != nil,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
@@ -301,8 +318,22 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	cleanups = append(cleanups, func() { c.Close() })
 	v.events.Add(1)
 	go v.watchEvents()
+	if cfg.Incoming != nil {
+		if err := incoming(qctx, c, &cfg); err != nil {
+			return nil, failed("restore the snapshot", err)
+		}
+	}
+	// While a snapshot is still being read, cont only marks the guest to
+	// run once it is in (QEMU's autostart).
 	if _, err := c.Execute(qctx, "cont", nil); err != nil {
 		return nil, failed("start the guest", err)
+	}
+	if cfg.Incoming != nil {
+		// The guest runs once its state is in; nothing may reach its
+		// devices before (a host on the agent's port included).
+		if err := v.waitIncoming(qctx); err != nil {
+			return nil, failed("restore the snapshot", err)
+		}
 	}
 	if pidfdErr == nil && !d.keepBootFiles {
 		v.events.Add(1)
@@ -321,6 +352,34 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	v.log.Debug("vm started", "pid", v.pid, "accel", accelOf(&cfg),
 		"exec_ms", tJail.Milliseconds(), "qmp_ready_ms", tQMP.Milliseconds(), "running_ms", time.Since(t0).Milliseconds())
 	return v, nil
+}
+
+func memoryFile(cfg *vmm.Config) *os.File {
+	if cfg.Memory == nil {
+		return nil
+	}
+	return cfg.Memory.File
+}
+
+// incoming starts reading cfg.Incoming into the paused VMM. A clone of a
+// template whose RAM stayed in the memory file reads only the device
+// state (x-ignore-shared), so the template's pages are mapped, not
+// copied. A bad snapshot ends QEMU with the reason on stderr.
+func incoming(ctx context.Context, c *qmp.Client, cfg *vmm.Config) error {
+	if err := setMigrationCaps(ctx, c, cfg.Memory != nil && !cfg.Memory.Shared); err != nil {
+		return err
+	}
+	_, err := c.Execute(ctx, "migrate-incoming", map[string]any{"uri": fmt.Sprintf("fd:%d", incomingFd(cfg))})
+	return err
+}
+
+func setMigrationCaps(ctx context.Context, c *qmp.Client, ignoreShared bool) error {
+	caps := []map[string]any{
+		{"capability": "events", "state": true},
+		{"capability": "x-ignore-shared", "state": ignoreShared},
+	}
+	_, err := c.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps})
+	return err
 }
 
 // jailFiles returns binary's jail content, found on first use. An error

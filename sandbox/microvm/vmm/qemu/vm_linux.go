@@ -37,6 +37,8 @@ type VM struct {
 	stderr  *tail
 	copiers sync.WaitGroup // console and stderr copiers
 	events  sync.WaitGroup // the QMP event watcher and the boot-file releaser
+	// migration receives each MIGRATION event's status (Save waits on it).
+	migration chan string
 
 	mu sync.Mutex
 	// shutdown is the last SHUTDOWN event's data; protected by mu.
@@ -91,6 +93,82 @@ func (v *VM) Exit() vmm.ExitInfo {
 	return v.exit
 }
 
+// Save pauses the guest and writes its state to f: all of it, or with
+// ignoreShared the devices only, the RAM staying in the shared memory
+// file (vmm.Memory). The guest stays paused: Stop ends the VM, Continue
+// runs it again. A Config with Incoming set to the file restores it.
+func (v *VM) Save(ctx context.Context, f *os.File, ignoreShared bool) error {
+	if _, err := v.qmp.Execute(ctx, "stop", nil); err != nil {
+		return fmt.Errorf("vm %s: pause: %w", v.id, err)
+	}
+	if err := setMigrationCaps(ctx, v.qmp, ignoreShared); err != nil {
+		return fmt.Errorf("vm %s: %w", v.id, err)
+	}
+	if err := v.qmp.SendFile(ctx, "snapshot", f); err != nil {
+		return fmt.Errorf("vm %s: %w", v.id, err)
+	}
+	for len(v.migration) > 0 {
+		<-v.migration
+	}
+	if _, err := v.qmp.Execute(ctx, "migrate", map[string]any{"uri": "fd:snapshot"}); err != nil {
+		return fmt.Errorf("vm %s: save: %w", v.id, err)
+	}
+	for {
+		select {
+		case st := <-v.migration:
+			switch st {
+			case "completed":
+				return nil
+			case "failed", "cancelled":
+				return fmt.Errorf("vm %s: save %s: %s", v.id, st, v.migrationError(ctx))
+			}
+		case <-v.done:
+			return fmt.Errorf("vm %s: the vmm ended while saving: %s", v.id, v.exit)
+		case <-ctx.Done():
+			v.qmp.Execute(context.WithoutCancel(ctx), "migrate_cancel", nil)
+			return fmt.Errorf("vm %s: save: %w", v.id, ctx.Err())
+		}
+	}
+}
+
+// waitIncoming waits for a restore (Config.Incoming) to complete.
+func (v *VM) waitIncoming(ctx context.Context) error {
+	for {
+		select {
+		case st := <-v.migration:
+			switch st {
+			case "completed":
+				return nil
+			case "failed", "cancelled":
+				return fmt.Errorf("%s: %s", st, v.migrationError(ctx))
+			}
+		case <-v.exited:
+			return errors.New("the vmm exited while reading the snapshot")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (v *VM) migrationError(ctx context.Context) string {
+	r, err := v.qmp.Execute(ctx, "query-migrate", nil)
+	if err != nil {
+		return err.Error()
+	}
+	var q struct {
+		Desc string `json:"error-desc"`
+	}
+	json.Unmarshal(r, &q)
+	return q.Desc
+}
+
+// Continue runs a paused guest again (after a Save that is not followed
+// by Stop).
+func (v *VM) Continue(ctx context.Context) error {
+	_, err := v.qmp.Execute(ctx, "cont", nil)
+	return err
+}
+
 // stopGrace is how long a QMP quit may take before SIGKILL.
 const stopGrace = 3 * time.Second
 
@@ -136,6 +214,16 @@ func (v *VM) watchEvents() {
 			v.mu.Lock()
 			v.panicked = true
 			v.mu.Unlock()
+		case "MIGRATION":
+			var d struct {
+				Status string `json:"status"`
+			}
+			if json.Unmarshal(ev.Data, &d) == nil {
+				select {
+				case v.migration <- d.Status:
+				default: // nobody waits: Save drains before it starts
+				}
+			}
 		}
 	}
 }

@@ -26,6 +26,13 @@ func main() {
 		for {
 			time.Sleep(time.Hour)
 		}
+	case "tick":
+		// A counter on the console, so a restored snapshot shows it goes
+		// on from where it was.
+		for i := 0; ; i++ {
+			fmt.Printf("CUBE-TICK %d\n", i)
+			time.Sleep(20 * time.Millisecond)
+		}
 	case "devices":
 		devices()
 		syscall.Sync()
