@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -114,4 +115,12 @@ func TestWaitDisk(t *testing.T) {
 	}()
 	os.WriteFile(filepath.Join(nodes, "vdc"), nil, 0o600)
 	<-done
+}
+
+func TestLogLevel(t *testing.T) {
+	for in, want := range map[string]slog.Level{"debug": slog.LevelDebug, "": slog.LevelInfo, "info": slog.LevelInfo, "DEBUG x": slog.LevelInfo} {
+		if got := logLevel(in); got != want {
+			t.Errorf("logLevel(%q) = %v; want %v", in, got, want)
+		}
+	}
 }
