@@ -44,7 +44,7 @@ func entropy(t *testing.T) []byte {
 	return b
 }
 
-var reprobeLog = regexp.MustCompile(`msg="re-probed virtio disks".* disks=(\d+) took=(\S+)`)
+var reprobeLog = regexp.MustCompile(`msg="re-probed virtio disks".* disks=(\d+) took=(\S+) each=(.*)`)
 
 // TestQEMUClone: the template flow for real. A template boots on empty
 // placeholder drives to agent ready and is migrated to a file; a clone
@@ -113,7 +113,7 @@ func TestQEMUClone(t *testing.T) {
 			if m == nil || m[1] != "2" {
 				t.Fatalf("console lacks the re-probe of 2 disks: %s", console.String())
 			}
-			t.Logf("re-probe of %s virtio disks took %s (TCG)", m[1], m[2])
+			t.Logf("re-probe of %s virtio disks took %s (TCG): %s", m[1], m[2], m[3])
 			if _, err := vm.c.Start(c, "app"); err != nil {
 				t.Fatalf("Start: %v; console: %s", err, console.String())
 			}

@@ -81,9 +81,9 @@ func TestReprobeDisks(t *testing.T) {
 	bus := sysfsTree(t, map[string]string{"virtio3": "vda"}, "virtio3")
 	nodes := t.TempDir()
 	os.WriteFile(filepath.Join(nodes, "vda"), nil, 0o600)
-	n, err := reprobeDisks(context.Background(), bus, nodes)
-	if err != nil || n != 1 {
-		t.Fatalf("reprobeDisks = %d, %v; want 1 disk", n, err)
+	got, err := reprobeDisks(context.Background(), bus, nodes)
+	if err != nil || len(got) != 1 || got[0].dev != "virtio3" || got[0].was != "vda" || got[0].is != "vda" {
+		t.Fatalf("reprobeDisks = %v, %v; want virtio3, vda again", got, err)
 	}
 	for _, f := range []string{"unbind", "bind"} {
 		if b, _ := os.ReadFile(filepath.Join(bus, "drivers", "virtio_blk", f)); string(b) != "virtio3" {

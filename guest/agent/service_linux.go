@@ -149,11 +149,11 @@ func (a *Agent) reprobeDrives() error {
 	ctx, cancel := context.WithTimeout(context.Background(), reprobeTimeout)
 	defer cancel()
 	t0 := time.Now()
-	n, err := reprobeDisks(ctx, virtioBus, "/dev")
+	disks, err := reprobeDisks(ctx, virtioBus, "/dev")
 	if err != nil {
 		return err
 	}
-	a.log.Debug("re-probed virtio disks", "disks", n, "took", time.Since(t0))
+	a.log.Debug("re-probed virtio disks", "disks", len(disks), "took", time.Since(t0), "each", fmt.Sprint(disks))
 	return nil
 }
 
