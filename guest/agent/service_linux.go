@@ -122,7 +122,12 @@ func (a *Agent) reseed(entropy []byte) error {
 	if !a.cfg.Init {
 		return nil
 	}
-	return reseedKernelRNG(entropy)
+	reseeded, err := reseedKernelRNG(entropy)
+	if err != nil {
+		return err
+	}
+	a.log.Debug("mixed entropy into the kernel rng", "bytes", len(entropy), "crng reseeded", reseeded)
+	return nil
 }
 
 // readBootID reads the kernel's boot id. The kernel makes it from the
