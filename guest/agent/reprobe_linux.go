@@ -14,12 +14,14 @@ import (
 
 // A clone restored from a template runs the template's kernel, whose
 // virtio_blk probed the template's placeholder drives: it cached their
-// capacity (0 or a few bytes), scanned their partitions and holds pages
-// of them in the page cache. The clone's QEMU serves the instance's own
-// files behind the same virtio devices, so before mounting anything the
-// agent unbinds and binds virtio_blk for each: the probe reads the real
-// capacity and makes a new gendisk (a new block device inode, so no page
-// of the placeholder survives; TestQEMURestoredDrives shows it).
+// capacity (0 or a few bytes) and scanned their partitions. The clone's
+// QEMU serves the instance's own files behind the same virtio devices, so
+// before mounting anything the agent unbinds and binds virtio_blk for
+// each: the probe reads the real capacity and partitions and makes a new
+// gendisk, with a new block device inode (TestQEMUClone: without it the
+// clone cannot mount its drives). No page of a placeholder survives
+// either way: the kernel drops a block device's page cache at its last
+// close (blkdev_put, kill_bdev), and nothing holds them open before Setup.
 
 // virtioBus is the kernel's virtio bus in sysfs.
 const virtioBus = "/sys/bus/virtio"
