@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -35,6 +36,7 @@ func runInit() error {
 		return err
 	}
 	cfg := DefaultConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel(os.Getenv("cube_agent_log"))}))
 	a, err := New(cfg)
 	if err != nil {
 		return err
@@ -82,6 +84,16 @@ func portWait() time.Duration {
 		return d
 	}
 	return 30 * time.Second
+}
+
+// logLevel is the agent's log level from the kernel command line's
+// cube_agent_log=debug (the kernel hands it to init in the environment);
+// info otherwise.
+func logLevel(s string) slog.Level {
+	if s == "debug" {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
 }
 
 // leaveRootfs moves the agent's root off the initramfs' rootfs onto a

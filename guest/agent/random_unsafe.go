@@ -36,22 +36,27 @@ func randPoolInfo(entropy []byte) []byte {
 // minute), so two clones of one template would draw the same bytes until
 // then. RNDRESEEDCRNG bumps the base CRNG's generation, and every per-cpu
 // CRNG rekeys on its next use. ENODATA (the CRNG not yet seeded, so there
-// is nothing to reseed) is not an error: nothing drew from it either.
-func reseedKernelRNG(entropy []byte) error {
+// is nothing to reseed) is not an error: nothing drew from it either; it
+// returns reseeded false then.
+func reseedKernelRNG(entropy []byte) (reseeded bool, err error) {
 	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
 	if err != nil {
-		return fmt.Errorf("reseed the kernel rng: %w", err)
+		return false, fmt.Errorf("reseed the kernel rng: %w", err)
 	}
 	defer f.Close()
 	if len(entropy) > 0 {
 		info := randPoolInfo(entropy)
 		_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndAddEntropy, uintptr(unsafe.Pointer(&info[0])))
 		if errno != 0 {
-			return fmt.Errorf("reseed the kernel rng: RNDADDENTROPY: %w", errno)
+			return false, fmt.Errorf("reseed the kernel rng: RNDADDENTROPY: %w", errno)
 		}
 	}
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndReseedCRNG, 0); errno != 0 && !errors.Is(errno, unix.ENODATA) {
-		return fmt.Errorf("reseed the kernel rng: RNDRESEEDCRNG: %w", errno)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndReseedCRNG, 0)
+	switch {
+	case errors.Is(errno, unix.ENODATA):
+		return false, nil
+	case errno != 0:
+		return false, fmt.Errorf("reseed the kernel rng: RNDRESEEDCRNG: %w", errno)
 	}
-	return nil
+	return true, nil
 }

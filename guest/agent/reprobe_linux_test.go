@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -80,9 +81,9 @@ func TestReprobeDisks(t *testing.T) {
 	bus := sysfsTree(t, map[string]string{"virtio3": "vda"}, "virtio3")
 	nodes := t.TempDir()
 	os.WriteFile(filepath.Join(nodes, "vda"), nil, 0o600)
-	n, err := reprobeDisks(context.Background(), bus, nodes)
-	if err != nil || n != 1 {
-		t.Fatalf("reprobeDisks = %d, %v; want 1 disk", n, err)
+	got, err := reprobeDisks(context.Background(), bus, nodes)
+	if err != nil || len(got) != 1 || got[0].dev != "virtio3" || got[0].was != "vda" || got[0].is != "vda" {
+		t.Fatalf("reprobeDisks = %v, %v; want virtio3, vda again", got, err)
 	}
 	for _, f := range []string{"unbind", "bind"} {
 		if b, _ := os.ReadFile(filepath.Join(bus, "drivers", "virtio_blk", f)); string(b) != "virtio3" {
@@ -114,4 +115,12 @@ func TestWaitDisk(t *testing.T) {
 	}()
 	os.WriteFile(filepath.Join(nodes, "vdc"), nil, 0o600)
 	<-done
+}
+
+func TestLogLevel(t *testing.T) {
+	for in, want := range map[string]slog.Level{"debug": slog.LevelDebug, "": slog.LevelInfo, "info": slog.LevelInfo, "DEBUG x": slog.LevelInfo} {
+		if got := logLevel(in); got != want {
+			t.Errorf("logLevel(%q) = %v; want %v", in, got, want)
+		}
+	}
 }

@@ -122,7 +122,12 @@ func (a *Agent) reseed(entropy []byte) error {
 	if !a.cfg.Init {
 		return nil
 	}
-	return reseedKernelRNG(entropy)
+	reseeded, err := reseedKernelRNG(entropy)
+	if err != nil {
+		return err
+	}
+	a.log.Debug("mixed entropy into the kernel rng", "bytes", len(entropy), "crng reseeded", reseeded)
+	return nil
 }
 
 // readBootID reads the kernel's boot id. The kernel makes it from the
@@ -149,11 +154,11 @@ func (a *Agent) reprobeDrives() error {
 	ctx, cancel := context.WithTimeout(context.Background(), reprobeTimeout)
 	defer cancel()
 	t0 := time.Now()
-	n, err := reprobeDisks(ctx, virtioBus, "/dev")
+	disks, err := reprobeDisks(ctx, virtioBus, "/dev")
 	if err != nil {
 		return err
 	}
-	a.log.Debug("re-probed virtio disks", "disks", n, "took", time.Since(t0))
+	a.log.Debug("re-probed virtio disks", "disks", len(disks), "took", time.Since(t0), "each", fmt.Sprint(disks))
 	return nil
 }
 
