@@ -54,7 +54,9 @@ type fakeCtr struct {
 	done    chan struct{} // closed when the current run ends
 }
 
-func (f *fakeSuspender) savedPath() string { return filepath.Join(f.spec.StateDir, "fake-suspended.json") }
+func (f *fakeSuspender) savedPath() string {
+	return filepath.Join(f.spec.StateDir, "fake-suspended.json")
+}
 
 func (f *fakeSuspender) record(format string, args ...any) {
 	fh, err := os.OpenFile(filepath.Clean(f.spec.StateDir)+".calls", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
