@@ -370,6 +370,7 @@ func statusFromShim(prev v1.InstanceStatus, st shim.State, ip string, now time.T
 	if out.Phase.Terminal() && out.FinishedAt == nil {
 		out.FinishedAt = &now
 	}
+	suspensionTimes(&out, prev, st, now)
 	out.Containers = nil
 	for _, c := range st.Containers {
 		cs := v1.ContainerStatus{Name: c.Name, ExitCode: c.ExitCode, Signal: c.Signal, OOMKilled: c.OOMKilled, RestartCount: c.RestartCount, Reason: c.Reason}
