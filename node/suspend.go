@@ -96,6 +96,7 @@ func (w *worker) relaunchSuspended(ctx context.Context, in *v1.Instance) error {
 // ran again) and the containers that had ended for good.
 func suspendedShimOf(in *v1.Instance) *lostShim {
 	l := lostShimOf(in)
+	l.keepNetwork = true
 	for _, cs := range in.Status.Containers {
 		if _, ended := l.exited[cs.Name]; !ended {
 			l.restarts[cs.Name] = cs.RestartCount
@@ -127,6 +128,9 @@ func suspensionTimes(out *v1.InstanceStatus, prev v1.InstanceStatus, st shim.Sta
 	switch {
 	case out.Phase == v1.PhaseSuspended && out.SuspendedAt == nil:
 		out.SuspendedAt = at(st.SuspendedAt)
+		if prev.ResumedAt != nil && out.SuspendedAt.Before(*prev.ResumedAt) {
+			out.SuspendedAt = at(now) // not this suspension's time
+		}
 	case out.Phase != v1.PhaseSuspended && prev.SuspendedAt != nil:
 		resumed := at(st.ResumedAt)
 		if resumed.Before(*prev.SuspendedAt) {
