@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	v1 "github.com/cube-platform/cube/api/v1"
+	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/image"
 	"github.com/cube-platform/cube/image/imagetest"
 	"github.com/cube-platform/cube/network"
@@ -29,6 +30,10 @@ import (
 // with envNodeTestShim set it runs shim.Main, its microvm backend replaced
 // by fakeSuspender.
 const envNodeTestShim = "CUBE_NODE_TEST_SHIM"
+
+// envNodeTestCalls names the file where fakeSuspender appends each call
+// with its shim's pid (outside the instance dir, which a removal deletes).
+const envNodeTestCalls = "CUBE_NODE_TEST_CALLS"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(envNodeTestShim) == "1" {
@@ -51,7 +56,7 @@ func TestMain(m *testing.M) {
 // suite. Its containers run nothing until they are stopped or destroyed;
 // Suspend writes <StateDir>/suspended.json, and Create of a state dir
 // holding it loads the sandbox suspended. Each call is appended, with the
-// shim's pid, to <StateDir>.calls.
+// shim's pid, to the file $CUBE_NODE_TEST_CALLS.
 type fakeSuspender struct {
 	spec      sandbox.Spec
 	mu        sync.Mutex
@@ -61,7 +66,7 @@ type fakeSuspender struct {
 }
 
 func (f *fakeSuspender) record(what string) {
-	fh, err := os.OpenFile(filepath.Clean(f.spec.StateDir)+".calls", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	fh, err := os.OpenFile(os.Getenv(envNodeTestCalls), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err == nil {
 		fmt.Fprintf(fh, "%d %s\n", os.Getpid(), what)
 		fh.Close()
@@ -222,6 +227,8 @@ func TestSuspendedSurvivesLostShim(t *testing.T) {
 	}
 	env := newReportEnv(t)
 	ctx := context.Background()
+	callsPath := filepath.Join(t.TempDir(), "calls")
+	t.Setenv(envNodeTestCalls, callsPath) // inherited by the shims
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	imgs, err := image.NewLocalStore(t.TempDir(), log)
 	if err != nil {
@@ -307,7 +314,7 @@ func TestSuspendedSurvivesLostShim(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "a new shim loads the saved sandbox", func() bool {
-		return strings.Contains(callsOf(paths), "create loaded") && readPid(t, paths.ShimPid) != old
+		return strings.Contains(callsOf(callsPath), "create loaded") && readPid(t, paths.ShimPid) != old
 	})
 	newPid := readPid(t, paths.ShimPid)
 	// A new agent (cube up killed and started again) adopts that shim.
@@ -326,7 +333,7 @@ func TestSuspendedSurvivesLostShim(t *testing.T) {
 		in.Status.ResumedAt == nil || in.Status.SuspendedTotal == "" || nw.wasTornDown("u1") {
 		t.Errorf("resumed status %+v (network torn down: %v); want the IP kept, no restart, the suspension recorded", in.Status, nw.wasTornDown("u1"))
 	}
-	calls := callsOf(paths)
+	calls := callsOf(callsPath)
 	for _, line := range strings.Split(strings.TrimSpace(calls), "\n") {
 		if strings.HasPrefix(line, strconv.Itoa(newPid)+" start") {
 			t.Errorf("the new shim started a container (%q); a suspended instance is resumed and adopted, never restarted", line)
@@ -335,10 +342,29 @@ func TestSuspendedSurvivesLostShim(t *testing.T) {
 	if !strings.Contains(calls, strconv.Itoa(newPid)+" resume stdio=true") || readPid(t, paths.ShimPid) != newPid {
 		t.Errorf("backend calls:\n%s\nwant the adopted shim %d to resume with the logs", calls, newPid)
 	}
+
+	// Removing a suspended instance removes its saved state with the rest,
+	// and nothing is stopped (nothing runs).
+	mutate(func(in *v1.Instance) { in.Spec.Suspend = true })
+	waitFor(t, "the node suspends it again", func() bool { return get().Status.Phase == v1.PhaseSuspended })
+	if _, err := os.Stat(filepath.Join(paths.Sandbox, "suspended.json")); err != nil {
+		t.Fatalf("saved state: %v", err)
+	}
+	before := strings.Count(callsOf(callsPath), " stop")
+	now := time.Now().UTC()
+	mutate(func(in *v1.Instance) { in.Metadata.DeletionTimestamp = &now })
+	waitFor(t, "the node removes the suspended instance", func() bool {
+		_, err := insts.Get(ctx, env.key)
+		_, serr := os.Stat(paths.Dir)
+		return errors.Is(err, errdefs.ErrNotFound) && errors.Is(serr, os.ErrNotExist) && nw.wasTornDown("u1")
+	})
+	if after := callsOf(callsPath); strings.Count(after, " stop") != before || !strings.HasSuffix(strings.TrimSpace(after), " destroy") {
+		t.Errorf("backend calls at removal:\n%s\nwant a destroy and no stop of the suspended sandbox", after)
+	}
 }
 
-func callsOf(p InstancePaths) string {
-	b, _ := os.ReadFile(filepath.Clean(p.Sandbox) + ".calls")
+func callsOf(path string) string {
+	b, _ := os.ReadFile(path)
 	return string(b)
 }
 
