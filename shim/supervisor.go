@@ -53,6 +53,7 @@ type supervisor struct {
 	// failReason and failMessage tell why the last suspend or resume
 	// failed, until one succeeds.
 	failReason, failMessage string // protected by mu
+	failures                int    // in a row; protected by mu
 
 	// transitionMu serializes suspend, resume and stop.
 	transitionMu sync.Mutex

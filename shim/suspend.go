@@ -88,13 +88,13 @@ func (s *supervisor) suspend(ctx context.Context) error {
 	t0 := time.Now()
 	if err := sus.Suspend(ctx); err != nil {
 		s.log.Warn("suspend", "err", err)
-		s.update(func() { s.failReason, s.failMessage = ReasonSuspendFailed, "suspend: "+err.Error() })
+		s.failed(ReasonSuspendFailed, err)
 		return err
 	}
 	now := time.Now()
 	s.update(func() {
 		s.suspended, s.resumed = true, make(chan struct{})
-		s.suspendedAt, s.failReason, s.failMessage = now, "", ""
+		s.suspendedAt, s.failReason, s.failMessage, s.failures = now, "", "", 0
 	})
 	s.log.Info("suspended", "took", now.Sub(t0))
 	return nil
@@ -139,14 +139,14 @@ func (s *supervisor) resume(ctx context.Context) error {
 			a.close()
 		}
 		s.log.Warn("resume", "err", err)
-		s.update(func() { s.failReason, s.failMessage = ReasonResumeFailed, "resume: "+err.Error() })
+		s.failed(ReasonResumeFailed, err)
 		return err
 	}
 	now := time.Now()
 	s.update(func() {
 		s.suspended, s.loaded = false, false
 		close(s.resumed)
-		s.suspendedAt, s.resumedAt, s.failReason, s.failMessage = time.Time{}, now, "", ""
+		s.suspendedAt, s.resumedAt, s.failReason, s.failMessage, s.failures = time.Time{}, now, "", "", 0
 	})
 	for _, c := range s.containers {
 		if a, ok := adopted[c]; ok {
@@ -226,6 +226,17 @@ func (s *supervisor) load(ctx context.Context) error {
 	})
 	s.log.Info("sandbox loaded suspended; nothing runs until resumed")
 	return nil
+}
+
+// failed records a failed suspend or resume in the state. The attempt
+// number makes each failure a change the node reports, even with the same
+// error as the one before.
+func (s *supervisor) failed(reason string, err error) {
+	s.update(func() {
+		s.failures++
+		verb := map[string]string{ReasonSuspendFailed: "suspend", ReasonResumeFailed: "resume"}[reason]
+		s.failReason, s.failMessage = reason, fmt.Sprintf("%s failed (attempt %d): %v", verb, s.failures, err)
+	})
 }
 
 func (s *supervisor) isSuspended() bool {

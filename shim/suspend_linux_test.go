@@ -26,7 +26,8 @@ import (
 // migrate) is covered end to end with real QEMU by the e2e suite. Its
 // containers run nothing; each has a counter that the exec "tick" bumps
 // and prints on the container's stdout, and the exec "exit N" ends it.
-// Suspend saves the counters to <StateDir>/fake-suspended.json, and Create
+// Suspend saves the counters to <StateDir>/fake-suspended.json (and
+// fails while <StateDir>/fail-suspend exists), and Create
 // of a sandbox whose state dir has that file loads it suspended. Every
 // call the supervisor makes is appended, with the process's pid, to
 // <StateDir>.calls, so a test sees which shim started what.
@@ -194,6 +195,9 @@ func (f *fakeSuspender) Suspend(context.Context) error {
 		return nil
 	}
 	f.record("suspend")
+	if _, err := os.Stat(filepath.Join(f.spec.StateDir, "fail-suspend")); err == nil {
+		return errors.New("fake: disk full")
+	}
 	b, _ := json.Marshal(f.ctrs)
 	if err := os.WriteFile(f.savedPath(), b, 0o600); err != nil {
 		return err
@@ -427,5 +431,38 @@ func TestSuspendRefusals(t *testing.T) {
 	}
 	if _, err := os.Stat(fcfg.Sandbox.StateDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the saved sandbox remains after Shutdown: %v", err)
+	}
+}
+
+// TestSuspendFailure: a failed suspend leaves the instance running and
+// says so in the state, each attempt its own message (so the node reports
+// every one); the next success clears it.
+func TestSuspendFailure(t *testing.T) {
+	cfg := fakeSuspendConfig(t, RestartAlways)
+	c := launch(t, cfg)
+	if err := c.Start(testCtx(t), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, c, "Running", phaseIs(PhaseRunning))
+	fail := filepath.Join(cfg.Sandbox.StateDir, "fail-suspend")
+	if err := os.WriteFile(fail, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for attempt := 1; attempt <= 2; attempt++ {
+		if err := c.Suspend(testCtx(t)); err == nil || !strings.Contains(err.Error(), "disk full") {
+			t.Fatalf("Suspend %d: %v; want the backend's error", attempt, err)
+		}
+		st, _ := c.State(testCtx(t), 0)
+		want := fmt.Sprintf("suspend failed (attempt %d): fake: disk full", attempt)
+		if st.Phase != PhaseRunning || st.Reason != ReasonSuspendFailed || st.Message != want || st.Containers[0].Phase != sandbox.PhaseRunning {
+			t.Fatalf("state after failed suspend %d = %+v; want Running, %s, %q", attempt, st, ReasonSuspendFailed, want)
+		}
+	}
+	os.Remove(fail)
+	if err := c.Suspend(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := c.State(testCtx(t), 0); st.Phase != PhaseSuspended || st.Reason != "" || st.Message != "" {
+		t.Errorf("state after a successful suspend = %+v; want Suspended with the failure gone", st)
 	}
 }
