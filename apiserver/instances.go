@@ -53,6 +53,10 @@ func (s *Server) createInstance(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if in.Spec.Suspend {
+		writeError(w, &v1.FieldError{Field: "spec.suspend", Reason: "an instance is created running: leave it out, and suspend the instance with `cube suspend " + in.Metadata.Name + "` once it is Running"})
+		return
+	}
 	t, err := s.tenantRecord(r, tenant)
 	if err != nil {
 		writeError(w, err)

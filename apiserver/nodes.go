@@ -253,6 +253,7 @@ func mergeNodeReport(cur, body *v1.Instance, node string) error {
 	st, rep := &cur.Status, body.Status
 	st.Phase, st.IP, st.Accelerator, st.Containers = rep.Phase, rep.IP, rep.Accelerator, rep.Containers
 	st.CreatingAt, st.RunningAt, st.FinishedAt = rep.CreatingAt, rep.RunningAt, rep.FinishedAt
+	st.SuspendedAt, st.ResumedAt, st.SuspendedTotal = rep.SuspendedAt, rep.ResumedAt, rep.SuspendedTotal
 	st.Reason, st.Message = rep.Reason, rep.Message
 	if p := st.Preemption; p != nil {
 		// The preemption stays visible until the instance is gone.

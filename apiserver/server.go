@@ -150,6 +150,8 @@ func (s *Server) routes() http.Handler {
 	api.HandleFunc("DELETE /v1/instances/{name}", s.deleteInstance)
 	api.HandleFunc("PUT /v1/instances/{name}/status", limitBody(maxBody, s.updateInstanceStatus))
 	api.HandleFunc("GET /v1/instances/{name}/wait", s.waitInstance)
+	api.HandleFunc("POST /v1/instances/{name}/suspend", s.suspendInstance(true))
+	api.HandleFunc("POST /v1/instances/{name}/resume", s.suspendInstance(false))
 	api.HandleFunc("GET /v1/instances/{name}/logs", s.proxyToNode("logs"))
 	api.HandleFunc("POST /v1/instances/{name}/exec", limitBody(maxExecBody, s.proxyToNode("exec")))
 	api.HandleFunc("GET /v1/events", s.listEvents)

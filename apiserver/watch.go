@@ -103,7 +103,7 @@ func matchState(in *v1.Instance, states []string) bool {
 	return false
 }
 
-var knownStates = map[string]bool{"pending": true, "scheduled": true, "creating": true, "running": true, "succeeded": true, "failed": true, "exited": true, "deleted": true}
+var knownStates = map[string]bool{"pending": true, "scheduled": true, "creating": true, "running": true, "suspended": true, "succeeded": true, "failed": true, "exited": true, "deleted": true}
 
 // waitInstance long-polls until the instance reaches a wanted state, ends
 // (a terminal phase ends every wait), or the timeout passes (408 with the
@@ -114,7 +114,7 @@ func (s *Server) waitInstance(w http.ResponseWriter, r *http.Request) {
 	wantDeleted := false
 	for _, st := range states {
 		if !knownStates[st] {
-			writeError(w, fmt.Errorf("%w: state %q: want one or more of running, exited, deleted, pending, scheduled, creating, succeeded, failed", errdefs.ErrInvalid, st))
+			writeError(w, fmt.Errorf("%w: state %q: want one or more of running, suspended, exited, deleted, pending, scheduled, creating, succeeded, failed", errdefs.ErrInvalid, st))
 			return
 		}
 		wantDeleted = wantDeleted || st == "deleted"
@@ -165,7 +165,7 @@ func (s *Server) waitInstance(w http.ResponseWriter, r *http.Request) {
 	in = cur
 	events := insts.Watch(ctx, key, rev)
 	for {
-		if matchState(in, states) || (in.Status.Phase.Terminal() && !wantDeleted) {
+		if matchState(in, states) || (in.Status.Phase.Terminal() && !wantDeleted) || failedToward(in, states) {
 			writeJSON(w, http.StatusOK, in)
 			return
 		}
@@ -200,6 +200,19 @@ func (s *Server) waitInstance(w http.ResponseWriter, r *http.Request) {
 			in = ev.Object
 		}
 	}
+}
+
+// failedToward reports whether the node's last attempt at the suspend or
+// resume a wait is for failed: the wait ends with the reason rather than
+// run out its time (the node tries again; a new wait follows it).
+func failedToward(in *v1.Instance, states []string) bool {
+	for _, st := range states {
+		if st == "suspended" && in.Status.Reason == v1.ReasonSuspendFailed ||
+			st == "running" && in.Status.Reason == v1.ReasonResumeFailed {
+			return true
+		}
+	}
+	return false
 }
 
 func reasonSuffix(in *v1.Instance) string {

@@ -100,6 +100,7 @@ func applyViewOf(in *v1.Instance) applyView {
 	var v applyView
 	v.Metadata.Name, v.Metadata.Labels = in.Metadata.Name, in.Metadata.Labels
 	v.Spec = in.Spec
+	v.Spec.Suspend = false // the desired state cube suspend sets, not what a manifest says
 	v.Spec.Containers = append([]v1.Container{}, in.Spec.Containers...)
 	for i := range v.Spec.Containers {
 		v.Spec.Containers[i].ImageDigest = ""

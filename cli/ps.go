@@ -18,8 +18,13 @@ func statusText(in *v1.Instance) string {
 	if in.Metadata.DeletionTimestamp != nil {
 		s = "Terminating"
 	}
-	if in.Status.Reason != "" {
+	switch {
+	case in.Status.Reason != "":
 		s += " (" + in.Status.Reason + ")"
+	case in.Status.Phase == v1.PhaseRunning && in.Spec.Suspend:
+		s += " (suspending)"
+	case in.Status.Phase == v1.PhaseSuspended && !in.Spec.Suspend:
+		s += " (resuming)"
 	}
 	return s
 }

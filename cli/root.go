@@ -73,7 +73,7 @@ Start everything on this machine with ` + "`cube up`" + `, then:
 	root.PersistentFlags().StringVar(&g.configPath, "config", "", "client config file (default $CUBE_CONFIG or ~/.config/cube/config.yaml)")
 	root.AddCommand(
 		newUpCmd(g), newRunCmd(g), newPsCmd(g), newGetCmd(g), newWaitCmd(g), newLogsCmd(g),
-		newExecCmd(g), newApplyCmd(g), newRmCmd(g), newNodesCmd(g), newImageCmd(g),
+		newExecCmd(g), newApplyCmd(g), newRmCmd(g), newSuspendCmd(g), newResumeCmd(g), newNodesCmd(g), newImageCmd(g),
 		newBenchCmd(g), newTenantCmd(g), newTokenCmd(g), newEventsCmd(g), newShimCmd(),
 	)
 	root.AddCommand(newDiffCmd(g), newConfigCmd(g))

@@ -20,7 +20,7 @@ func newWaitCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "wait NAME",
 		Short: "Wait until an instance reaches a state",
-		Long: `Wait until the instance is running, has exited, or is deleted. On timeout
+		Long: `Wait until the instance is running, suspended, has exited, or is deleted. On timeout
 (or if it ends in another state) cube exits 1 and prints the current state
 and its reason.`,
 		Example: `  cube wait web --for running --timeout 60s
@@ -33,9 +33,9 @@ and its reason.`,
 				st = "running"
 			}
 			switch st {
-			case "running", "exited", "deleted", "pending", "scheduled", "creating", "succeeded", "failed":
+			case "running", "suspended", "exited", "deleted", "pending", "scheduled", "creating", "succeeded", "failed":
 			default:
-				return fmt.Errorf("--for %q: want running, exited, deleted or condition=Ready", forState)
+				return fmt.Errorf("--for %q: want running, suspended, exited, deleted or condition=Ready", forState)
 			}
 			c, err := g.client()
 			if err != nil {
@@ -57,7 +57,7 @@ and its reason.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&forState, "for", "running", "state to wait for: running|exited|deleted|condition=Ready")
+	cmd.Flags().StringVar(&forState, "for", "running", "state to wait for: running|suspended|exited|deleted|condition=Ready")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long to wait (e.g. 30s, 5m)")
 	return cmd
 }

@@ -217,6 +217,21 @@ func (c *Client) DeleteInstance(ctx context.Context, name string, force bool) er
 	return c.call(ctx, http.MethodDelete, instPath(name), q, nil, nil)
 }
 
+// SuspendInstance asks the instance's node to save it to disk and stop it
+// (microvm only; it must be Running). It returns once asked; wait for the
+// phase Suspended.
+func (c *Client) SuspendInstance(ctx context.Context, name string) (*v1.Instance, error) {
+	var out v1.Instance
+	return &out, c.call(ctx, http.MethodPost, instPath(name, "suspend"), nil, nil, &out)
+}
+
+// ResumeInstance asks the node to run a Suspended instance again. It
+// returns once asked; wait for the phase Running.
+func (c *Client) ResumeInstance(ctx context.Context, name string) (*v1.Instance, error) {
+	var out v1.Instance
+	return &out, c.call(ctx, http.MethodPost, instPath(name, "resume"), nil, nil, &out)
+}
+
 // WaitInstance long-polls until the instance is in one of states
 // ("running", "exited", "deleted", or a phase name), it ends, or timeout.
 // On timeout the error is an *APIError with code Timeout whose message

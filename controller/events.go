@@ -53,6 +53,12 @@ func InstanceEvents(prev, cur *v1.Instance, at time.Time) []v1.Event {
 	if cs.VMBootWarning != "" && cs.VMBootWarning != ps.VMBootWarning {
 		add(v1.EventWarning, "TemplateFallback", cs.VMBootWarning)
 	}
+	if !prev.Spec.Suspend && cur.Spec.Suspend {
+		add(v1.EventNormal, "Suspending", "suspend requested; node "+orNone(cs.Node)+" saves the VM to disk")
+	}
+	if prev.Spec.Suspend && !cur.Spec.Suspend {
+		add(v1.EventNormal, "Resuming", "resume requested; node "+orNone(cs.Node)+" restores the VM")
+	}
 	// The phase reached, unless final, comes before what the containers
 	// did in it (a change can hold a start and the first exit).
 	phaseChanged := ps.Phase != cs.Phase || ps.Reason != cs.Reason || ps.Message != cs.Message
@@ -74,8 +80,20 @@ func InstanceEvents(prev, cur *v1.Instance, at time.Time) []v1.Event {
 				add(v1.EventNormal, "Creating", "node "+cs.Node+" prepares the image, the network and the shim")
 			}
 		case v1.PhaseRunning:
-			if ps.Phase != cs.Phase {
+			switch {
+			case ps.Phase == v1.PhaseSuspended:
+				add(v1.EventNormal, "Resumed", fmt.Sprintf("running again on node %s with IP %s", cs.Node, orNone(cs.IP)))
+			case ps.Phase != cs.Phase:
 				add(v1.EventNormal, "Started", fmt.Sprintf("running on node %s with IP %s", cs.Node, orNone(cs.IP)))
+			case cs.Reason == v1.ReasonSuspendFailed:
+				add(v1.EventWarning, "SuspendFailed", cs.Message)
+			}
+		case v1.PhaseSuspended:
+			switch {
+			case ps.Phase != cs.Phase:
+				add(v1.EventNormal, "Suspended", "the VM is saved on node "+cs.Node+"; it uses no CPU or memory until resumed")
+			case cs.Reason == v1.ReasonResumeFailed:
+				add(v1.EventWarning, "ResumeFailed", cs.Message)
 			}
 		}
 	}

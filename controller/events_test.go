@@ -67,6 +67,14 @@ func TestInstanceEvents(t *testing.T) {
 	})
 	deleting := *running
 	deleting.Metadata.DeletionTimestamp = &at
+	suspending := step(running, func(*v1.InstanceStatus) {})
+	suspending.Spec.Suspend = true
+	suspended := step(suspending, func(s *v1.InstanceStatus) { s.Phase, s.SuspendedAt = v1.PhaseSuspended, &at })
+	suspendFailed := step(suspending, func(s *v1.InstanceStatus) { s.Reason, s.Message = v1.ReasonSuspendFailed, "migrate: disk full" })
+	resuming := step(suspended, func(*v1.InstanceStatus) {})
+	resuming.Spec.Suspend = false
+	resumeFailed := step(resuming, func(s *v1.InstanceStatus) { s.Reason, s.Message = v1.ReasonResumeFailed, "restore: bad state" })
+	resumed := step(resuming, func(s *v1.InstanceStatus) { s.Phase, s.SuspendedAt, s.ResumedAt = v1.PhaseRunning, nil, &at })
 
 	tests := []struct {
 		name      string
@@ -93,6 +101,14 @@ func TestInstanceEvents(t *testing.T) {
 		{"stopping", running, &deleting, "Normal/Stopping"},
 		{"removed", &deleting, nil, "Normal/Removed"},
 		{"restored while running", nil, running, "Normal/Created,Normal/Started"},
+		{"suspend requested", running, suspending, "Normal/Suspending"},
+		{"suspended", suspending, suspended, "Normal/Suspended"},
+		{"suspend failed", suspending, suspendFailed, "Warning/SuspendFailed"},
+		{"suspended after a failure", suspendFailed, suspended, "Normal/Suspended"},
+		{"resume requested", suspended, resuming, "Normal/Resuming"},
+		{"resume failed", resuming, resumeFailed, "Warning/ResumeFailed"},
+		{"resumed, not started", resuming, resumed, "Normal/Resumed"},
+		{"suspended and resumed between two looks", running, resumed, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -30,6 +30,9 @@ var errNotFound = errdefs.ErrNotFound
 type lostShim struct {
 	restarts map[string]int                    // see shim.Config.RestartCounts
 	exited   map[string]sandbox.ContainerState // see shim.Config.Exited
+	// keepNetwork: a failed create leaves the network attachment, which a
+	// suspended instance's saved guest still uses (its IP).
+	keepNetwork bool
 }
 
 // lostShimOf reads in's status after its shim died (SIGKILL, a crash) and
@@ -171,7 +174,7 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 		c, err = nil, fmt.Errorf("launch shim: %w", err)
 	}
 	if err != nil {
-		w.undoCreate(ctx, c)
+		w.undoCreate(ctx, c, lost == nil || !lost.keepNetwork)
 		return nil, err
 	}
 	w.a.log.Debug("instance prepared", "uid", w.uid, "images", t0.Sub(start), "network", nw.took, "shim", launched, "total", time.Since(start))
@@ -209,9 +212,9 @@ func (w *worker) resume(ctx context.Context, c *shim.Client) error {
 
 // undoCreate removes what a failed create made, as a failed network setup
 // always did: the shim (c, if it was launched: its containers never
-// started) and the network attachment. A shim left behind would be adopted
-// by the next reconcile.
-func (w *worker) undoCreate(ctx context.Context, c *shim.Client) {
+// started) and, if network, the network attachment. A shim left behind
+// would be adopted by the next reconcile.
+func (w *worker) undoCreate(ctx context.Context, c *shim.Client, network bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 60*time.Second)
 	defer cancel()
 	if c != nil {
@@ -219,6 +222,9 @@ func (w *worker) undoCreate(ctx context.Context, c *shim.Client) {
 			w.a.log.Warn("shut down the shim of a failed create", "uid", w.uid, "err", err)
 			return // its sandbox may still use the namespace
 		}
+	}
+	if !network {
+		return
 	}
 	if err := w.a.cfg.Network.Teardown(ctx, w.uid); err != nil {
 		w.a.log.Warn("tear down the network of a failed create", "uid", w.uid, "err", err)
@@ -380,6 +386,7 @@ func statusFromShim(prev v1.InstanceStatus, st shim.State, ip string, now time.T
 	if out.Phase.Terminal() && out.FinishedAt == nil {
 		out.FinishedAt = &now
 	}
+	suspensionTimes(&out, prev, st, now)
 	out.Containers = nil
 	for _, c := range st.Containers {
 		cs := v1.ContainerStatus{Name: c.Name, ExitCode: c.ExitCode, Signal: c.Signal, OOMKilled: c.OOMKilled, RestartCount: c.RestartCount, Reason: c.Reason}

@@ -155,7 +155,11 @@ func (a *Agent) serveExec(w http.ResponseWriter, r *http.Request) {
 	sc := wk.shim
 	wk.mu.Unlock()
 	if sc == nil || in.Status.Phase != v1.PhaseRunning {
-		httpErr(w, http.StatusConflict, "Conflict", fmt.Sprintf("instance %q is %s; exec needs it Running", in.Metadata.Name, in.Status.Phase))
+		msg := fmt.Sprintf("instance %q is %s; exec needs it Running", in.Metadata.Name, in.Status.Phase)
+		if in.Status.Phase == v1.PhaseSuspended {
+			msg += fmt.Sprintf(" (`cube resume %s` runs it again)", in.Metadata.Name)
+		}
+		httpErr(w, http.StatusConflict, "Conflict", msg)
 		return
 	}
 	up, err := sc.ExecConn(r.Context(), ctr, shim.ExecRequest{Args: req.Command, Env: req.Env, TTY: req.TTY})

@@ -34,6 +34,12 @@ type worker struct {
 	shim    *shim.Client       // protected by mu
 	ip      string             // protected by mu
 	monitor context.CancelFunc // protected by mu
+
+	// transitionFailures counts the failed suspends or resumes in a row
+	// and retryAt is when the next may be tried; only the worker's own
+	// goroutine uses them.
+	transitionFailures int
+	retryAt            time.Time
 }
 
 func newWorker(a *Agent, in *v1.Instance) *worker {
@@ -142,6 +148,7 @@ func (w *worker) reconcile(ctx context.Context, in *v1.Instance) (done bool, err
 	hasShim := w.shim != nil
 	w.mu.Unlock()
 	if hasShim {
+		w.transition(ctx, in)
 		return false, nil
 	}
 	// Adopt a shim that outlived a previous agent.
@@ -157,10 +164,13 @@ func (w *worker) reconcile(ctx context.Context, in *v1.Instance) (done bool, err
 		}
 		log.Info("adopted running shim")
 		w.startMonitor(ctx, c)
+		w.transition(ctx, in)
 		return false, nil
 	}
 	switch in.Status.Phase {
 	case v1.PhaseScheduled, v1.PhaseCreating, v1.PhaseRunning:
+	case v1.PhaseSuspended:
+		return false, w.relaunchSuspended(ctx, in)
 	default:
 		return false, nil // finished, and its shim is gone: nothing to run
 	}
@@ -305,6 +315,9 @@ func (w *worker) follow(ctx context.Context, c *shim.Client) {
 			}
 			markPreempted(&status)
 			return status
+		}
+		if loadingSuspended(in, st) {
+			continue
 		}
 		status := compute(in)
 		if reflect.DeepEqual(status, last) {

@@ -222,24 +222,37 @@ type Sandbox interface {
 }
 
 // Suspender is a Sandbox whose whole state can be saved to disk, freeing
-// its memory and CPU, and restored later: by this process, or by a new
-// one built from the same Spec after this one died.
+// its memory and CPU, and restored later: by this process, or by a new one
+// built from the same Spec after this one died (SIGKILL included). A
+// backend that cannot (runc) does not implement it; the shim refuses to
+// suspend it.
 type Suspender interface {
 	Sandbox
 	// Suspend freezes every container and saves the sandbox under
-	// Spec.StateDir; nothing of it runs afterwards. Containers keep their
-	// phase (a running container is still PhaseRunning, and a Wait on it
-	// keeps waiting). Suspending a suspended sandbox is a no-op.
+	// Spec.StateDir; nothing of it runs afterwards and it holds no guest
+	// memory. Containers keep their phase: a running container is still
+	// PhaseRunning, and a Wait on it keeps waiting (it does not return an
+	// exit). Suspending a suspended sandbox is a no-op. On error the
+	// sandbox is either still running as before or, if it died, its
+	// containers' Waits report the exits (ReasonVMMExited).
 	Suspend(ctx context.Context) error
-	// Resume continues where Suspend left off. Running containers' output
-	// goes to stdio(name) from then on (stdio may be nil in the process
-	// that suspended: it keeps the writers it had), and Wait reports their
-	// exits again. Resuming a running sandbox is a no-op.
+	// Resume continues where Suspend left off, in this process or in a new
+	// one whose Create loaded the saved state. Running containers' output
+	// goes to stdio(name) from then on; stdio may be nil in the process
+	// that suspended, which keeps the writers it had. Wait reports their
+	// exits again: the caller adopts them with Wait, never Start. Resume
+	// consumes the saved state: once it returned, a Create of the same
+	// Spec no longer finds the sandbox suspended. The network interface is
+	// the one the sandbox had (the node keeps it attached): Resume joins
+	// it again itself; nobody calls Connect. Resuming a running sandbox is
+	// a no-op.
 	Resume(ctx context.Context, stdio func(container string) Stdio) error
 	// Suspended reports whether the sandbox is suspended. Create of a
 	// sandbox whose StateDir holds a suspended state loads that state
 	// instead of booting: Suspended is then true, State reports the
-	// containers as they were, and nothing runs until Resume.
+	// containers as they were (running ones PhaseRunning, with their
+	// StartedAt), and nothing runs until Resume. Destroy removes the saved
+	// state with everything else.
 	Suspended() bool
 }
 

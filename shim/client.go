@@ -83,6 +83,22 @@ func (c *Client) Stop(ctx context.Context, grace time.Duration) error {
 	return c.do(ctx, http.MethodPost, "/stop?grace="+grace.String(), nil, nil)
 }
 
+// Suspend saves the sandbox to disk and stops it (see
+// sandbox.Suspender); the containers keep their phase and State says
+// PhaseSuspended. It returns once the sandbox is saved, and does nothing
+// on a suspended one. A backend that cannot suspend is ErrInvalid; a
+// sandbox not created or stopped is ErrConflict.
+func (c *Client) Suspend(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/suspend", nil, nil)
+}
+
+// Resume runs a suspended sandbox again, in the shim that suspended it or
+// in a new one whose sandbox loaded the saved state; it returns once it
+// runs, and does nothing on a running one.
+func (c *Client) Resume(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/resume", nil, nil)
+}
+
 // Shutdown stops the containers with the shim's configured grace, destroys
 // the sandbox, removes the shim's socket, pid and config files, and makes
 // the shim exit. Container logs stay.

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/internal/stream"
 	"github.com/cube-platform/cube/sandbox"
 )
@@ -24,9 +25,12 @@ import (
 //	                                101, then internal/stream frames both ways
 //	POST /stop?grace=10s            200 once every container has exited
 //	POST /shutdown?grace=10s        200 once the sandbox is gone; then the shim exits
+//	POST /suspend                   200 State once the sandbox is saved (sandbox.Suspender)
+//	POST /resume                    200 State once it runs again
 //
-// Errors are {"error": "..."} with 400 (bad request), 404 (unknown
-// container), 409 (container not running) or 500.
+// Errors are {"error": "..."} with 400 (bad request; a backend that
+// cannot suspend), 404 (unknown container), 409 (container not running,
+// instance suspended or not ready for it) or 500.
 const (
 	upgradeProto    = "cube-stream"
 	defaultLongPoll = 25 * time.Second
@@ -78,6 +82,8 @@ func (s *supervisor) handler() http.Handler {
 		st, _ := s.snapshot()
 		writeJSON(w, http.StatusOK, st)
 	})
+	mux.HandleFunc("POST /suspend", s.handleTransition(s.suspend))
+	mux.HandleFunc("POST /resume", s.handleTransition(s.resume))
 	mux.HandleFunc("POST /shutdown", func(w http.ResponseWriter, r *http.Request) {
 		grace, err := s.grace(r)
 		if err != nil {
@@ -95,6 +101,29 @@ func (s *supervisor) handler() http.Handler {
 		writeJSON(w, http.StatusOK, struct{}{})
 	})
 	return mux
+}
+
+// handleTransition serves a suspend or resume. Not under the request's
+// context: a client that gives up must not leave the sandbox half saved
+// or half restored.
+func (s *supervisor) handleTransition(do func(context.Context) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), suspendTimeout)
+		defer cancel()
+		if err := do(ctx); err != nil {
+			code := http.StatusInternalServerError
+			switch {
+			case errors.Is(err, errdefs.ErrInvalid):
+				code = http.StatusBadRequest
+			case errors.Is(err, errdefs.ErrConflict):
+				code = http.StatusConflict
+			}
+			writeError(w, code, err)
+			return
+		}
+		st, _ := s.snapshot()
+		writeJSON(w, http.StatusOK, st)
+	}
 }
 
 func (s *supervisor) grace(r *http.Request) (time.Duration, error) {
@@ -160,6 +189,10 @@ func (s *supervisor) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st, _ := s.snapshot()
+	if st.Phase == PhaseSuspended {
+		writeError(w, http.StatusConflict, errors.New("the instance is suspended: resume it first; exec needs a running container"))
+		return
+	}
 	found := false
 	for _, c := range st.Containers {
 		if c.Name != name {

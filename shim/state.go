@@ -12,6 +12,7 @@ import (
 const (
 	PhaseCreating  = "Creating"  // the sandbox or some container has not started yet
 	PhaseRunning   = "Running"   // some container runs or will be restarted
+	PhaseSuspended = "Suspended" // the sandbox is saved to disk and runs nothing (sandbox.Suspender)
 	PhaseSucceeded = "Succeeded" // all exited 0 and none will restart
 	PhaseFailed    = "Failed"    // none will restart and some failed
 )
@@ -34,6 +35,11 @@ type State struct {
 	Reason     string            `json:"reason,omitempty"`
 	Message    string            `json:"message,omitempty"`
 	Containers []ContainerStatus `json:"containers"`
+	// SuspendedAt is when this shim suspended the sandbox, while it is
+	// suspended (zero when a shim before it did).
+	SuspendedAt time.Time `json:"suspendedAt,omitzero"`
+	// ResumedAt is when this shim last resumed it (zero: never).
+	ResumedAt time.Time `json:"resumedAt,omitzero"`
 }
 
 // ContainerStatus is one container's backend state plus supervision facts.

@@ -42,6 +42,21 @@ type supervisor struct {
 	changed   chan struct{} // closed and replaced on every change; protected by mu
 	createErr string        // protected by mu
 	stopped   bool          // protected by mu
+	// suspended: the sandbox is saved and runs nothing (see suspend.go);
+	// loaded: this shim found it so at Create and supervises no
+	// container yet; resumed is closed at the next resume.
+	suspended   bool          // protected by mu
+	loaded      bool          // protected by mu
+	resumed     chan struct{} // protected by mu
+	suspendedAt time.Time     // protected by mu
+	resumedAt   time.Time     // protected by mu
+	// failReason and failMessage tell why the last suspend or resume
+	// failed, until one succeeds.
+	failReason, failMessage string // protected by mu
+	failures                int    // in a row; protected by mu
+
+	// transitionMu serializes suspend, resume and stop.
+	transitionMu sync.Mutex
 
 	// shutdownMu serializes shutdowns; a failed one may be retried.
 	shutdownMu sync.Mutex
@@ -110,7 +125,16 @@ func (s *supervisor) snapshot() (State, <-chan struct{}) {
 		cs[i] = c.status
 	}
 	phase, reason, msg := derivePhase(s.createErr, s.stopped, cs)
-	return State{Version: s.version, Phase: phase, Reason: reason, Message: msg, Containers: cs}, s.changed
+	st := State{Version: s.version, Containers: cs, ResumedAt: s.resumedAt}
+	if s.suspended && s.createErr == "" {
+		phase, reason, msg = PhaseSuspended, "", ""
+		st.SuspendedAt = s.suspendedAt
+	}
+	if s.failReason != "" && (phase == PhaseRunning || phase == PhaseSuspended) {
+		reason, msg = s.failReason, s.failMessage
+	}
+	st.Phase, st.Reason, st.Message = phase, reason, msg
+	return st, s.changed
 }
 
 func (s *supervisor) isStopped() bool {
@@ -142,6 +166,16 @@ func (s *supervisor) boot() {
 		s.update(func() { s.createErr = err.Error() })
 		return
 	}
+	if sus, ok := s.sb.(sandbox.Suspender); ok && sus.Suspended() {
+		// A shim before this one suspended it: nothing starts, and a
+		// start the node asks for changes nothing; resume adopts.
+		if err := s.load(s.ctx); err != nil {
+			s.log.Error("load suspended sandbox", "err", err)
+			s.endAllLogs()
+			s.update(func() { s.createErr = err.Error() })
+		}
+		return
+	}
 	select {
 	case <-s.startCh:
 	case <-s.stopCh:
@@ -168,22 +202,35 @@ func (s *supervisor) boot() {
 		}
 		first := make(chan struct{})
 		s.running.Add(1)
-		go s.supervise(c, first)
+		go s.supervise(c, first, nil)
 		<-first
 	}
 }
 
-// supervise runs one container until the restart policy or stop says no more.
-func (s *supervisor) supervise(c *supervised, first chan struct{}) {
+// supervise runs one container until the restart policy or stop says no
+// more. from, if set, is a container a resume handed back: its first run
+// is adopted (or its exit judged), not started.
+func (s *supervisor) supervise(c *supervised, first chan struct{}, from *adoption) {
 	defer s.running.Done()
 	backoff := minBackoff
 	for {
-		st, startErr, ok := s.runOnce(c, func() {
-			if first != nil {
-				close(first)
-				first = nil
-			}
-		})
+		var st sandbox.ContainerState
+		var startErr string
+		ok := true
+		switch {
+		case from != nil && from.exited != nil:
+			st = *from.exited
+		case from != nil && from.stdout != nil:
+			st = s.adoptOnce(c, from)
+		default:
+			st, startErr, ok = s.runOnce(c, func() {
+				if first != nil {
+					close(first)
+					first = nil
+				}
+			})
+		}
+		from = nil
 		if !ok {
 			c.endLogs(s.log)
 			return
@@ -246,11 +293,23 @@ func (s *supervisor) runOnce(c *supervised, started func()) (st sandbox.Containe
 	// may end the log.
 	defer stdout.Close()
 	defer stderr.Close()
-	c.startMu.Lock()
-	if s.isStopped() {
+	for {
+		c.startMu.Lock()
+		if s.isStopped() {
+			c.startMu.Unlock()
+			started()
+			return st, "", false
+		}
+		resumed := s.resumedIfSuspended()
+		if resumed == nil {
+			break
+		}
+		// A restart due while the sandbox is suspended waits for the resume.
 		c.startMu.Unlock()
-		started()
-		return st, "", false
+		select {
+		case <-resumed:
+		case <-s.stopCh:
+		}
 	}
 	err := s.sb.Start(s.ctx, c.name, sandbox.Stdio{Stdout: stdout, Stderr: stderr})
 	if err == nil {
@@ -287,13 +346,20 @@ func (s *supervisor) runOnce(c *supervised, started func()) (st sandbox.Containe
 }
 
 // stop stops every container with grace and disables restarts for good.
+// A suspended sandbox has no process to stop: its containers stay as they
+// were saved until Destroy.
 func (s *supervisor) stop(ctx context.Context, grace time.Duration) error {
+	s.transitionMu.Lock()
+	defer s.transitionMu.Unlock()
 	s.update(func() {
 		if !s.stopped {
 			s.stopped = true
 			close(s.stopCh)
 		}
 	})
+	if s.isSuspended() {
+		return nil
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(s.containers))
 	for i, c := range s.containers {

@@ -25,7 +25,8 @@ type Event struct {
 	Type string `json:"type"`
 	// Reason is a CamelCase word: Created, FailedScheduling, Scheduled,
 	// Creating, ShimLost, Started, Exited, Restarted, Preempting,
-	// Completed, Failed, Stopping, Removed.
+	// Completed, Failed, Stopping, Removed, Suspending, Suspended,
+	// SuspendFailed, Resuming, Resumed, ResumeFailed.
 	Reason  string `json:"reason"`
 	Message string `json:"message"`
 	// Time the change was recorded in the store.

@@ -121,6 +121,13 @@ func op(summary, okSchema string, params ...string) map[string]any {
 	return o
 }
 
+// accepted documents an operation that answers 202 with the instance: the
+// node acts on it later.
+func accepted(o map[string]any) map[string]any {
+	o["responses"].(map[string]any)["202"] = map[string]any{"description": "accepted: the node acts on it; wait for the phase", "content": map[string]any{"application/json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/Instance"}}}}
+	return o
+}
+
 func paths() map[string]any {
 	return map[string]any{
 		"/v1/instances": map[string]any{
@@ -134,6 +141,12 @@ func paths() map[string]any {
 		"/v1/instances/{name}/status": map[string]any{"put": op("Report status (node tokens only)", "Instance", "name", "tenant")},
 		"/v1/instances/{name}/wait": map[string]any{
 			"get": op("Long-poll until the instance reaches a state; 408 with the current state on timeout", "Instance", "name", "state", "timeout"),
+		},
+		"/v1/instances/{name}/suspend": map[string]any{
+			"post": accepted(op("Ask the node to save a Running microvm instance to disk and stop it (202; 409 unless Running; runc cannot)", "", "name")),
+		},
+		"/v1/instances/{name}/resume": map[string]any{
+			"post": accepted(op("Ask the node to resume a Suspended instance (202; 409 unless Suspended)", "", "name")),
 		},
 		"/v1/instances/{name}/logs": map[string]any{"get": op("Container logs (text)", "", "name", "container", "follow", "tail", "since", "until", "timestamps")},
 		"/v1/instances/{name}/exec": map[string]any{"post": op("Run a command in a container (HTTP upgrade to the cube-stream framing)", "", "name")},

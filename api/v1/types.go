@@ -80,6 +80,13 @@ type InstanceSpec struct {
 	// tenant are accepted; a tenant other than admin has microvm alone
 	// unless granted runc.
 	Runtime string `json:"runtime,omitempty"`
+	// Suspend is the desired state of a microvm instance: true asks its
+	// node to save the VM to disk and free its memory and CPU (phase
+	// Suspended, IP and writable layer kept), false to resume it. It is
+	// set by POST /v1/instances/{name}/suspend and /resume (`cube suspend`,
+	// `cube resume`), never at creation, and is the only part of a spec
+	// that changes.
+	Suspend bool `json:"suspend,omitempty"`
 }
 
 // Sandbox runtimes.
@@ -171,8 +178,18 @@ const (
 	PhaseScheduled Phase = "Scheduled"
 	PhaseCreating  Phase = "Creating"
 	PhaseRunning   Phase = "Running"
+	// PhaseSuspended: the VM's whole state is saved on its node's disk;
+	// nothing runs and nothing is billed until it is resumed.
+	PhaseSuspended Phase = "Suspended"
 	PhaseSucceeded Phase = "Succeeded"
 	PhaseFailed    Phase = "Failed"
+)
+
+// Reasons a node gives while a suspend or resume it was asked for fails
+// (it keeps trying, with back-off, while spec.suspend asks for it).
+const (
+	ReasonSuspendFailed = "SuspendFailed"
+	ReasonResumeFailed  = "ResumeFailed"
 )
 
 // Terminal reports whether nothing will run in this phase again.
@@ -203,6 +220,19 @@ type InstanceStatus struct {
 	CreatingAt  *time.Time `json:"creatingAt,omitempty"`
 	RunningAt   *time.Time `json:"runningAt,omitempty"`
 	FinishedAt  *time.Time `json:"finishedAt,omitempty"`
+	// Suspension times, for metering: an instance runs (and is billed)
+	// from runningAt to finishedAt (or now), less suspendedTotal, less
+	// now-suspendedAt while it is suspended. Each transition is also an
+	// event (Suspended, Resumed) with its time.
+	//
+	// SuspendedAt is when the current suspension took effect (the VM was
+	// saved); set only while the phase is Suspended.
+	SuspendedAt *time.Time `json:"suspendedAt,omitempty"`
+	// ResumedAt is when the last resume took effect (it ran again).
+	ResumedAt *time.Time `json:"resumedAt,omitempty"`
+	// SuspendedTotal is the time spent in suspensions that ended, in all,
+	// a duration such as "1h2m3.5s" (absent: none).
+	SuspendedTotal string `json:"suspendedTotal,omitempty"`
 	// Preemption, when set, asks the node to stop the instance gracefully
 	// so a higher band can take its place.
 	Preemption *Preemption `json:"preemption,omitempty"`
