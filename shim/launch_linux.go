@@ -41,6 +41,11 @@ func Launch(ctx context.Context, argv []string, cfg Config) (*Client, error) {
 	if err == nil {
 		return c, nil
 	}
+	if len(cfg.ExtraFiles) == 0 {
+		// A saved config names an fd of the shim that had it; this one
+		// gets none (a template's memory is handed over afresh).
+		cfg.VM.TemplateDir, cfg.VM.TemplateMemFD = "", 0
+	}
 	files := FilesFor(cfg.Socket)
 	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o700); err != nil {
 		return nil, fmt.Errorf("shim launch: %w", err)

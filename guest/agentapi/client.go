@@ -29,17 +29,29 @@ const DefaultCallTimeout = 30 * time.Second
 // concurrent use; none panics on what the guest sends, and each checks
 // the answer against the API's bounds before returning it.
 type Client struct {
-	conn net.Conn
-	tc   *ttrpc.Client
-	svc  AgentService
+	conn    net.Conn
+	session *sessionConn
+	tc      *ttrpc.Client
+	svc     AgentService
 }
 
 // NewClient speaks the agent API over conn (the VM's virtio-serial
-// chardev socket). The client owns conn: Close closes it.
-func NewClient(conn net.Conn) *Client {
-	tc := ttrpc.NewClient(conn)
-	return &Client{conn: conn, tc: tc, svc: NewAgentClient(tc)}
+// chardev socket): the first host of a fresh guest. The client owns
+// conn: Close closes it.
+func NewClient(conn net.Conn) *Client { return NewClientAfter(conn, 0) }
+
+// NewClientAfter is NewClient for a host that continues the session of a
+// host before it, whose last stream id was after (see LastStreamID): a
+// VM restored from a suspend (see session.go).
+func NewClientAfter(conn net.Conn, after uint32) *Client {
+	sc := newSessionConn(conn, after)
+	tc := ttrpc.NewClient(sc)
+	return &Client{conn: conn, session: sc, tc: tc, svc: NewAgentClient(tc)}
 }
+
+// LastStreamID is the highest stream id this client used in its guest's
+// session (a later host continues after it).
+func (c *Client) LastStreamID() uint32 { return c.session.max.Load() }
 
 // Close closes the connection; calls in flight fail.
 func (c *Client) Close() error { return c.tc.Close() }
@@ -310,7 +322,14 @@ const readPoll = 10 * time.Second
 // CopyOutput copies p's stream to w until EOF, an error or ctx's end,
 // and returns how many bytes it copied.
 func (c *Client) CopyOutput(ctx context.Context, p Process, s Stream, w io.Writer) (int64, error) {
-	var n int64
+	return c.CopyOutputAt(ctx, p, s, w, 0)
+}
+
+// CopyOutputAt is CopyOutput from offset off of the stream (a host that
+// resumes a VM goes on where the one before stopped); it returns the
+// offset it got to.
+func (c *Client) CopyOutputAt(ctx context.Context, p Process, s Stream, w io.Writer, off int64) (int64, error) {
+	n := off
 	for {
 		rctx, cancel := context.WithTimeout(ctx, readPoll)
 		b, err := c.ReadOutput(rctx, p, s, uint64(n), MaxChunk)

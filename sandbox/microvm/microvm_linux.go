@@ -94,31 +94,38 @@ type vmSandbox struct {
 	// lifeMu serializes Create, Destroy, boots and Connect.
 	lifeMu sync.Mutex
 
-	mu        sync.Mutex
-	vm        *qemu.VM           // protected by mu
-	agent     *agentapi.Client   // protected by mu; nil while no VM runs
-	booted    chan struct{}      // closed when vm ends; protected by mu
-	iface     *sandbox.Interface // from Connect; protected by mu
-	isSetup   bool               // Setup ran on this boot; protected by mu
-	restored  bool               // this boot is a template's clone; protected by mu
-	record    BootRecord         // this boot's, written once Setup ran; protected by mu
+	mu       sync.Mutex
+	vm       *qemu.VM           // protected by mu
+	agent    *agentapi.Client   // protected by mu; nil while no VM runs
+	booted   chan struct{}      // closed when vm ends; protected by mu
+	iface    *sandbox.Interface // from Connect; protected by mu
+	isSetup  bool               // Setup ran on this boot; protected by mu
+	restored bool               // this boot is a template's clone; protected by mu
+	record   BootRecord         // this boot's, written once Setup ran; protected by mu
 
 	// template is what boots clone (nil: boot cold); set in New, dropped
 	// once a restore from it failed. Protected by lifeMu.
-	template *Template
-	created   bool               // protected by mu
-	destroyed bool               // protected by mu
-	ctrs      map[string]*ctr    // protected by mu
-	execSeq   int                // protected by mu
-	vmStarted time.Time          // when this boot's VMM started; protected by mu
+	template  *Template
+	created   bool            // protected by mu
+	destroyed bool            // protected by mu
+	ctrs      map[string]*ctr // protected by mu
+	execSeq   int             // protected by mu
+	vmStarted time.Time       // when this boot's VMM started; protected by mu
 	// liveDrives is how many drives the running VM has (a clone has its
-	// template's slots); protected by mu.
-	liveDrives int
+	// template's slots), and liveIsolatedNIC whether it has a card that
+	// reaches nothing (a clone without a network); protected by mu.
+	liveDrives      int
+	liveIsolatedNIC bool
 	// suspendedBoot is the booted channel of the boot Suspend ended, so
 	// its followers take that end for no container's; suspended: the
 	// state is on disk and no VMM runs. Both protected by mu.
 	suspendedBoot chan struct{}
 	suspended     bool
+	// agentStream is the suspended session's last ttRPC stream id (the
+	// resumed agent's host continues after it); protected by mu.
+	agentStream uint32
+	// followers are the goroutines following the containers (follow).
+	followers sync.WaitGroup
 	// fallback is why the VM boots cold though it was given a template
 	// (for the boot record, and so the node's event); protected by lifeMu.
 	fallback string
@@ -130,8 +137,11 @@ type ctr struct {
 	// exited is closed when the current run's exit is recorded (and its
 	// output copied); replaced at each Start. A suspend leaves it open.
 	exited chan struct{}
-	// stdio is where the current run's output goes (again after a resume).
-	stdio sandbox.Stdio
+	// stdio is where the current run's output goes (again after a resume),
+	// and copied how far its stdout and stderr were copied (where the
+	// follower of a resumed VM goes on).
+	stdio  sandbox.Stdio
+	copied [2]int64
 }
 
 func (c *ctr) procRef() agentapi.Process { return agentapi.Process{Container: c.state.Name} }
@@ -470,7 +480,7 @@ func (s *vmSandbox) start(ctx context.Context, uid int, t *Template) error {
 	if err != nil {
 		return fmt.Errorf("start the vm: %w", err)
 	}
-	agent, info, err := connectAgent(bctx, vm, cfg.AgentSocket, s.bootTimeout())
+	agent, info, err := connectAgent(bctx, vm, cfg.AgentSocket, s.bootTimeout(), 0)
 	if err == nil && info.SetupDone {
 		agent.Close()
 		err = fmt.Errorf("the guest's agent was set up before (a template must be pristine): %w", errdefs.ErrInvalid)
@@ -484,7 +494,7 @@ func (s *vmSandbox) start(ctx context.Context, uid int, t *Template) error {
 	booted := make(chan struct{})
 	s.mu.Lock()
 	s.vm, s.agent, s.booted, s.isSetup, s.restored = vm, agent, booted, false, t != nil
-	s.liveDrives = len(cfg.Drives)
+	s.liveDrives, s.liveIsolatedNIC = len(cfg.Drives), cfg.Net != nil && cfg.Net.Isolated
 	s.record = BootRecord{VMMPid: vm.Pid(), BootMs: float64(took.Microseconds()) / 1000, From: from, Fallback: s.fallback,
 		GuestMiB: cfg.MemoryMiB, Accel: string(cfg.Accel), Kernel: info.KernelRelease}
 	s.vmStarted = start
@@ -496,13 +506,14 @@ func (s *vmSandbox) start(ctx context.Context, uid int, t *Template) error {
 // connect dials the agent's channel and waits for its Hello. The guest
 // reads what is written before its agent opens the port, so one Hello
 // suffices; it is abandoned when the VM ends or ctx does.
-func connectAgent(ctx context.Context, vm *qemu.VM, socket string, timeout time.Duration) (*agentapi.Client, agentapi.Info, error) {
+func connectAgent(ctx context.Context, vm *qemu.VM, socket string, timeout time.Duration, after uint32) (*agentapi.Client, agentapi.Info, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
 		return nil, agentapi.Info{}, fmt.Errorf("connect to the guest agent: %w", err)
 	}
-	agent := agentapi.NewClient(conn)
+	// A resumed guest's agent is in the session of the host before.
+	agent := agentapi.NewClientAfter(conn, after)
 	type hello struct {
 		info agentapi.Info
 		err  error
@@ -523,10 +534,7 @@ func connectAgent(ctx context.Context, vm *qemu.VM, socket string, timeout time.
 	}
 	agent.Close()
 	if ctx.Err() != nil {
-		err = fmt.Errorf("%v; the guest did not boot within %s (console: %q): %w", err, timeout, consoleTail(vm), errdefs.ErrUnavailable)
-	}
-	if false {
-		err = fmt.Errorf("the guest did not boot within %s (console: %q): %w", timeout, consoleTail(vm), errdefs.ErrUnavailable)
+		err = fmt.Errorf("the guest did not boot within %s (%v; console: %q): %w", timeout, err, consoleTail(vm), errdefs.ErrUnavailable)
 	}
 	return nil, agentapi.Info{}, fmt.Errorf("guest agent: %w", err)
 }
@@ -730,9 +738,10 @@ func (s *vmSandbox) Start(ctx context.Context, name string, stdio sandbox.Stdio)
 	}
 	s.mu.Lock()
 	c.state = sandbox.ContainerState{Name: name, Phase: sandbox.PhaseRunning, Pid: pid, StartedAt: now}
-	c.exited, c.stdio = exited, stdio
+	c.exited, c.stdio, c.copied = exited, stdio, [2]int64{}
 	booted := s.booted
 	s.mu.Unlock()
+	s.followers.Add(1)
 	go s.follow(agent, booted, c, agentapi.Process{Container: name}, stdio, exited)
 	return nil
 }
@@ -744,6 +753,7 @@ func (s *vmSandbox) Start(ctx context.Context, name string, stdio sandbox.Stdio)
 // lives is not to be trusted with the VM: the container counts as ended,
 // and the VM is stopped.
 func (s *vmSandbox) follow(agent *agentapi.Client, booted chan struct{}, c *ctr, p agentapi.Process, stdio sandbox.Stdio, exited chan struct{}) {
+	defer s.followers.Done()
 	defer func() {
 		// A suspend ends the VM, not the container: the follower of the
 		// resumed VM closes exited.
@@ -763,9 +773,17 @@ func (s *vmSandbox) follow(agent *agentapi.Client, booted chan struct{}, c *ctr,
 		case <-ctx.Done():
 		}
 	}()
-	copied := copyOutputs(ctx, agent, p, stdio)
+	s.mu.Lock()
+	offs := c.copied
+	s.mu.Unlock()
+	copied := copyOutputs(ctx, agent, p, stdio, &offs)
 	st, err := agent.Wait(ctx, p)
 	<-copied
+	s.mu.Lock()
+	if c.exited == exited {
+		c.copied = offs
+	}
+	s.mu.Unlock()
 	if err != nil {
 		t := time.NewTimer(agentLostGrace)
 		defer t.Stop()
@@ -795,12 +813,16 @@ func (s *vmSandbox) follow(agent *agentapi.Client, booted chan struct{}, c *ctr,
 	}
 }
 
-// copyOutputs copies p's stdout and stderr to stdio until EOF; the channel
-// is closed when both are done.
-func copyOutputs(ctx context.Context, agent *agentapi.Client, p agentapi.Process, stdio sandbox.Stdio) <-chan struct{} {
+// copyOutputs copies p's stdout and stderr to stdio until EOF, from the
+// offsets in offs (nil: from the start), which it updates; the channel is
+// closed when both are done.
+func copyOutputs(ctx context.Context, agent *agentapi.Client, p agentapi.Process, stdio sandbox.Stdio, offs *[2]int64) <-chan struct{} {
+	if offs == nil {
+		offs = new([2]int64)
+	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	for _, o := range []struct {
+	for i, o := range []struct {
 		s agentapi.Stream
 		w io.Writer
 	}{{agentapi.Stream_STREAM_STDOUT, stdio.Stdout}, {agentapi.Stream_STREAM_STDERR, stdio.Stderr}} {
@@ -811,7 +833,7 @@ func copyOutputs(ctx context.Context, agent *agentapi.Client, p agentapi.Process
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			agent.CopyOutput(ctx, p, o.s, w)
+			offs[i], _ = agent.CopyOutputAt(ctx, p, o.s, w, offs[i])
 		}()
 	}
 	go func() {
@@ -911,7 +933,7 @@ func (s *vmSandbox) Exec(ctx context.Context, name string, spec sandbox.ExecSpec
 			}
 		}()
 	}
-	copied := copyOutputs(octx, agent, p, stdio)
+	copied := copyOutputs(octx, agent, p, stdio, nil)
 	type result struct {
 		st  agentapi.ExitStatus
 		err error

@@ -12,6 +12,7 @@ import (
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/sandbox"
 	"github.com/cube-platform/cube/sandbox/microvm/tap"
+	"github.com/cube-platform/cube/sandbox/microvm/vmm"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm/jail"
 )
 
@@ -31,9 +32,17 @@ type suspendRecordFile struct {
 	Iface      *sandbox.Interface       `json:"iface,omitempty"`
 	// Drives is how many drives the VM had (a template's clone has the
 	// template's slots): the restored VM must have the same.
-	Drives      int       `json:"drives"`
-	SuspendedAt time.Time `json:"suspendedAt"`
-	Boot        BootRecord `json:"boot"`
+	Drives int `json:"drives"`
+	// IsolatedNIC: the VM had a card reaching nothing (a clone without a
+	// network), which the restored one must have too.
+	IsolatedNIC bool `json:"isolatedNIC,omitempty"`
+	// AgentStream is the last ttRPC stream id the host used: the resumed
+	// guest's agent is still in that session (agentapi.NewClientAfter).
+	AgentStream uint32 `json:"agentStream"`
+	// Copied is how far each container's stdout and stderr were copied.
+	Copied      map[string][2]int64 `json:"copied,omitempty"`
+	SuspendedAt time.Time           `json:"suspendedAt"`
+	Boot        BootRecord          `json:"boot"`
 }
 
 // Suspended implements sandbox.Suspender.
@@ -51,7 +60,7 @@ func (s *vmSandbox) Suspend(ctx context.Context) error {
 	s.lifeMu.Lock()
 	defer s.lifeMu.Unlock()
 	s.mu.Lock()
-	vm, suspended, created, destroyed, setupDone := s.vm, s.suspended, s.created, s.destroyed, s.isSetup
+	vm, agent, suspended, created, destroyed, setupDone := s.vm, s.agent, s.suspended, s.created, s.destroyed, s.isSetup
 	s.mu.Unlock()
 	switch {
 	case suspended:
@@ -74,13 +83,20 @@ func (s *vmSandbox) Suspend(ctx context.Context) error {
 	s.mu.Lock()
 	s.suspendedBoot = s.booted
 	s.mu.Unlock()
+	// No host call may be half-written into the saved guest: the client
+	// goes first (its calls in flight fail; the followers wait for the
+	// VM's end), and the next host continues after its last stream.
+	agent.Close()
+	stream := agent.LastStreamID()
 	fail := func(err error) error {
 		f.Close()
 		os.Remove(tmp)
 		s.mu.Lock()
 		s.suspendedBoot = nil
 		s.mu.Unlock()
-		vm.Continue(context.WithoutCancel(ctx))
+		// Without its host the VM cannot go on: it ends, and its
+		// containers with it (ReasonVMMExited).
+		vm.Stop(context.WithoutCancel(ctx))
 		return fmt.Errorf("suspend sandbox %s: %w", s.spec.ID, err)
 	}
 	if err := vm.Save(ctx, f, false); err != nil {
@@ -90,31 +106,37 @@ func (s *vmSandbox) Suspend(ctx context.Context) error {
 		return fail(err)
 	}
 	f.Close()
-	s.mu.Lock()
-	rec := suspendRecordFile{Iface: s.iface, Drives: s.liveDrives, SuspendedAt: time.Now().UTC(), Boot: s.record}
-	for _, name := range s.order {
-		rec.Containers = append(rec.Containers, s.ctrs[name].state)
-	}
-	s.mu.Unlock()
-	if err := writeJSON(filepath.Join(s.spec.StateDir, suspendRecord+".tmp"), rec); err != nil {
-		return fail(err)
-	}
-	// The state first: a record names a state that is there.
+	// The state, then the VM's end, then (once the followers have said
+	// how far they copied) the record that makes the state a suspend:
+	// a crash before the record leaves a sandbox that boots afresh.
 	if err := os.Rename(tmp, filepath.Join(s.spec.StateDir, suspendState)); err != nil {
 		return fail(err)
 	}
-	if err := os.Rename(filepath.Join(s.spec.StateDir, suspendRecord+".tmp"), filepath.Join(s.spec.StateDir, suspendRecord)); err != nil {
-		os.Remove(filepath.Join(s.spec.StateDir, suspendState))
-		return fail(err)
-	}
 	s.mu.Lock()
-	s.suspended = true
+	s.suspended, s.agentStream = true, stream
 	booted := s.booted
 	s.mu.Unlock()
 	if err := vm.Stop(context.WithoutCancel(ctx)); err != nil {
 		s.log.Warn("stop the suspended vm", "err", err)
 	}
 	<-booted
+	s.followers.Wait()
+	s.mu.Lock()
+	rec := suspendRecordFile{Iface: s.iface, Drives: s.liveDrives, IsolatedNIC: s.liveIsolatedNIC, AgentStream: stream,
+		SuspendedAt: time.Now().UTC(), Boot: s.record, Copied: map[string][2]int64{}}
+	for _, name := range s.order {
+		c := s.ctrs[name]
+		rec.Containers = append(rec.Containers, c.state)
+		rec.Copied[name] = c.copied
+	}
+	s.mu.Unlock()
+	recPath := filepath.Join(s.spec.StateDir, suspendRecord)
+	if err := writeJSON(recPath+".tmp", rec); err != nil {
+		return fmt.Errorf("suspend sandbox %s: record: %w", s.spec.ID, err)
+	}
+	if err := os.Rename(recPath+".tmp", recPath); err != nil {
+		return fmt.Errorf("suspend sandbox %s: record: %w", s.spec.ID, err)
+	}
 	st, _ := os.Stat(filepath.Join(s.spec.StateDir, suspendState))
 	s.log.Info("suspended", "took", time.Since(t0), "state_bytes", st.Size())
 	return nil
@@ -142,12 +164,13 @@ func (s *vmSandbox) loadSuspended() (bool, error) {
 		if !ok {
 			return false, fmt.Errorf("suspend record names container %q, which the spec does not have: %w", st.Name, errdefs.ErrInvalid)
 		}
-		c.state = st
+		c.state, c.copied = st, rec.Copied[st.Name]
 		if st.Phase == sandbox.PhaseRunning {
 			c.exited = make(chan struct{})
 		}
 	}
-	s.iface, s.liveDrives, s.record, s.suspended = rec.Iface, rec.Drives, rec.Boot, true
+	s.iface, s.liveDrives, s.liveIsolatedNIC, s.record, s.suspended = rec.Iface, rec.Drives, rec.IsolatedNIC, rec.Boot, true
+	s.agentStream = rec.AgentStream
 	return true, nil
 }
 
@@ -181,9 +204,12 @@ func (s *vmSandbox) Resume(ctx context.Context, stdio func(container string) san
 	defer in.Close()
 	cfg := s.vmConfig(uid)
 	s.mu.Lock()
-	slots := s.liveDrives
+	slots, isolated, stream := s.liveDrives, s.liveIsolatedNIC, s.agentStream
 	iface := s.iface
 	s.mu.Unlock()
+	if isolated && cfg.Net == nil {
+		cfg.Net = &vmm.NIC{Tap: tapName, MAC: randomMAC(), Isolated: true}
+	}
 	if slots > len(cfg.Drives) {
 		// A template's clone: its unused slots as they were.
 		cfg.Drives = append(cfg.Drives, placeholderSlots(len(cfg.Drives)-1, s.placeholder())...)
@@ -198,7 +224,7 @@ func (s *vmSandbox) Resume(ctx context.Context, stdio func(container string) san
 	if err != nil {
 		return fmt.Errorf("resume sandbox %s: %w", s.spec.ID, err)
 	}
-	agent, _, err := connectAgent(bctx, vm, cfg.AgentSocket, s.bootTimeout())
+	agent, _, err := connectAgent(bctx, vm, cfg.AgentSocket, s.bootTimeout(), stream)
 	if err == nil && s.spec.NetNS != "" && iface != nil {
 		_, err = tap.Setup(s.spec.NetNS, cmp.Or(iface.Name, "eth0"), tapName)
 	}
@@ -215,7 +241,7 @@ func (s *vmSandbox) Resume(ctx context.Context, stdio func(container string) san
 	booted := make(chan struct{})
 	s.mu.Lock()
 	s.vm, s.agent, s.booted, s.isSetup, s.suspended = vm, agent, booted, true, false
-	s.liveDrives = len(cfg.Drives)
+	s.liveDrives, s.liveIsolatedNIC = len(cfg.Drives), isolated
 	s.record.VMMPid = vm.Pid()
 	s.record.ResumeMs = float64(time.Since(t0).Microseconds()) / 1000
 	rec := s.record
@@ -234,6 +260,7 @@ func (s *vmSandbox) Resume(ctx context.Context, stdio func(container string) san
 	s.mu.Unlock()
 	go s.watch(vm, agent, booted)
 	for _, c := range follow {
+		s.followers.Add(1)
 		go s.follow(agent, booted, c, c.procRef(), c.stdio, c.exited)
 	}
 	os.Remove(filepath.Join(s.spec.StateDir, suspendRecord))

@@ -113,11 +113,11 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	v := &VM{
 		migration: make(chan string, 16),
 		id:        cfg.ID,
-		log:     d.log.With("vm", cfg.ID),
-		done:    make(chan struct{}),
-		qmpPath: filepath.Join(cfg.StateDir, "qmp.sock"),
-		agent:   cfg.AgentSocket,
-		jailDir: filepath.Join(cfg.StateDir, "jail"),
+		log:       d.log.With("vm", cfg.ID),
+		done:      make(chan struct{}),
+		qmpPath:   filepath.Join(cfg.StateDir, "qmp.sock"),
+		agent:     cfg.AgentSocket,
+		jailDir:   filepath.Join(cfg.StateDir, "jail"),
 	}
 	var cleanups []func()
 	defer func() {
@@ -319,21 +319,19 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	v.events.Add(1)
 	go v.watchEvents()
 	if cfg.Incoming != nil {
+		// The guest's state first: a snapshot is saved paused, and QEMU
+		// keeps a restored guest paused (a cont while it reads the state
+		// would be forgotten), and nothing may reach its devices before
+		// (a host on the agent's port included).
 		if err := incoming(qctx, c, &cfg); err != nil {
 			return nil, failed("restore the snapshot", err)
 		}
-	}
-	// While a snapshot is still being read, cont only marks the guest to
-	// run once it is in (QEMU's autostart).
-	if _, err := c.Execute(qctx, "cont", nil); err != nil {
-		return nil, failed("start the guest", err)
-	}
-	if cfg.Incoming != nil {
-		// The guest runs once its state is in; nothing may reach its
-		// devices before (a host on the agent's port included).
 		if err := v.waitIncoming(qctx); err != nil {
 			return nil, failed("restore the snapshot", err)
 		}
+	}
+	if _, err := c.Execute(qctx, "cont", nil); err != nil {
+		return nil, failed("start the guest", err)
 	}
 	if pidfdErr == nil && !d.keepBootFiles {
 		v.events.Add(1)
