@@ -4,8 +4,8 @@ import (
 	"context"
 	"io"
 	"net"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,7 +131,7 @@ func TestSessionAfterResume(t *testing.T) {
 	}
 	fresh.Close()
 	next := NewClientAfter(p.connect(), last+2) // the refused client used one more
-	close(agent.release)                           // the old call answers now, to nobody
+	close(agent.release)                        // the old call answers now, to nobody
 	for range 3 {
 		if _, err := next.Hello(ctx); err != nil {
 			t.Fatalf("a client continuing the session: %v", err)
