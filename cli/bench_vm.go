@@ -16,6 +16,7 @@ import (
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/client"
 	"github.com/cube-platform/cube/node"
+	"github.com/cube-platform/cube/sandbox"
 	"github.com/cube-platform/cube/sandbox/microvm"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm/qemu"
 	"github.com/spf13/cobra"
@@ -42,6 +43,25 @@ type BootResult struct {
 	// split between them, what the node pays per VM.
 	VMMPSSMiB  float64 `json:"vmm_pss_mib"`
 	ShimRSSMiB float64 `json:"shim_rss_mib"`
+	// Restore: a template's clone, from the VMM's start to agent ready
+	// with the instance's identity (its Setup done).
+	P50RestoreMs float64 `json:"p50_restore_ms"`
+	P99RestoreMs float64 `json:"p99_restore_ms"`
+	// StartTemplate: the create call's return to Running, through a
+	// template; P50StartMs above is the cold path's.
+	P50StartTemplateMs float64 `json:"p50_start_template_ms"`
+	P99StartTemplateMs float64 `json:"p99_start_template_ms"`
+	// Resume: the node's restore of a suspended VM (the VMM's start to
+	// the agent running again with the host's clock); ResumeAPI the
+	// resume call's return to Running.
+	P50ResumeMs    float64 `json:"p50_resume_ms"`
+	P50ResumeAPIMs float64 `json:"p50_resume_api_ms"`
+	// Density: the host's MemAvailable lost per idle instance, with the
+	// N template starts up, then with the N cold ones.
+	DensityTemplateMiB float64 `json:"density_mib_per_instance_template"`
+	DensityColdMiB     float64 `json:"density_mib_per_instance_cold"`
+	// TemplateFallbacks counts template starts that booted cold instead.
+	TemplateFallbacks int `json:"template_fallbacks"`
 }
 
 // DensityResult is the final JSON line of `cube bench density`.
@@ -95,12 +115,20 @@ func (b *vmBench) init(cmd *cobra.Command) error {
 // start creates one idle instance and waits for it to run; it returns the
 // instance and the time from the create call's return to Running.
 func (b *vmBench) start(ctx context.Context, i int) (*v1.Instance, time.Duration, error) {
-	name := fmt.Sprintf("%s-%d", b.run, i)
-	in := &v1.Instance{Metadata: v1.ObjectMeta{Name: name, Labels: map[string]string{"cube.bench": b.run}},
+	return b.startLabeled(ctx, fmt.Sprintf("%s-%d", b.run, i), nil)
+}
+
+// startLabeled is start of an instance named name with more labels.
+func (b *vmBench) startLabeled(ctx context.Context, name string, labels map[string]string) (*v1.Instance, time.Duration, error) {
+	all := map[string]string{"cube.bench": b.run}
+	for k, v := range labels {
+		all[k] = v
+	}
+	in := &v1.Instance{Metadata: v1.ObjectMeta{Name: name, Labels: all},
 		Spec: v1.InstanceSpec{RestartPolicy: v1.RestartNever, Runtime: b.runtime, Containers: []v1.Container{{
 			Image: b.img, Command: []string{"sleep", "3600"}, Resources: v1.Resources{CPU: "10m", Memory: b.mem}}}}}
 	if _, err := b.c.CreateInstance(ctx, in); err != nil {
-		return nil, 0, fmt.Errorf("instance %d: %w", i, err)
+		return nil, 0, fmt.Errorf("instance %s: %w", name, err)
 	}
 	t0 := time.Now()
 	b.mu.Lock()
@@ -108,9 +136,73 @@ func (b *vmBench) start(ctx context.Context, i int) (*v1.Instance, time.Duration
 	b.mu.Unlock()
 	got, err := waitFor(ctx, b.c, name, []string{"running"}, 5*time.Minute)
 	if err != nil {
-		return nil, 0, fmt.Errorf("instance %d: %w", i, err)
+		return nil, 0, fmt.Errorf("instance %s: %w", name, err)
 	}
 	return got, time.Since(t0), nil
+}
+
+// waitTemplate waits until in's node has a ready template of in's VM
+// size (the first instance of a size queues its build).
+func (b *vmBench) waitTemplate(ctx context.Context, in *v1.Instance, size string) error {
+	deadline := time.Now().Add(5 * time.Minute)
+	for delay := 50 * time.Millisecond; ; delay = min(delay*2, time.Second) {
+		nodes, err := b.c.ListNodes(ctx)
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes.Items {
+			if n.Metadata.Name != in.Status.Node {
+				continue
+			}
+			for _, t := range n.Status.Templates {
+				if t.Size != size {
+					continue
+				}
+				if t.State == "ready" {
+					return nil
+				}
+				if strings.HasPrefix(t.State, "failed") {
+					return fmt.Errorf("node %s: template %s %s", n.Metadata.Name, size, t.State)
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %s has no ready template of %s after 5m (cube nodes shows its templates)", in.Status.Node, size)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay): // the node reports templates with its heartbeat
+		}
+	}
+}
+
+// bootSample is what one started instance tells.
+type bootSample struct {
+	in    *v1.Instance
+	took  time.Duration
+	rec   microvm.BootRecord
+	paths node.InstancePaths
+}
+
+// startN starts n instances one after another (prefix-0..) with labels.
+func (b *vmBench) startN(ctx context.Context, prefix string, n int, labels map[string]string, progress string) ([]bootSample, error) {
+	var out []bootSample
+	for i := 0; i < n; i++ {
+		in, took, err := b.startLabeled(ctx, fmt.Sprintf("%s-%s-%d", b.run, prefix, i), labels)
+		if err != nil {
+			return nil, err
+		}
+		p := b.paths(in)
+		rec, err := microvm.ReadBootRecord(p.Sandbox)
+		if err != nil {
+			return nil, fmt.Errorf("instance %s: %w", in.Metadata.Name, err)
+		}
+		out = append(out, bootSample{in, took, rec, p})
+		fmt.Fprintf(b.g.stderr, "\r%s %d/%d", progress, i+1, n)
+	}
+	fmt.Fprintln(b.g.stderr)
+	return out, nil
 }
 
 func (b *vmBench) cleanup() {
@@ -173,17 +265,26 @@ func newBenchBootCmd(g *globals) *cobra.Command {
 	var n int
 	cmd := &cobra.Command{
 		Use:   "boot --runtime microvm --n N",
-		Short: "Time microVM boots and starts, one after another, and weigh each VM",
-		Long: `Start N idle microvm instances one after another. For each, boot is the time
-from the VMM's start to the guest agent's first answer (from the VM's boot
-record on the node), and start the time from the create call's return to
-Running. vmm_overhead_mib is the VMM's RSS minus the guest memory it touched;
-vmm_private_mib the anonymous part of it; vmm_pss_mib its PSS minus the same,
-read with all N up (shared pages split between the VMMs). Run it on the
-node, as root. The
-instances are removed at the end. The last line is JSON:
-{"bench":"boot","accel":"tcg|kvm","n":N,"p50_boot_ms":…,"p99_boot_ms":…,
- "p50_start_ms":…,"vmm_overhead_mib":…,"shim_rss_mib":…}`,
+		Short: "Time microVM starts from the node's template and cold, suspend/resume, and weigh each VM",
+		Long: `Start N idle microvm instances one after another as clones of the node's
+template for their VM size (waiting first until the node has it), then N
+more that boot their kernel (label cube.dev/vm-boot=cold), keeping all up;
+then suspend and resume each template start.
+
+  restore        a clone's VMM start to agent ready with its identity
+  start_template the create call's return to Running, through a template
+  boot / start   the same for cold boots (to the agent's first answer)
+  resume         the node's restore of a suspended VM; resume_api the
+                 resume call's return to Running
+  density_*      the host's MemAvailable lost per idle instance
+
+vmm_overhead_mib is a cold VMM's RSS minus the guest memory it touched,
+vmm_private_mib the anonymous part of it, vmm_pss_mib its PSS minus the
+same. Run it on the node, as root. The instances are removed at the end.
+The last line is JSON:
+{"bench":"boot","accel":"tcg|kvm","n":N,"p50_boot_ms":…,"p50_restore_ms":…,
+ "p50_start_ms":…,"p50_start_template_ms":…,"p50_resume_ms":…,
+ "density_mib_per_instance_template":…,"density_mib_per_instance_cold":…}`,
 		Example: `  sudo cube bench boot --runtime microvm --n 10`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -195,52 +296,108 @@ instances are removed at the end. The last line is JSON:
 			}
 			defer b.cleanup()
 			ctx := cmd.Context()
-			var boots, starts []time.Duration
+			memAvail := func() int64 { kb, _ := procKB("/proc/meminfo", "MemAvailable"); return kb }
+			mem, err := v1.ParseMemory(b.mem)
+			if err != nil {
+				return fmt.Errorf("--memory: %w", err)
+			}
+			vcpus, mib := microvm.SizeOf(sandbox.Spec{Containers: []sandbox.ContainerSpec{{MilliCPU: 10, MemoryBytes: mem}}})
+			size := fmt.Sprintf("%dx%dM", vcpus, mib)
+			// The first instance of the size has the node build its template.
+			warm, _, err := b.startLabeled(ctx, b.run+"-warmup", nil)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stderr, "waiting for node %s's %s template\n", warm.Status.Node, size)
+			if err := b.waitTemplate(ctx, warm, size); err != nil {
+				return err
+			}
+			_ = b.c.DeleteInstance(ctx, warm.Metadata.Name, true)
+			_, _ = b.c.WaitInstance(ctx, warm.Metadata.Name, []string{"deleted"}, 2*time.Minute)
+
+			base := memAvail()
+			tmpl, err := b.startN(ctx, "tmpl", n, nil, "template starts")
+			if err != nil {
+				return err
+			}
+			withTemplates := memAvail()
+			cold, err := b.startN(ctx, "cold", n, map[string]string{v1.LabelVMBoot: v1.VMBootCold}, "cold starts")
+			if err != nil {
+				return err
+			}
+			withCold := memAvail()
+
+			var boots, starts, restores, tstarts, resumes, resumeAPI []time.Duration
 			var overheads, privates, shims, psses []float64
-			var recs []microvm.BootRecord
+			fallbacks := 0
 			accel := ""
-			for i := 0; i < n; i++ {
-				in, took, err := b.start(ctx, i)
-				if err != nil {
-					return err
-				}
-				starts = append(starts, took)
-				accel = in.Status.Accelerator
-				p := b.paths(in)
-				rec, err := microvm.ReadBootRecord(p.Sandbox)
-				if err != nil {
-					return fmt.Errorf("instance %d: %w", i, err)
-				}
-				boots = append(boots, time.Duration(rec.BootMs*float64(time.Millisecond)))
-				recs = append(recs, rec)
-				if u, err := qemu.ReadMemoryUsage(rec.VMMPid, rec.GuestMiB); err == nil {
+			msd := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
+			for _, c := range cold {
+				accel = c.in.Status.Accelerator
+				boots, starts = append(boots, msd(c.rec.BootMs)), append(starts, c.took)
+				if u, err := qemu.ReadMemoryUsage(c.rec.VMMPid, c.rec.GuestMiB); err == nil {
 					overheads = append(overheads, float64(u.Overhead())/(1<<20))
 					privates = append(privates, float64(u.Anon-u.Guest)/(1<<20))
+					psses = append(psses, float64(u.PSSOverhead())/(1<<20))
 				}
-				if pid, err := readPid(p.ShimPid); err == nil {
+				if pid, err := readPid(c.paths.ShimPid); err == nil {
 					if kb, err := procKB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS"); err == nil {
 						shims = append(shims, float64(kb)/1024)
 					}
 				}
-				fmt.Fprintf(g.stderr, "\r%d/%d booted", i+1, n)
+			}
+			for _, t := range tmpl {
+				if t.rec.From != "template" {
+					fallbacks++
+					continue
+				}
+				restores, tstarts = append(restores, msd(t.rec.ReadyMs)), append(tstarts, t.took)
+			}
+			// Suspend and resume each template start.
+			for i, t := range tmpl {
+				name := t.in.Metadata.Name
+				if _, err := b.c.SuspendInstance(ctx, name); err != nil {
+					return fmt.Errorf("suspend %s: %w", name, err)
+				}
+				if _, err := waitFor(ctx, b.c, name, []string{"suspended"}, 2*time.Minute); err != nil {
+					return err
+				}
+				if _, err := b.c.ResumeInstance(ctx, name); err != nil {
+					return fmt.Errorf("resume %s: %w", name, err)
+				}
+				t0 := time.Now()
+				if _, err := waitFor(ctx, b.c, name, []string{"running"}, 2*time.Minute); err != nil {
+					return err
+				}
+				resumeAPI = append(resumeAPI, time.Since(t0))
+				if rec, err := microvm.ReadBootRecord(t.paths.Sandbox); err == nil && rec.ResumeMs > 0 {
+					resumes = append(resumes, msd(rec.ResumeMs))
+				}
+				fmt.Fprintf(g.stderr, "\rsuspend/resume %d/%d", i+1, n)
 			}
 			fmt.Fprintln(g.stderr)
-			for _, rec := range recs {
-				if u, err := qemu.ReadMemoryUsage(rec.VMMPid, rec.GuestMiB); err == nil {
-					psses = append(psses, float64(u.PSSOverhead())/(1<<20))
-				}
-			}
+			perInstance := func(before, after int64) float64 { return round1(float64(before-after) / 1024 / float64(n)) }
 			sb, ss := durations(boots), durations(starts)
+			sr, st, sres, sapi := durations(restores), durations(tstarts), durations(resumes), durations(resumeAPI)
 			res := BootResult{Bench: "boot", Accel: accel, N: n,
 				P50BootMs: ms(percentile(sb, 50)), P99BootMs: ms(percentile(sb, 99)),
 				P50StartMs: ms(percentile(ss, 50)), P99StartMs: ms(percentile(ss, 99)),
 				VMMOverheadMiB: round1(medianF(overheads)), VMMPrivateMiB: round1(medianF(privates)), VMMPSSMiB: round1(medianF(psses)),
-				ShimRSSMiB: round1(medianF(shims))}
+				ShimRSSMiB:   round1(medianF(shims)),
+				P50RestoreMs: ms(percentile(sr, 50)), P99RestoreMs: ms(percentile(sr, 99)),
+				P50StartTemplateMs: ms(percentile(st, 50)), P99StartTemplateMs: ms(percentile(st, 99)),
+				P50ResumeMs: ms(percentile(sres, 50)), P50ResumeAPIMs: ms(percentile(sapi, 50)),
+				DensityTemplateMiB: perInstance(base, withTemplates), DensityColdMiB: perInstance(withTemplates, withCold),
+				TemplateFallbacks: fallbacks}
 			tw := newTable(g.stdout)
-			fmt.Fprintln(tw, "N\tACCEL\tBOOT P50\tBOOT P99\tSTART P50\tSTART P99\tVMM OVERHEAD\tVMM PRIVATE\tVMM PSS\tSHIM RSS")
-			fmt.Fprintf(tw, "%d\t%s\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%.1fMiB\t%.1fMiB\t%.1fMiB\t%.1fMiB\n", n, accel, res.P50BootMs, res.P99BootMs,
-				res.P50StartMs, res.P99StartMs, res.VMMOverheadMiB, res.VMMPrivateMiB, res.VMMPSSMiB, res.ShimRSSMiB)
+			fmt.Fprintln(tw, "PATH\tN\tACCEL\tVM READY P50\tVM READY P99\tSTART P50\tSTART P99\tHOST MEM/INSTANCE")
+			fmt.Fprintf(tw, "template\t%d\t%s\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%.1fMiB\n", n-fallbacks, accel, res.P50RestoreMs, res.P99RestoreMs,
+				res.P50StartTemplateMs, res.P99StartTemplateMs, res.DensityTemplateMiB)
+			fmt.Fprintf(tw, "cold\t%d\t%s\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%.1fMiB\n", n, accel, res.P50BootMs, res.P99BootMs,
+				res.P50StartMs, res.P99StartMs, res.DensityColdMiB)
 			_ = tw.Flush()
+			fmt.Fprintf(g.stdout, "resume p50 %.1fms (node), %.1fms (API to Running); cold VMM overhead %.1f MiB (private %.1f, PSS %.1f), shim RSS %.1f MiB\n",
+				res.P50ResumeMs, res.P50ResumeAPIMs, res.VMMOverheadMiB, res.VMMPrivateMiB, res.VMMPSSMiB, res.ShimRSSMiB)
 			out, _ := json.Marshal(res)
 			fmt.Fprintln(g.stdout, string(out))
 			return nil

@@ -25,7 +25,8 @@ func (s *service) Hello(ctx context.Context, _ *agentapi.HelloRequest) (*agentap
 	s.a.mu.Lock()
 	done, bootID := s.a.setup != nil, s.a.bootID
 	s.a.mu.Unlock()
-	return &agentapi.HelloResponse{AgentVersion: Version, KernelRelease: s.a.release, BootId: bootID, SetupDone: done}, nil
+	return &agentapi.HelloResponse{AgentVersion: Version, KernelRelease: s.a.release, BootId: bootID, SetupDone: done,
+		TimeUnixNano: time.Now().UnixNano()}, nil
 }
 
 func (s *service) Setup(ctx context.Context, req *agentapi.SetupRequest) (*agentapi.Empty, error) {

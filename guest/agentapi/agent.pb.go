@@ -263,7 +263,10 @@ type HelloResponse struct {
 	// Setup has reseeded the kernel's RNG.
 	BootId string `protobuf:"bytes,3,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
 	// Whether Setup has run on this boot.
-	SetupDone     bool `protobuf:"varint,4,opt,name=setup_done,json=setupDone,proto3" json:"setup_done,omitempty"`
+	SetupDone bool `protobuf:"varint,4,opt,name=setup_done,json=setupDone,proto3" json:"setup_done,omitempty"`
+	// The guest's wall clock (Unix ns) as it answered: the host sets the
+	// guest's clock from the round trip (and tests measure it).
+	TimeUnixNano  int64 `protobuf:"varint,5,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -324,6 +327,13 @@ func (x *HelloResponse) GetSetupDone() bool {
 		return x.SetupDone
 	}
 	return false
+}
+
+func (x *HelloResponse) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
 }
 
 type SetupRequest struct {
@@ -1779,13 +1789,14 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"\vagent.proto\x12\rcube.agent.v1\"\a\n" +
 	"\x05Empty\"\x0e\n" +
-	"\fHelloRequest\"\x93\x01\n" +
+	"\fHelloRequest\"\xb9\x01\n" +
 	"\rHelloResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12%\n" +
 	"\x0ekernel_release\x18\x02 \x01(\tR\rkernelRelease\x12\x17\n" +
 	"\aboot_id\x18\x03 \x01(\tR\x06bootId\x12\x1d\n" +
 	"\n" +
-	"setup_done\x18\x04 \x01(\bR\tsetupDone\"\xc3\x02\n" +
+	"setup_done\x18\x04 \x01(\bR\tsetupDone\x12$\n" +
+	"\x0etime_unix_nano\x18\x05 \x01(\x03R\ftimeUnixNano\"\xc3\x02\n" +
 	"\fSetupRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x120\n" +
 	"\anetwork\x18\x02 \x01(\v2\x16.cube.agent.v1.NetworkR\anetwork\x12,\n" +

@@ -61,6 +61,8 @@ type Info struct {
 	AgentVersion  string
 	KernelRelease string
 	BootID        string
+	// Time is the guest's clock as it answered (untrusted).
+	Time time.Time
 	SetupDone     bool
 }
 
@@ -120,7 +122,8 @@ func (c *Client) Hello(ctx context.Context) (Info, error) {
 			return Info{}, err
 		}
 	}
-	return Info{AgentVersion: r.GetAgentVersion(), KernelRelease: r.GetKernelRelease(), BootID: r.GetBootId(), SetupDone: r.GetSetupDone()}, nil
+	return Info{AgentVersion: r.GetAgentVersion(), KernelRelease: r.GetKernelRelease(), BootID: r.GetBootId(), SetupDone: r.GetSetupDone(),
+		Time: time.Unix(0, r.GetTimeUnixNano())}, nil
 }
 
 // Setup configures the VM: once per boot, before Start or Exec.

@@ -27,6 +27,9 @@ type BootRecord struct {
 	// ResumeMs is the last resume's, from the call to the guest running
 	// with the host's clock (0: never suspended).
 	ResumeMs float64 `json:"resumeMs,omitempty"`
+	// ClockOffsetMs is the guest's clock minus the host's once set up
+	// (or resumed), measured over a round trip to the agent.
+	ClockOffsetMs float64 `json:"clockOffsetMs"`
 	// GuestMiB is the guest's memory.
 	GuestMiB int    `json:"guestMiB"`
 	Accel    string `json:"accel"`

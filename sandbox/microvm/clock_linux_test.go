@@ -54,15 +54,43 @@ var _ io.Writer = (*arrivals)(nil)
 // one must be close (the guest behind, or output late by more than the
 // bound).
 func TestGuestClock(t *testing.T) {
-	// Output reaches the host in well under 100 ms; a clock from the RTC
-	// alone is behind by up to a second.
-	t.Run("cold", func(t *testing.T) { testGuestClock(t, vmtest.Options(t), 100*time.Millisecond) })
-	// A clone's clock is its template's, minutes or days behind, until
-	// Setup sets it; the bound is 10 ms.
-	t.Run("template", func(t *testing.T) { testGuestClock(t, templateOptions(t), 10*time.Millisecond) })
+	// A clock from the RTC alone is behind by up to a second; a clone's
+	// is its template's, minutes or days behind, until Setup sets it.
+	t.Run("cold", func(t *testing.T) { testGuestClock(t, vmtest.Options(t)) })
+	t.Run("template", func(t *testing.T) { testGuestClock(t, templateOptions(t)) })
 }
 
-func testGuestClock(t *testing.T, opts sandbox.VMOptions, bound time.Duration) {
+// clockBound is how far a guest's clock may be from the host's, measured
+// over a round trip to its agent (the bound for a clone).
+const clockBound = 10 * time.Millisecond
+
+// guestClockOffset measures sb's guest clock against the host's over a
+// round trip to its agent: the guest's time minus the trip's midpoint,
+// and half the trip (the measure's own uncertainty).
+func guestClockOffset(t *testing.T, ctx context.Context, sb sandbox.Sandbox) (time.Duration, time.Duration) {
+	t.Helper()
+	vs := sb.(*vmSandbox)
+	vs.mu.Lock()
+	agent := vs.agent
+	vs.mu.Unlock()
+	best, bestHalf := time.Duration(0), time.Hour
+	for range 5 { // the shortest trip measures best
+		t1 := time.Now()
+		info, err := agent.Hello(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t2 := time.Now()
+		if half := t2.Sub(t1) / 2; half < bestHalf {
+			best, bestHalf = info.Time.Sub(t1.Add(half)), half
+		}
+	}
+	return best, bestHalf
+}
+
+func testGuestClock(t *testing.T, opts sandbox.VMOptions) {
+	// Output reaches the host in well under this.
+	const bound = 100 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	sb, spec := createShellVMWith(t, ctx, opts, "while :; do adjtimex; sleep 0.1; done")
@@ -115,4 +143,9 @@ func testGuestClock(t *testing.T, opts sandbox.VMOptions, bound time.Duration) {
 		t.Errorf("the closest reading reached the host %v after it was taken; want under %v (the guest's clock is behind)", closest, bound)
 	}
 	t.Logf("closest reading-to-arrival %v over %d samples (vm from %s)", closest, samples, bootFrom(t, spec))
+	off, half := guestClockOffset(t, ctx, sb)
+	if off < -clockBound-half || off > clockBound+half {
+		t.Errorf("the guest's clock is %v off the host's (measured over a round trip of %v); want within %v", off, 2*half, clockBound)
+	}
+	t.Logf("guest clock offset %v ± %v (vm from %s)", off, half, bootFrom(t, spec))
 }

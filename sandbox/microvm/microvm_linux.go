@@ -637,7 +637,7 @@ func (s *vmSandbox) ensureSetup(ctx context.Context) error {
 		return err
 	}
 	setupTook := time.Since(t0)
-	info, err := agent.Hello(ctx)
+	info, offset, err := syncClock(ctx, agent)
 	if err != nil {
 		return err
 	}
@@ -647,12 +647,37 @@ func (s *vmSandbox) ensureSetup(ctx context.Context) error {
 	rec.SetupMs = float64(setupTook.Microseconds()) / 1000
 	rec.ReadyMs = float64(time.Since(s.vmStarted).Microseconds()) / 1000
 	rec.BootID = info.BootID
+	rec.ClockOffsetMs = float64(offset.Microseconds()) / 1000
 	s.record = rec
 	s.mu.Unlock()
 	if err := writeBootRecord(s.spec.StateDir, rec); err != nil {
 		s.log.Warn("write the boot record", "err", err)
 	}
 	return nil
+}
+
+// syncClock sets the guest's clock again once Setup has run: the time
+// Setup carried was behind by all of Setup's work before the agent set it
+// (under TCG a clone's first pass through any guest code is slow). Now
+// the code is warm: a Hello gives the round trip, the host's time plus
+// half of it goes over, and a last Hello measures what is left (the
+// offset: the guest's clock minus the host's at the trip's midpoint).
+func syncClock(ctx context.Context, agent *agentapi.Client) (agentapi.Info, time.Duration, error) {
+	t1 := time.Now()
+	if _, err := agent.Hello(ctx); err != nil {
+		return agentapi.Info{}, 0, err
+	}
+	half := time.Since(t1) / 2
+	if err := agent.Resume(ctx, time.Now().Add(half).UnixNano(), nil); err != nil {
+		return agentapi.Info{}, 0, err
+	}
+	t1 = time.Now()
+	info, err := agent.Hello(ctx)
+	if err != nil {
+		return agentapi.Info{}, 0, err
+	}
+	t2 := time.Now()
+	return info, info.Time.Sub(t1.Add(t2.Sub(t1) / 2)), nil
 }
 
 func networkOf(iface sandbox.Interface) *agentapi.Network {

@@ -231,6 +231,10 @@ func (s *vmSandbox) Resume(ctx context.Context, stdio func(container string) san
 	if err == nil {
 		err = agent.Resume(bctx, time.Now().UnixNano(), entropy())
 	}
+	var offset time.Duration
+	if err == nil {
+		_, offset, err = syncClock(bctx, agent)
+	}
 	if err != nil {
 		if agent != nil {
 			agent.Close()
@@ -244,6 +248,7 @@ func (s *vmSandbox) Resume(ctx context.Context, stdio func(container string) san
 	s.liveDrives, s.liveIsolatedNIC = len(cfg.Drives), isolated
 	s.record.VMMPid = vm.Pid()
 	s.record.ResumeMs = float64(time.Since(t0).Microseconds()) / 1000
+	s.record.ClockOffsetMs = float64(offset.Microseconds()) / 1000
 	rec := s.record
 	var follow []*ctr
 	for _, name := range s.order {
