@@ -62,8 +62,8 @@ type Info struct {
 	KernelRelease string
 	BootID        string
 	// Time is the guest's clock as it answered (untrusted).
-	Time time.Time
-	SetupDone     bool
+	Time      time.Time
+	SetupDone bool
 }
 
 // ExitStatus is how a process ended.
