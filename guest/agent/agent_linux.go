@@ -75,6 +75,8 @@ func DefaultConfig() Config {
 type Agent struct {
 	cfg     Config
 	log     *slog.Logger
+	// netPrepared: prepareNetwork ran (PID 1 runs it before serving).
+	netPrepared bool
 	reaper  *reaper.Reaper
 	console *os.File
 	release string

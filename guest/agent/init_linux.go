@@ -49,6 +49,9 @@ func runInit() error {
 	if err != nil {
 		return err
 	}
+	if err := a.prepareNetwork(); err != nil {
+		return err
+	}
 	srv, err := a.NewServer()
 	if err != nil {
 		return err

@@ -15,7 +15,15 @@ import (
 // address, up, the default route and the extra routes. The containers
 // share this network namespace (the built-in infra).
 // Preconditions: a.mu is held.
-func (a *Agent) configureNetwork(n *agentapi.Network) error {
+// prepareNetwork does what every VM's network needs, whoever it is for:
+// lo up, and ICMP datagram sockets. PID 1 does it before it serves, so a
+// template's clones find it done (under TCG a clone runs every piece of
+// guest code it needs for the first time, slowly). Nothing here draws a
+// random number or sends a packet.
+func (a *Agent) prepareNetwork() error {
+	if a.netPrepared {
+		return nil
+	}
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("find lo: %w", err)
@@ -27,6 +35,14 @@ func (a *Agent) configureNetwork(n *agentapi.Network) error {
 	// sockets, which cannot spoof (as the runc backend sets it).
 	if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 2147483647"), 0); err != nil {
 		return fmt.Errorf("set ping_group_range: %w", err)
+	}
+	a.netPrepared = true
+	return nil
+}
+
+func (a *Agent) configureNetwork(n *agentapi.Network) error {
+	if err := a.prepareNetwork(); err != nil {
+		return err
 	}
 	if n.GetIpv4Cidr() == "" {
 		return nil

@@ -63,10 +63,20 @@ func (s *service) Setup(ctx context.Context, req *agentapi.SetupRequest) (*agent
 // drive probes every clone shares.
 // Preconditions: a.mu is held.
 func (a *Agent) doSetup(req *agentapi.SetupRequest) error {
+	// Each step's time, for the debug log: under TCG a clone runs every
+	// step's guest code for the first time.
+	var steps []any
+	t := time.Now()
+	step := func(name string) {
+		now := time.Now()
+		steps, t = append(steps, name, now.Sub(t).String()), now
+	}
+	defer func() { a.log.Debug("setup", steps...) }()
 	if err := a.reseed(req.GetEntropy()); err != nil {
 		return err
 	}
 	a.bootID = readBootID()
+	step("reseed")
 	if err := a.setClock(req.GetTimeUnixNano()); err != nil {
 		return err
 	}
@@ -74,6 +84,7 @@ func (a *Agent) doSetup(req *agentapi.SetupRequest) error {
 		if err := a.reprobeDrives(); err != nil {
 			return err
 		}
+		step("reprobe")
 	}
 	pids := req.GetPidsLimit()
 	if pids == 0 {
@@ -87,9 +98,11 @@ func (a *Agent) doSetup(req *agentapi.SetupRequest) error {
 		return err
 	}
 	a.cgroups = cg
+	step("cgroups")
 	if err := a.configureNetwork(req.GetNetwork()); err != nil {
 		return err
 	}
+	step("network")
 	if err := a.writeEtc(req); err != nil {
 		return err
 	}
@@ -98,7 +111,10 @@ func (a *Agent) doSetup(req *agentapi.SetupRequest) error {
 			return fmt.Errorf("set hostname: %w", err)
 		}
 	}
-	return a.mountDrives(req.GetDrives())
+	step("etc")
+	err = a.mountDrives(req.GetDrives())
+	step("drives")
+	return err
 }
 
 // setClock sets the guest's wall clock to the host's (Unix ns): the

@@ -100,7 +100,6 @@ type vmSandbox struct {
 	booted   chan struct{}      // closed when vm ends; protected by mu
 	iface    *sandbox.Interface // from Connect; protected by mu
 	isSetup  bool               // Setup ran on this boot; protected by mu
-	restored bool               // this boot is a template's clone; protected by mu
 	record   BootRecord         // this boot's, written once Setup ran; protected by mu
 
 	// template is what boots clone (nil: boot cold); set in New, dropped
@@ -215,6 +214,14 @@ func (s *vmSandbox) openTemplate() *Template {
 	}
 	if n := len(s.drives) - 1; n > TemplateImageSlots {
 		return skip(fmt.Errorf("%d images; a template has room for %d", n, TemplateImageSlots))
+	}
+	if s.spec.DiskBytes > PlaceholderBytes {
+		return skip(errors.New("the writable layer is larger than a template's placeholder"))
+	}
+	for _, d := range s.drives {
+		if st, err := os.Stat(d.Path); err == nil && st.Size() > PlaceholderBytes {
+			return skip(fmt.Errorf("drive %s is larger than a template's placeholder", d.ID))
+		}
 	}
 	// A dup: the sandbox owns (and the GC may close) its own descriptor.
 	fd, err := unix.FcntlInt(uintptr(o.TemplateMemFD), unix.F_DUPFD_CLOEXEC, 3)
@@ -493,7 +500,7 @@ func (s *vmSandbox) start(ctx context.Context, uid int, t *Template) error {
 	s.log.Info("vm booted", "from", from, "pid", vm.Pid(), "kernel", info.KernelRelease, "boot", took, "accel", cfg.Accel)
 	booted := make(chan struct{})
 	s.mu.Lock()
-	s.vm, s.agent, s.booted, s.isSetup, s.restored = vm, agent, booted, false, t != nil
+	s.vm, s.agent, s.booted, s.isSetup = vm, agent, booted, false
 	s.liveDrives, s.liveIsolatedNIC = len(cfg.Drives), cfg.Net != nil && cfg.Net.Isolated
 	s.record = BootRecord{VMMPid: vm.Pid(), BootMs: float64(took.Microseconds()) / 1000, From: from, Fallback: s.fallback,
 		GuestMiB: cfg.MemoryMiB, Accel: string(cfg.Accel), Kernel: info.KernelRelease}
@@ -624,9 +631,8 @@ func (s *vmSandbox) ensureSetup(ctx context.Context) error {
 	if iface != nil {
 		req.Network = networkOf(*iface)
 	}
-	s.mu.Lock()
-	req.Restored = s.restored
-	s.mu.Unlock()
+	// A clone's drives need no re-probe (req.Restored): its template's
+	// guest took them for PlaceholderBytes each (see BuildTemplate).
 	// A clone's kernel has its template's random state: the agent
 	// reseeds it first, then the clock (to the whole second from the RTC
 	// on a cold boot; the template's on a clone).
@@ -663,21 +669,31 @@ func (s *vmSandbox) ensureSetup(ctx context.Context) error {
 // half of it goes over, and a last Hello measures what is left (the
 // offset: the guest's clock minus the host's at the trip's midpoint).
 func syncClock(ctx context.Context, agent *agentapi.Client) (agentapi.Info, time.Duration, error) {
-	t1 := time.Now()
-	if _, err := agent.Hello(ctx); err != nil {
-		return agentapi.Info{}, 0, err
+	var info agentapi.Info
+	var offset time.Duration
+	// A second pass when the first left more than a millisecond: the
+	// first ran the agent's Resume for the first time, slowly.
+	for range 2 {
+		t1 := time.Now()
+		if _, err := agent.Hello(ctx); err != nil {
+			return info, 0, err
+		}
+		half := time.Since(t1) / 2
+		if err := agent.Resume(ctx, time.Now().Add(half).UnixNano(), nil); err != nil {
+			return info, 0, err
+		}
+		t1 = time.Now()
+		var err error
+		if info, err = agent.Hello(ctx); err != nil {
+			return info, 0, err
+		}
+		t2 := time.Now()
+		offset = info.Time.Sub(t1.Add(t2.Sub(t1) / 2))
+		if offset.Abs() <= time.Millisecond {
+			break
+		}
 	}
-	half := time.Since(t1) / 2
-	if err := agent.Resume(ctx, time.Now().Add(half).UnixNano(), nil); err != nil {
-		return agentapi.Info{}, 0, err
-	}
-	t1 = time.Now()
-	info, err := agent.Hello(ctx)
-	if err != nil {
-		return agentapi.Info{}, 0, err
-	}
-	t2 := time.Now()
-	return info, info.Time.Sub(t1.Add(t2.Sub(t1) / 2)), nil
+	return info, offset, nil
 }
 
 func networkOf(iface sandbox.Interface) *agentapi.Network {

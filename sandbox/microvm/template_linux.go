@@ -42,6 +42,9 @@ const (
 	templateState = "state"
 	templateMem   = "mem"
 	templateEmpty = "empty"
+	// PlaceholderBytes is the size a template's guest takes each drive
+	// to have (see BuildTemplate); a clone's drives must be no larger.
+	PlaceholderBytes = 1 << 40
 )
 
 // TemplateKey is everything a clone must share with its template: the
@@ -163,11 +166,20 @@ func BuildTemplate(ctx context.Context, o sandbox.VMOptions, key TemplateKey, ro
 			os.RemoveAll(tmp)
 		}
 	}()
-	// Two placeholders: QEMU locks a writable drive's file against
-	// every other opener, its read-only ones included.
+	// The placeholders are sparse and larger than any drive a clone
+	// gets, so the template's guest takes each drive to be that large and
+	// a clone's real, smaller one needs no re-probe (the guest sizes a
+	// virtio disk once, at probe; it never reads past its filesystem,
+	// and the clone's QEMU refuses anything past the real file's end).
+	// Their probe read only zeros, and the guest drops a disk's cached
+	// pages when its last opener closes it. Two of them: QEMU locks a
+	// writable drive's file against every other opener.
 	empty, emptyRW := filepath.Join(tmp, templateEmpty), filepath.Join(tmp, templateEmpty+"-rw")
 	for _, p := range []string{empty, emptyRW} {
 		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			return nil, err
+		}
+		if err := os.Truncate(p, PlaceholderBytes); err != nil {
 			return nil, err
 		}
 	}
