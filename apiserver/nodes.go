@@ -254,6 +254,10 @@ func mergeNodeReport(cur, body *v1.Instance, node string) error {
 	st.Phase, st.IP, st.Accelerator, st.Containers = rep.Phase, rep.IP, rep.Accelerator, rep.Containers
 	st.CreatingAt, st.RunningAt, st.FinishedAt = rep.CreatingAt, rep.RunningAt, rep.FinishedAt
 	st.SuspendedAt, st.ResumedAt, st.SuspendedTotal = rep.SuspendedAt, rep.ResumedAt, rep.SuspendedTotal
+	if rep.VMBoot != "" && rep.VMBoot != "template" && rep.VMBoot != "cold" || len(rep.VMBootWarning) > 256 {
+		return fmt.Errorf("%w: status.vmBoot must be template or cold, and status.vmBootWarning at most 256 bytes", errdefs.ErrInvalid)
+	}
+	st.VMBoot, st.VMBootWarning = rep.VMBoot, rep.VMBootWarning
 	st.Reason, st.Message = rep.Reason, rep.Message
 	if p := st.Preemption; p != nil {
 		// The preemption stays visible until the instance is gone.

@@ -75,6 +75,11 @@ func TestInstanceEvents(t *testing.T) {
 	resuming.Spec.Suspend = false
 	resumeFailed := step(resuming, func(s *v1.InstanceStatus) { s.Reason, s.Message = v1.ReasonResumeFailed, "restore: bad state" })
 	resumed := step(resuming, func(s *v1.InstanceStatus) { s.Phase, s.SuspendedAt, s.ResumedAt = v1.PhaseRunning, nil, &at })
+	startedCold := step(creating, func(s *v1.InstanceStatus) {
+		s.Phase, s.VMBoot, s.VMBootWarning = v1.PhaseRunning, "cold", "the node's template for this VM size could not be cloned; it booted cold"
+		s.Containers = []v1.ContainerStatus{{Name: "main", State: v1.ContainerRunning}}
+	})
+	startedTemplate := step(running, func(s *v1.InstanceStatus) { s.VMBoot = "template" })
 
 	tests := []struct {
 		name      string
@@ -109,6 +114,9 @@ func TestInstanceEvents(t *testing.T) {
 		{"resume failed", resuming, resumeFailed, "Warning/ResumeFailed"},
 		{"resumed, not started", resuming, resumed, "Normal/Resumed"},
 		{"suspended and resumed between two looks", running, resumed, ""},
+		{"template fallback", creating, startedCold, "Warning/TemplateFallback,Normal/Started"},
+		{"same fallback again", startedCold, step(startedCold, func(*v1.InstanceStatus) {}), ""},
+		{"from a template", running, startedTemplate, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
