@@ -151,6 +151,30 @@ func TestTemplateClonesDiffer(t *testing.T) {
 	}
 }
 
+// TestTemplateFilesRootOnly: a template's files (its memory, the state a
+// clone's VMM loads) are the node's alone: a local user who could write
+// them would run code in every clone, and one who could read them would
+// read the template's memory.
+func TestTemplateFilesRootOnly(t *testing.T) {
+	tp := sharedTemplate(t)
+	entries, err := os.ReadDir(tp.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(tp.Dir); err != nil || st.Mode().Perm()&0o077 != 0 {
+		t.Errorf("template dir %s: %v, %v; want 0700", tp.Dir, st.Mode(), err)
+	}
+	if len(entries) < 4 {
+		t.Fatalf("template dir holds %d files; want meta, state, mem and placeholders", len(entries))
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || info.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: mode %v (%v); want no access for group or others", e.Name(), info.Mode(), err)
+		}
+	}
+}
+
 // TestTemplateFallback: a template that is damaged, unsealed or for
 // another size never fails the sandbox: it boots cold and says why.
 func TestTemplateFallback(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -103,6 +104,9 @@ func TestTemplateClones(t *testing.T) {
 		t0 := time.Now()
 		cv := startVM(t, ccfg)
 		in.Close()
+		if i == 0 {
+			assertJailProc(t, cv.Pid())
+		}
 		n := waitTick(t, cv, saved)
 		t.Logf("clone %d: tick %d (template stopped at %d) %v after StartVM began", i, n, saved, time.Since(t0))
 		if bytes.Contains(cv.Console(), []byte("CUBE-TEST-INIT-OK")) {
@@ -111,5 +115,34 @@ func TestTemplateClones(t *testing.T) {
 	}
 	if after := memfdSum(t, mem); after != before {
 		t.Error("the clones changed the template's memory")
+	}
+}
+
+// assertJailProc: a VMM with a memory file has a /proc of its own in its
+// jail, which shows it only itself (hidepid=invisible: its uid is its
+// own) and none of the kernel's knobs or tables (subset=pid).
+func assertJailProc(t *testing.T, pid int) {
+	t.Helper()
+	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var procLine string
+	for _, l := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == "/proc" {
+			procLine = l
+		}
+	}
+	if !strings.Contains(procLine, "hidepid=invisible") || !strings.Contains(procLine, "subset=pid") || !strings.Contains(procLine, " ro,") {
+		t.Errorf("the vmm's /proc mount is %q; want read-only, hidepid=invisible, subset=pid", procLine)
+	}
+	root := fmt.Sprintf("/proc/%d/root/proc", pid)
+	for _, hidden := range []string{"sys", "kallsyms", "meminfo"} {
+		if _, err := os.Stat(filepath.Join(root, hidden)); err == nil {
+			t.Errorf("the vmm's /proc shows %s", hidden)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "self", "fd")); err != nil {
+		t.Errorf("the vmm's /proc has no self/fd (%v): the memory file is unreachable, the check above proves nothing", err)
 	}
 }
