@@ -643,7 +643,7 @@ func (s *vmSandbox) ensureSetup(ctx context.Context) error {
 		return err
 	}
 	setupTook := time.Since(t0)
-	info, offset, err := syncClock(ctx, agent)
+	info, offset, err := syncClock(ctx, agent, nil)
 	if err != nil {
 		return err
 	}
@@ -668,7 +668,7 @@ func (s *vmSandbox) ensureSetup(ctx context.Context) error {
 // the code is warm: a Hello gives the round trip, the host's time plus
 // half of it goes over, and a last Hello measures what is left (the
 // offset: the guest's clock minus the host's at the trip's midpoint).
-func syncClock(ctx context.Context, agent *agentapi.Client) (agentapi.Info, time.Duration, error) {
+func syncClock(ctx context.Context, agent *agentapi.Client, entropy []byte) (agentapi.Info, time.Duration, error) {
 	var info agentapi.Info
 	var offset time.Duration
 	// A second pass when the first left more than a millisecond: the
@@ -679,9 +679,10 @@ func syncClock(ctx context.Context, agent *agentapi.Client) (agentapi.Info, time
 			return info, 0, err
 		}
 		half := time.Since(t1) / 2
-		if err := agent.Resume(ctx, time.Now().Add(half).UnixNano(), nil); err != nil {
+		if err := agent.Resume(ctx, time.Now().Add(half).UnixNano(), entropy); err != nil {
 			return info, 0, err
 		}
+		entropy = nil
 		t1 = time.Now()
 		var err error
 		if info, err = agent.Hello(ctx); err != nil {

@@ -224,16 +224,16 @@ func (s *vmSandbox) Resume(ctx context.Context, stdio func(container string) san
 	if err != nil {
 		return fmt.Errorf("resume sandbox %s: %w", s.spec.ID, err)
 	}
+	tVM := time.Since(t0)
 	agent, _, err := connectAgent(bctx, vm, cfg.AgentSocket, s.bootTimeout(), stream)
 	if err == nil && s.spec.NetNS != "" && iface != nil {
 		_, err = tap.Setup(s.spec.NetNS, cmp.Or(iface.Name, "eth0"), tapName)
 	}
-	if err == nil {
-		err = agent.Resume(bctx, time.Now().UnixNano(), entropy())
-	}
+	tAgent := time.Since(t0)
 	var offset time.Duration
 	if err == nil {
-		_, offset, err = syncClock(bctx, agent)
+		// The reseed, then the host's clock over a round trip.
+		_, offset, err = syncClock(bctx, agent, entropy())
 	}
 	if err != nil {
 		if agent != nil {
@@ -273,6 +273,6 @@ func (s *vmSandbox) Resume(ctx context.Context, stdio func(container string) san
 	if err := writeBootRecord(s.spec.StateDir, rec); err != nil {
 		s.log.Warn("write the boot record", "err", err)
 	}
-	s.log.Info("resumed", "took", time.Since(t0), "pid", vm.Pid())
+	s.log.Info("resumed", "took", time.Since(t0), "vmm_ms", tVM.Milliseconds(), "agent_ms", tAgent.Milliseconds(), "pid", vm.Pid())
 	return nil
 }
