@@ -94,13 +94,13 @@ type vmSandbox struct {
 	// lifeMu serializes Create, Destroy, boots and Connect.
 	lifeMu sync.Mutex
 
-	mu       sync.Mutex
-	vm       *qemu.VM           // protected by mu
-	agent    *agentapi.Client   // protected by mu; nil while no VM runs
-	booted   chan struct{}      // closed when vm ends; protected by mu
-	iface    *sandbox.Interface // from Connect; protected by mu
-	isSetup  bool               // Setup ran on this boot; protected by mu
-	record   BootRecord         // this boot's, written once Setup ran; protected by mu
+	mu      sync.Mutex
+	vm      *qemu.VM           // protected by mu
+	agent   *agentapi.Client   // protected by mu; nil while no VM runs
+	booted  chan struct{}      // closed when vm ends; protected by mu
+	iface   *sandbox.Interface // from Connect; protected by mu
+	isSetup bool               // Setup ran on this boot; protected by mu
+	record  BootRecord         // this boot's, written once Setup ran; protected by mu
 
 	// template is what boots clone (nil: boot cold); set in New, dropped
 	// once a restore from it failed. Protected by lifeMu.
