@@ -1,6 +1,7 @@
 package microvm
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,8 +24,12 @@ func TestMain(m *testing.M) {
 // TestConformance runs the sandbox contract against microVMs: real QEMU
 // (TCG here), the guest kernel and the agent built from this tree.
 func TestConformance(t *testing.T) {
-	opts := vmtest.Options(t)
-	sandboxtest.Run(t, sandboxtest.Harness{
+	sandboxtest.Run(t, harness(t, vmtest.Options(t)))
+}
+
+// harness runs the suite against VMs booted with opts.
+func harness(t *testing.T, opts sandbox.VMOptions) sandboxtest.Harness {
+	return sandboxtest.Harness{
 		New: func(t *testing.T, spec sandbox.Spec) (sandbox.Sandbox, error) {
 			return New(spec, sandbox.Options{Logger: sandboxtest.Logger(t), VM: opts})
 		},
@@ -40,13 +45,10 @@ func TestConformance(t *testing.T) {
 			for _, pid := range vmmPids(t, spec) {
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for len(vmmPids(t, spec)) > 0 && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
+			sandboxtest.WaitFor(t, context.Background(), "the vmm gone", func() bool { return len(vmmPids(t, spec)) == 0 })
 		},
 		Timeout: 90 * time.Second,
-	})
+	}
 }
 
 // vmmPids lists the processes in spec's VMM cgroup.

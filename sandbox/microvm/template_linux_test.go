@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -70,25 +69,7 @@ func bootFrom(t *testing.T, spec sandbox.Spec) string {
 // TestTemplateConformance runs the sandbox contract against clones of a
 // template, as TestConformance does against cold boots.
 func TestTemplateConformance(t *testing.T) {
-	opts := templateOptions(t)
-	sandboxtest.Run(t, sandboxtest.Harness{
-		New: func(t *testing.T, spec sandbox.Spec) (sandbox.Sandbox, error) {
-			return New(spec, sandbox.Options{Logger: sandboxtest.Logger(t), VM: opts})
-		},
-		Image:    vmtest.Image(t),
-		HostPids: vmmPids,
-		Traces:   traces,
-		Crash: func(t *testing.T, sb sandbox.Sandbox, spec sandbox.Spec) {
-			if len(vmmPids(t, spec)) == 0 {
-				t.Fatal("no vmm found to kill; the crash would prove nothing")
-			}
-			for _, pid := range vmmPids(t, spec) {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-			sandboxtest.WaitFor(t, context.Background(), "the vmm gone", func() bool { return len(vmmPids(t, spec)) == 0 })
-		},
-		Timeout: 90 * time.Second,
-	})
+	sandboxtest.Run(t, harness(t, templateOptions(t)))
 }
 
 // run starts app in sb and returns its whole output once it exits.
