@@ -174,7 +174,15 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 		c, err = nil, fmt.Errorf("launch shim: %w", err)
 	}
 	if err != nil {
-		w.undoCreate(ctx, c, lost == nil || !lost.keepNetwork)
+		if lost != nil && lost.keepNetwork {
+			// A suspended instance's relaunch: its shim holds the only
+			// copy of the VM (a shutdown would destroy the saved state),
+			// so it stays; the next reconcile adopts it or tries again.
+			// (Failing here is also what an agent that stops mid-relaunch
+			// sees.)
+			return nil, err
+		}
+		w.undoCreate(ctx, c)
 		return nil, err
 	}
 	w.a.log.Debug("instance prepared", "uid", w.uid, "images", t0.Sub(start), "network", nw.took, "shim", launched, "total", time.Since(start))
@@ -212,9 +220,9 @@ func (w *worker) resume(ctx context.Context, c *shim.Client) error {
 
 // undoCreate removes what a failed create made, as a failed network setup
 // always did: the shim (c, if it was launched: its containers never
-// started) and, if network, the network attachment. A shim left behind
-// would be adopted by the next reconcile.
-func (w *worker) undoCreate(ctx context.Context, c *shim.Client, network bool) {
+// started) and the network attachment. (A suspended instance's relaunch
+// never comes here: see create.)
+func (w *worker) undoCreate(ctx context.Context, c *shim.Client) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 60*time.Second)
 	defer cancel()
 	if c != nil {
@@ -222,9 +230,6 @@ func (w *worker) undoCreate(ctx context.Context, c *shim.Client, network bool) {
 			w.a.log.Warn("shut down the shim of a failed create", "uid", w.uid, "err", err)
 			return // its sandbox may still use the namespace
 		}
-	}
-	if !network {
-		return
 	}
 	if err := w.a.cfg.Network.Teardown(ctx, w.uid); err != nil {
 		w.a.log.Warn("tear down the network of a failed create", "uid", w.uid, "err", err)
