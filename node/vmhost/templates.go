@@ -3,9 +3,12 @@ package vmhost
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"time"
@@ -84,6 +87,9 @@ func (ts *templates) get(key microvm.TemplateKey) (*microvm.Template, bool) {
 // run builds queued templates until ctx ends: from the disk when a
 // previous run of the node saved it, else by booting one.
 func (ts *templates) run(ctx context.Context, opts func() (sandbox.VMOptions, bool)) {
+	if o, ok := opts(); ok {
+		ts.prune(o)
+	}
 	for {
 		ts.mu.Lock()
 		var key microvm.TemplateKey
@@ -121,7 +127,7 @@ func (ts *templates) make(ctx context.Context, key microvm.TemplateKey, opts fun
 	if t, err := microvm.LoadTemplate(ts.root, key); err == nil {
 		ts.log.Info("template loaded from disk", "size", key.Size(), "id", key.ID())
 		return t, nil
-	} else if !os.IsNotExist(err) {
+	} else if !errors.Is(err, fs.ErrNotExist) {
 		ts.log.Info("saved template not usable; building it again", "size", key.Size(), "err", err)
 	}
 	o, ok := opts()
@@ -130,6 +136,28 @@ func (ts *templates) make(ctx context.Context, key microvm.TemplateKey, opts fun
 	}
 	ts.log.Info("building a template in the background", "size", key.Size(), "id", key.ID())
 	return microvm.BuildTemplate(ctx, o, key, ts.root, "/cube/template-"+key.ID(), ts.log)
+}
+
+// prune removes the saved templates no clone of this node can use: built
+// for another kernel, agent or VMM (a key of today's binaries names
+// another directory), or a build that never finished.
+func (ts *templates) prune(o sandbox.VMOptions) {
+	entries, err := os.ReadDir(ts.root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		dir := filepath.Join(ts.root, e.Name())
+		key, err := microvm.SavedTemplateKey(dir)
+		if err == nil {
+			var now microvm.TemplateKey
+			if now, err = microvm.TemplateKeyFor(o, key.VCPUs, key.MemoryMiB); err == nil && now.ID() == e.Name() && now == key {
+				continue
+			}
+		}
+		ts.log.Info("removing a saved template no clone can use", "dir", dir)
+		os.RemoveAll(dir)
+	}
 }
 
 func (ts *templates) notify() {

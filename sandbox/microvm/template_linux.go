@@ -309,6 +309,13 @@ func LoadTemplate(root string, key TemplateKey) (*Template, error) {
 	return &Template{Key: key, Dir: dir, Mem: mem}, nil
 }
 
+// SavedTemplateKey is the key of the template saved in dir.
+func SavedTemplateKey(dir string) (TemplateKey, error) {
+	var meta templateMetaFile
+	err := readJSON(filepath.Join(dir, templateMeta), &meta)
+	return meta.Key, err
+}
+
 // OpenTemplate checks that the template in dir, whose memory is mem (a
 // sealed memfd), fits key; it does not read the memory.
 func OpenTemplate(dir string, mem *os.File, key TemplateKey) (*Template, error) {
