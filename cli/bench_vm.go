@@ -71,12 +71,18 @@ type DensityResult struct {
 	N       int    `json:"n"`
 	Running int    `json:"running"`
 	// HostMiBPerInstance is the host's MemAvailable lost per instance
-	// with all N idle; PSSMiBPerInstance the proportional set size of each
-	// instance's VMM and shim (median).
+	// with all N template starts idle; PSSMiBPerInstance the proportional
+	// set size of each instance's VMM and shim (median).
 	HostMiBPerInstance float64 `json:"host_mib_per_instance"`
 	PSSMiBPerInstance  float64 `json:"pss_mib_per_instance"`
 	P50StartMs         float64 `json:"p50_start_ms"`
 	P99StartMs         float64 `json:"p99_start_ms"`
+	// The same for cold boots (the fields above are template starts').
+	RunningCold            int     `json:"running_cold"`
+	HostMiBPerInstanceCold float64 `json:"host_mib_per_instance_cold"`
+	PSSMiBPerInstanceCold  float64 `json:"pss_mib_per_instance_cold"`
+	P50StartColdMs         float64 `json:"p50_start_cold_ms"`
+	P99StartColdMs         float64 `json:"p99_start_cold_ms"`
 }
 
 // vmBench is what boot and density share.
@@ -413,14 +419,18 @@ func newBenchDensityCmd(g *globals) *cobra.Command {
 	var n, parallel int
 	cmd := &cobra.Command{
 		Use:   "density --runtime microvm --n N",
-		Short: "Run N idle microVM instances at once and weigh them",
-		Long: `Start N idle microvm instances, --parallel at a time, and keep them all
-running. It reports the host memory each costs (MemAvailable lost, divided
-by N, and the median PSS of each instance's VMM and shim) and the start p50
-at that load. Run it on the node, as root. The instances are removed at the
-end. The last line is JSON:
+		Short: "Run N idle microVM instances at once, from templates and cold, and weigh them",
+		Long: `Start N idle microvm instances, --parallel at a time, as clones of the node's
+template (waiting first until the node has one of their size), keep them all
+running and weigh them; remove them; then the same with N cold boots (label
+cube.dev/vm-boot=cold). For each path it reports the host memory each
+instance costs (MemAvailable lost, divided by N, and the median PSS of each
+instance's VMM and shim) and the start p50 at that load. Run it on the node,
+as root. The last line is JSON:
 {"bench":"density","accel":…,"n":N,"running":R,"host_mib_per_instance":…,
- "pss_mib_per_instance":…,"p50_start_ms":…}`,
+ "pss_mib_per_instance":…,"p50_start_ms":…,"host_mib_per_instance_cold":…,
+ "pss_mib_per_instance_cold":…,"p50_start_cold_ms":…}
+(the first three are the template path's).`,
 		Example: `  sudo cube bench density --runtime microvm --n 50`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -432,79 +442,129 @@ end. The last line is JSON:
 			}
 			defer b.cleanup()
 			ctx := cmd.Context()
-			before, err := procKB("/proc/meminfo", "MemAvailable")
+			mem, err := v1.ParseMemory(b.mem)
+			if err != nil {
+				return fmt.Errorf("--memory: %w", err)
+			}
+			vcpus, mib := microvm.SizeOf(sandbox.Spec{Containers: []sandbox.ContainerSpec{{MilliCPU: 10, MemoryBytes: mem}}})
+			warm, _, err := b.startLabeled(ctx, b.run+"-warmup", nil)
 			if err != nil {
 				return err
 			}
-			var mu sync.Mutex
-			var starts []time.Duration
-			var ins []*v1.Instance
-			var firstErr error
-			sem := make(chan struct{}, parallel)
-			var wg sync.WaitGroup
-			for i := 0; i < n; i++ {
-				sem <- struct{}{}
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					defer func() { <-sem }()
-					in, took, err := b.start(ctx, i)
-					mu.Lock()
-					defer mu.Unlock()
-					if err != nil {
-						if firstErr == nil {
-							firstErr = err
-						}
-						return
-					}
-					starts, ins = append(starts, took), append(ins, in)
-					fmt.Fprintf(g.stderr, "\r%d/%d running", len(ins), n)
-				}()
+			if err := b.waitTemplate(ctx, warm, fmt.Sprintf("%dx%dM", vcpus, mib)); err != nil {
+				return err
 			}
-			wg.Wait()
-			fmt.Fprintln(g.stderr)
-			after, err := procKB("/proc/meminfo", "MemAvailable")
+			b.cleanup()
+			b.names = nil
+			tmpl, err := b.densityPhase(ctx, "tmpl", n, parallel, nil)
 			if err != nil {
 				return err
 			}
-			var psses []float64
-			running, accel := 0, ""
-			for _, in := range ins {
-				cur, err := b.c.GetInstance(ctx, in.Metadata.Name)
-				if err != nil || cur.Status.Phase != v1.PhaseRunning {
-					continue
-				}
-				running++
-				accel = cur.Status.Accelerator
-				p := b.paths(cur)
-				var kb int64
-				if rec, err := microvm.ReadBootRecord(p.Sandbox); err == nil {
-					if v, err := procKB(fmt.Sprintf("/proc/%d/smaps_rollup", rec.VMMPid), "Pss"); err == nil {
-						kb += v
-					}
-				}
-				if pid, err := readPid(p.ShimPid); err == nil {
-					if v, err := procKB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Pss"); err == nil {
-						kb += v
-					}
-				}
-				psses = append(psses, float64(kb)/1024)
+			b.cleanup()
+			b.names = nil
+			cold, err := b.densityPhase(ctx, "cold", n, parallel, map[string]string{v1.LabelVMBoot: v1.VMBootCold})
+			if err != nil {
+				return err
 			}
-			ss := durations(starts)
-			res := DensityResult{Bench: "density", Accel: accel, N: n, Running: running,
-				HostMiBPerInstance: round1(float64(before-after) / 1024 / float64(n)), PSSMiBPerInstance: round1(medianF(psses)),
-				P50StartMs: ms(percentile(ss, 50)), P99StartMs: ms(percentile(ss, 99))}
+			res := DensityResult{Bench: "density", Accel: tmpl.accel, N: n, Running: tmpl.running,
+				HostMiBPerInstance: tmpl.host, PSSMiBPerInstance: tmpl.pss, P50StartMs: tmpl.p50, P99StartMs: tmpl.p99,
+				RunningCold: cold.running, HostMiBPerInstanceCold: cold.host, PSSMiBPerInstanceCold: cold.pss,
+				P50StartColdMs: cold.p50, P99StartColdMs: cold.p99}
 			tw := newTable(g.stdout)
-			fmt.Fprintln(tw, "N\tRUNNING\tACCEL\tHOST MEM/INSTANCE\tPSS/INSTANCE\tSTART P50\tSTART P99")
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%.1fMiB\t%.1fMiB\t%.1fms\t%.1fms\n", n, running, accel, res.HostMiBPerInstance, res.PSSMiBPerInstance, res.P50StartMs, res.P99StartMs)
+			fmt.Fprintln(tw, "PATH\tN\tRUNNING\tACCEL\tHOST MEM/INSTANCE\tPSS/INSTANCE\tSTART P50\tSTART P99")
+			for _, r := range []struct {
+				name string
+				p    densityOf
+			}{{"template", tmpl}, {"cold", cold}} {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.1fMiB\t%.1fMiB\t%.1fms\t%.1fms\n", r.name, n, r.p.running, r.p.accel, r.p.host, r.p.pss, r.p.p50, r.p.p99)
+			}
 			_ = tw.Flush()
 			out, _ := json.Marshal(res)
 			fmt.Fprintln(g.stdout, string(out))
-			return firstErr
+			return nil
 		},
 	}
 	b.flags(cmd)
-	cmd.Flags().IntVar(&n, "n", 50, "number of instances")
+	cmd.Flags().IntVar(&n, "n", 50, "number of instances of each path")
 	cmd.Flags().IntVar(&parallel, "parallel", 2, "instances started at a time (every VM boot takes a core under TCG)")
 	return cmd
+}
+
+// densityOf is one path's weighing.
+type densityOf struct {
+	running   int
+	accel     string
+	host, pss float64
+	p50, p99  float64
+}
+
+// densityPhase starts n instances, parallel at a time, with labels, and
+// weighs them once all are up.
+func (b *vmBench) densityPhase(ctx context.Context, prefix string, n, parallel int, labels map[string]string) (densityOf, error) {
+	var d densityOf
+	before, err := procKB("/proc/meminfo", "MemAvailable")
+	if err != nil {
+		return d, err
+	}
+	var mu sync.Mutex
+	var starts []time.Duration
+	var ins []*v1.Instance
+	var firstErr error
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			in, took, err := b.startLabeled(ctx, fmt.Sprintf("%s-%s-%d", b.run, prefix, i), labels)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
+				return
+			}
+			starts, ins = append(starts, took), append(ins, in)
+			fmt.Fprintf(b.g.stderr, "\r%s: %d/%d running", prefix, len(ins), n)
+		}()
+	}
+	wg.Wait()
+	fmt.Fprintln(b.g.stderr)
+	if firstErr != nil {
+		return d, firstErr
+	}
+	after, err := procKB("/proc/meminfo", "MemAvailable")
+	if err != nil {
+		return d, err
+	}
+	var psses []float64
+	for _, in := range ins {
+		cur, err := b.c.GetInstance(ctx, in.Metadata.Name)
+		if err != nil || cur.Status.Phase != v1.PhaseRunning {
+			continue
+		}
+		d.running++
+		d.accel = cur.Status.Accelerator
+		p := b.paths(cur)
+		var kb int64
+		if rec, err := microvm.ReadBootRecord(p.Sandbox); err == nil {
+			if v, err := procKB(fmt.Sprintf("/proc/%d/smaps_rollup", rec.VMMPid), "Pss"); err == nil {
+				kb += v
+			}
+		}
+		if pid, err := readPid(p.ShimPid); err == nil {
+			if v, err := procKB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Pss"); err == nil {
+				kb += v
+			}
+		}
+		psses = append(psses, float64(kb)/1024)
+	}
+	ss := durations(starts)
+	d.host = round1(float64(before-after) / 1024 / float64(n))
+	d.pss = round1(medianF(psses))
+	d.p50, d.p99 = ms(percentile(ss, 50)), ms(percentile(ss, 99))
+	return d, nil
 }
