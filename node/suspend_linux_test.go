@@ -315,8 +315,15 @@ func TestSuspendedSurvivesLostShim(t *testing.T) {
 	if err := unix.Kill(old, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a new shim loads the saved sandbox", func() bool {
-		return strings.Contains(callsOf(callsPath), "create loaded") && readPid(t, paths.ShimPid) != old
+	// Until it serves, the agent that launched it may still kill it (an
+	// agent closed mid-launch does; the next one launches another).
+	waitFor(t, "a new shim loads the saved sandbox and serves", func() bool {
+		if !strings.Contains(callsOf(callsPath), "create loaded") || readPid(t, paths.ShimPid) == old {
+			return false
+		}
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		return shim.Dial(shimSocket(paths.Dir)).Ping(pctx) == nil
 	})
 	newPid := readPid(t, paths.ShimPid)
 	// A new agent (cube up killed and started again) adopts that shim.
