@@ -45,31 +45,47 @@ func writeBootRecord(dir string, r BootRecord) error {
 	if len(r.Fallback) > 512 {
 		r.Fallback = r.Fallback[:509] + "..."
 	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	tmp := BootRecordFile(dir) + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, BootRecordFile(dir))
+	return writeJSON(BootRecordFile(dir), r)
 }
 
 // ReadBootRecord reads the record of the sandbox of state dir dir.
 func ReadBootRecord(dir string) (BootRecord, error) {
 	var r BootRecord
-	f, err := os.Open(BootRecordFile(dir))
+	err := readJSON(BootRecordFile(dir), 4096, &r)
+	return r, err
+}
+
+// maxRecordBytes bounds the other records this package reads back (a
+// template's meta, a suspend record).
+const maxRecordBytes = 64 << 10
+
+// writeJSON writes v to path as a whole or not at all (a temporary file,
+// then a rename), for root alone.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
-		return r, err
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// readJSON reads at most limit bytes of path into v.
+func readJSON(path string, limit int64, v any) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	b, err := io.ReadAll(io.LimitReader(f, limit))
 	if err != nil {
-		return r, err
+		return err
 	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		return r, fmt.Errorf("boot record %s: %w", BootRecordFile(dir), err)
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	return r, nil
+	return nil
 }

@@ -130,11 +130,7 @@ func (s *vmSandbox) Suspend(ctx context.Context) error {
 		rec.Copied[name] = c.copied
 	}
 	s.mu.Unlock()
-	recPath := filepath.Join(s.spec.StateDir, suspendRecord)
-	if err := writeJSON(recPath+".tmp", rec); err != nil {
-		return fmt.Errorf("suspend sandbox %s: record: %w", s.spec.ID, err)
-	}
-	if err := os.Rename(recPath+".tmp", recPath); err != nil {
+	if err := writeJSON(filepath.Join(s.spec.StateDir, suspendRecord), rec); err != nil {
 		return fmt.Errorf("suspend sandbox %s: record: %w", s.spec.ID, err)
 	}
 	st, _ := os.Stat(filepath.Join(s.spec.StateDir, suspendState))
@@ -147,7 +143,7 @@ func (s *vmSandbox) Suspend(ctx context.Context) error {
 // Preconditions: lifeMu held.
 func (s *vmSandbox) loadSuspended() (bool, error) {
 	var rec suspendRecordFile
-	err := readJSON(filepath.Join(s.spec.StateDir, suspendRecord), &rec)
+	err := readJSON(filepath.Join(s.spec.StateDir, suspendRecord), maxRecordBytes, &rec)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}

@@ -282,7 +282,7 @@ func BuildTemplate(ctx context.Context, o sandbox.VMOptions, key TemplateKey, ro
 func LoadTemplate(root string, key TemplateKey) (*Template, error) {
 	dir := filepath.Join(root, key.ID())
 	var meta templateMetaFile
-	if err := readJSON(filepath.Join(dir, templateMeta), &meta); err != nil {
+	if err := readJSON(filepath.Join(dir, templateMeta), maxRecordBytes, &meta); err != nil {
 		return nil, fmt.Errorf("template %s: %w", key.ID(), err)
 	}
 	if meta.Key != key {
@@ -312,7 +312,7 @@ func LoadTemplate(root string, key TemplateKey) (*Template, error) {
 // SavedTemplateKey is the key of the template saved in dir.
 func SavedTemplateKey(dir string) (TemplateKey, error) {
 	var meta templateMetaFile
-	err := readJSON(filepath.Join(dir, templateMeta), &meta)
+	err := readJSON(filepath.Join(dir, templateMeta), maxRecordBytes, &meta)
 	return meta.Key, err
 }
 
@@ -320,7 +320,7 @@ func SavedTemplateKey(dir string) (TemplateKey, error) {
 // sealed memfd), fits key; it does not read the memory.
 func OpenTemplate(dir string, mem *os.File, key TemplateKey) (*Template, error) {
 	var meta templateMetaFile
-	if err := readJSON(filepath.Join(dir, templateMeta), &meta); err != nil {
+	if err := readJSON(filepath.Join(dir, templateMeta), maxRecordBytes, &meta); err != nil {
 		return nil, fmt.Errorf("template: %w", err)
 	}
 	if meta.Key != key {
@@ -479,27 +479,6 @@ func fileSHA256(path string) (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-func writeJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, b, 0o600)
-}
-
-func readJSON(path string, v any) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(b, v)
 }
 
 // entropy is what a clone's agent reseeds its kernel's random pool with.
