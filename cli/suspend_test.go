@@ -43,21 +43,29 @@ func TestSuspendResumeVerbs(t *testing.T) {
 	// node acts as the node would once the desired state is stored.
 	node := func(wantSuspend bool, edit func(*v1.InstanceStatus)) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			in, err := insts.Get(ctx, insts.Key("acme", "web"))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if in.Spec.Suspend == wantSuspend {
-				break
-			}
-			if time.Now().After(deadline) {
+		key := insts.Key("acme", "web")
+		in, err := insts.Get(ctx, key)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		// The change comes after this read: watch from its revision.
+		rev, err := v1.ParseResourceVersion(in.Metadata.ResourceVersion)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		for ch := insts.Watch(wctx, key, rev); in.Spec.Suspend != wantSuspend; {
+			ev, ok := <-ch
+			if !ok {
 				t.Errorf("spec.suspend never became %v", wantSuspend)
 				return
 			}
-			time.Sleep(10 * time.Millisecond)
+			if ev.Object != nil {
+				in = ev.Object
+			}
 		}
 		if _, err := insts.Mutate(ctx, insts.Key("acme", "web"), func(in *v1.Instance) error { edit(&in.Status); return nil }); err != nil {
 			t.Error(err)

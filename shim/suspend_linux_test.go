@@ -18,6 +18,7 @@ import (
 
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/sandbox"
+	"github.com/cube-platform/cube/sandbox/sandboxtest"
 )
 
 // fakeSuspendBackend is a sandbox that can be suspended, for the
@@ -309,14 +310,14 @@ func TestSuspendKeepsContainersRunning(t *testing.T) {
 // writer copies asynchronously).
 func readLogUntil(t *testing.T, cfg Config, want string) string {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := readLog(t, cfg, "c")
-		if strings.Contains(got, want) || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var got string
+	sandboxtest.WaitFor(t, ctx, fmt.Sprintf("the log to hold %q", want), func() bool {
+		got = readLog(t, cfg, "c")
+		return strings.Contains(got, want)
+	})
+	return got
 }
 
 // TestNewShimOnSuspendedSandbox: after the shim that suspended it is
@@ -344,13 +345,9 @@ func TestNewShimOnSuspendedSandbox(t *testing.T) {
 	if err := unix.Kill(old, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for c.Ping(testCtx(t)) == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the killed shim still answers")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	gone, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
+	defer cancel()
+	sandboxtest.WaitFor(t, gone, "the killed shim to stop answering", func() bool { return c.Ping(gone) != nil })
 
 	c2 := launch(t, cfg)
 	st := waitState(t, c2, "Suspended", phaseIs(PhaseSuspended))
