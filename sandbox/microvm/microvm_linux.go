@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -338,15 +337,6 @@ func cmdlineFor(accel vmm.Accel, vcpus int) string {
 
 func newDriver(o sandbox.VMOptions, log *slog.Logger) (*qemu.Driver, error) {
 	return qemu.New(qemu.Options{Binary: o.VMM, Logger: log})
-}
-
-// lookVMM is the QEMU binary the driver runs when VMOptions names none.
-func lookVMM() (string, error) {
-	p, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		return "", fmt.Errorf("qemu-system-x86_64 not found in PATH: %w", errdefs.ErrUnavailable)
-	}
-	return filepath.Abs(p)
 }
 
 // placeholder is the empty file behind a clone's unused drive slots.

@@ -23,6 +23,7 @@ import (
 	"github.com/cube-platform/cube/sandbox"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm/jail"
+	"github.com/cube-platform/cube/sandbox/microvm/vmm/qemu"
 )
 
 // A template is a VM booted to agent ready and saved, that instances are
@@ -83,20 +84,12 @@ func fileID(path string) (string, error) {
 	return fmt.Sprintf("%s:%d:%d:%d", path, st.Size, st.Dev, st.Ino), nil
 }
 
-// vmmBinary is the QEMU binary the driver runs for o.
-func vmmBinary(o sandbox.VMOptions) (string, error) {
-	if o.VMM != "" {
-		return filepath.Abs(o.VMM)
-	}
-	return lookVMM()
-}
-
 // TemplateKeyFor is the key of the template a VM of vcpus and mib MiB
 // under o is cloned from.
 func TemplateKeyFor(o sandbox.VMOptions, vcpus, mib int) (TemplateKey, error) {
 	k := TemplateKey{VCPUs: vcpus, MemoryMiB: mib, Layout: templateLayout,
 		Accel: cmp.Or(o.Accel, string(vmm.AccelTCG)), Cmdline: cmdlineFor(vmm.Accel(cmp.Or(o.Accel, string(vmm.AccelTCG))), vcpus)}
-	bin, err := vmmBinary(o)
+	bin, err := qemu.ResolveBinary(o.VMM)
 	if err != nil {
 		return k, err
 	}

@@ -54,15 +54,7 @@ var _ vmm.Driver = (*Driver)(nil)
 
 // New returns a driver for the given QEMU binary.
 func New(opts Options) (*Driver, error) {
-	bin := opts.Binary
-	if bin == "" {
-		p, err := exec.LookPath("qemu-system-x86_64")
-		if err != nil {
-			return nil, fmt.Errorf("qemu-system-x86_64 not found in PATH (apt-get install qemu-system-x86): %w", errdefs.ErrUnavailable)
-		}
-		bin = p
-	}
-	abs, err := filepath.Abs(bin)
+	abs, err := ResolveBinary(opts.Binary)
 	if err != nil {
 		return nil, err
 	}
@@ -73,6 +65,19 @@ func New(opts Options) (*Driver, error) {
 	d := &Driver{binary: abs, log: log.With("component", "qemu"), keepBootFiles: opts.KeepBootFiles, files: map[string]*jailFiles{}}
 	d.lookMicrovm = opts.Binary == ""
 	return d, nil
+}
+
+// ResolveBinary is the absolute path of the QEMU a driver of
+// Options{Binary: bin} runs: bin, or qemu-system-x86_64 from PATH.
+func ResolveBinary(bin string) (string, error) {
+	if bin == "" {
+		p, err := exec.LookPath("qemu-system-x86_64")
+		if err != nil {
+			return "", fmt.Errorf("qemu-system-x86_64 not found in PATH (apt-get install qemu-system-x86): %w", errdefs.ErrUnavailable)
+		}
+		bin = p
+	}
+	return filepath.Abs(bin)
 }
 
 // Start implements vmm.Driver.
