@@ -133,7 +133,7 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 	if backend == sandbox.BackendMicroVM && in.Metadata.Labels[v1.LabelVMBoot] != v1.VMBootCold {
 		// A clone of the node's template for this VM size, when it has one
 		// ready; the shim gets the template's memory as an fd.
-		if t, ok := w.a.cfg.Runtimes.Template(spec); ok {
+		if t, ok := w.a.cfg.Runtimes.Template(spec, vm); ok {
 			vm.TemplateDir, vm.TemplateMemFD = t.Dir, shim.FirstExtraFD
 			extra = append(extra, t.Mem)
 		}

@@ -18,9 +18,9 @@ type Runtimes interface {
 	// VM is what a microVM boots with; false while the node cannot run
 	// VMs (no kernel yet, no QEMU).
 	VM() (sandbox.VMOptions, bool)
-	// Template is the ready template a microVM of spec's size clones;
-	// false: it boots cold.
-	Template(spec sandbox.Spec) (Template, bool)
+	// Template is the ready template a microVM of spec's size, booting
+	// with vm (what VM returned), clones; false: it boots cold.
+	Template(spec sandbox.Spec, vm sandbox.VMOptions) (Template, bool)
 }
 
 // Template is a booted VM saved for clones (sandbox/microvm): its
@@ -53,7 +53,7 @@ type RuncOnly struct{}
 func (RuncOnly) Status() RuntimeStatus         { return RuntimeStatus{Runtimes: []string{v1.RuntimeRunc}} }
 func (RuncOnly) VM() (sandbox.VMOptions, bool) { return sandbox.VMOptions{}, false }
 
-func (RuncOnly) Template(sandbox.Spec) (Template, bool) { return Template{}, false }
+func (RuncOnly) Template(sandbox.Spec, sandbox.VMOptions) (Template, bool) { return Template{}, false }
 
 // backendOf maps an instance's runtime onto the shim's sandbox backend;
 // an instance stored before runtimes existed ran runc.

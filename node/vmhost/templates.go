@@ -198,16 +198,12 @@ func (ts *templates) status() []v1.TemplateStatus {
 // Template implements node.Runtimes: the ready template for spec's VM
 // size, or false (and its build queued, so a later instance of that size
 // clones it).
-func (h *Host) Template(spec sandbox.Spec) (node.Template, bool) {
+func (h *Host) Template(spec sandbox.Spec, vm sandbox.VMOptions) (node.Template, bool) {
 	if h.templates == nil {
 		return node.Template{}, false
 	}
-	o, ok := h.VM()
-	if !ok {
-		return node.Template{}, false
-	}
 	vcpus, mib := microvm.SizeOf(spec)
-	key, err := microvm.TemplateKeyFor(o, vcpus, mib)
+	key, err := microvm.TemplateKeyFor(vm, vcpus, mib)
 	if err != nil {
 		h.log.Warn("no template key", "err", err)
 		return node.Template{}, false
