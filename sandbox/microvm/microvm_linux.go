@@ -654,37 +654,26 @@ func (s *vmSandbox) ensureSetup(ctx context.Context) error {
 
 // syncClock sets the guest's clock again once Setup has run: the time
 // Setup carried was behind by all of Setup's work before the agent set it
-// (under TCG a clone's first pass through any guest code is slow). Now
-// the code is warm: a Hello gives the round trip, the host's time plus
-// half of it goes over, and a last Hello measures what is left (the
-// offset: the guest's clock minus the host's at the trip's midpoint).
+// (under TCG a clone's first pass through any guest code is slow). The
+// second pass runs warm code: the guest is then behind by one trip of a
+// Resume, never ahead (a guest ahead of the host would take the host's
+// fresh tokens for ones from the past). A last Hello measures the offset
+// (the guest's clock minus the host's at the trip's midpoint). entropy, if
+// any, goes with the first Resume (a resumed VM's reseed).
 func syncClock(ctx context.Context, agent *agentapi.Client, entropy []byte) (agentapi.Info, time.Duration, error) {
-	var info agentapi.Info
-	var offset time.Duration
-	// A second pass when the first left more than a millisecond: the
-	// first ran the agent's Resume for the first time, slowly.
 	for range 2 {
-		t1 := time.Now()
-		if _, err := agent.Hello(ctx); err != nil {
-			return info, 0, err
-		}
-		half := time.Since(t1) / 2
-		if err := agent.Resume(ctx, time.Now().Add(half).UnixNano(), entropy); err != nil {
-			return info, 0, err
+		if err := agent.Resume(ctx, time.Now().UnixNano(), entropy); err != nil {
+			return agentapi.Info{}, 0, err
 		}
 		entropy = nil
-		t1 = time.Now()
-		var err error
-		if info, err = agent.Hello(ctx); err != nil {
-			return info, 0, err
-		}
-		t2 := time.Now()
-		offset = info.Time.Sub(t1.Add(t2.Sub(t1) / 2))
-		if offset.Abs() <= time.Millisecond {
-			break
-		}
 	}
-	return info, offset, nil
+	t1 := time.Now()
+	info, err := agent.Hello(ctx)
+	if err != nil {
+		return info, 0, err
+	}
+	t2 := time.Now()
+	return info, info.Time.Sub(t1.Add(t2.Sub(t1) / 2)), nil
 }
 
 func networkOf(iface sandbox.Interface) *agentapi.Network {
