@@ -133,6 +133,11 @@ type Agent struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	errc    chan error
+	// listed is closed once the first list of this node's instances has
+	// been handed to workers: until then a lookup cannot tell an instance
+	// that is not here from one not adopted yet.
+	listed     chan struct{}
+	listedOnce sync.Once
 
 	mu      sync.Mutex
 	workers map[string]*worker // by instance UID; protected by mu
@@ -151,7 +156,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{cfg: cfg, log: cfg.Log.With("component", "node", "node", cfg.Name), secret: hex.EncodeToString(b[:]),
-		errc: make(chan error, 1), workers: map[string]*worker{}, finalized: map[string]bool{}}, nil
+		errc: make(chan error, 1), listed: make(chan struct{}), workers: map[string]*worker{}, finalized: map[string]bool{}}, nil
 }
 
 // Start registers the node, serves logs/exec, and starts the heartbeat and

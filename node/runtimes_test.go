@@ -34,7 +34,9 @@ func (r *readyAfterFirstLook) Status() RuntimeStatus {
 
 func (r *readyAfterFirstLook) VM() (sandbox.VMOptions, bool) { return sandbox.VMOptions{}, false }
 
-func (r *readyAfterFirstLook) Template(sandbox.Spec, sandbox.VMOptions) (Template, bool) { return Template{}, false }
+func (r *readyAfterFirstLook) Template(sandbox.Spec, sandbox.VMOptions) (Template, bool) {
+	return Template{}, false
+}
 
 // TestRuntimesReadyRightAfterRegistering: the runtimes change between the
 // node's registration and its heartbeat loop's first look. The node

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
@@ -36,6 +37,31 @@ func httpErr(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v1.ErrorBody{Error: v1.ErrorDetail{Code: code, Message: msg}})
+}
+
+// settleWait bounds how long a logs or exec request waits for a restarted
+// agent to list and adopt its instances before it answers from what it has.
+const settleWait = 15 * time.Second
+
+// lookup finds tenant/name once the agent knows its instances: right after
+// a restart, a request would otherwise get "not on node" for an instance
+// whose shim is running but not yet adopted.
+func (a *Agent) lookup(r *http.Request) (*worker, *v1.Instance) {
+	ctx, cancel := context.WithTimeout(r.Context(), settleWait)
+	defer cancel()
+	select {
+	case <-a.listed:
+	case <-ctx.Done():
+	}
+	wk, _ := a.find(r.PathValue("tenant"), r.PathValue("name"))
+	if wk == nil {
+		return nil, nil
+	}
+	select {
+	case <-wk.settled:
+	case <-ctx.Done():
+	}
+	return wk, wk.current()
 }
 
 // find returns the worker and instance for tenant/name.
@@ -85,7 +111,7 @@ func parseTime(s string, now time.Time) (time.Time, error) {
 }
 
 func (a *Agent) serveLogs(w http.ResponseWriter, r *http.Request) {
-	wk, in := a.find(r.PathValue("tenant"), r.PathValue("name"))
+	wk, in := a.lookup(r)
 	if wk == nil {
 		httpErr(w, http.StatusNotFound, "NotFound", fmt.Sprintf("instance %q is not on node %s", r.PathValue("name"), a.cfg.Name))
 		return
@@ -132,7 +158,7 @@ func (f flushWriter) Write(p []byte) (int, error) {
 // serveExec upgrades the connection and splices it to the shim's exec
 // stream; frames pass through undecoded.
 func (a *Agent) serveExec(w http.ResponseWriter, r *http.Request) {
-	wk, in := a.find(r.PathValue("tenant"), r.PathValue("name"))
+	wk, in := a.lookup(r)
 	if wk == nil {
 		httpErr(w, http.StatusNotFound, "NotFound", fmt.Sprintf("instance %q is not on node %s", r.PathValue("name"), a.cfg.Name))
 		return

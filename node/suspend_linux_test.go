@@ -204,7 +204,9 @@ func (fakeVMRuntimes) Status() RuntimeStatus {
 }
 func (fakeVMRuntimes) VM() (sandbox.VMOptions, bool) { return sandbox.VMOptions{Accel: "tcg"}, true }
 
-func (fakeVMRuntimes) Template(sandbox.Spec, sandbox.VMOptions) (Template, bool) { return Template{}, false }
+func (fakeVMRuntimes) Template(sandbox.Spec, sandbox.VMOptions) (Template, bool) {
+	return Template{}, false
+}
 
 // fixedNetwork attaches every instance with one address and counts
 // teardowns: CNI needs plugins and a bridge, which the e2e suite covers.

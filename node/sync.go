@@ -29,6 +29,7 @@ func (a *Agent) syncLoop(ctx context.Context) {
 			a.dispatch(ctx, in)
 		}
 		a.collectOrphans(ctx, seen)
+		a.listedOnce.Do(func() { close(a.listed) })
 		events, err := a.cfg.Client.WatchInstances(ctx, opts, list.ResourceVersion)
 		if err != nil {
 			a.log.Warn("watch instances failed; retrying", "err", err)

@@ -27,6 +27,9 @@ type worker struct {
 	dir string
 
 	kick chan struct{}
+	// settled is closed after the first reconcile: by then a shim that
+	// outlived the previous agent has been adopted, or the create tried.
+	settled chan struct{}
 
 	mu      sync.Mutex
 	latest  *v1.Instance       // protected by mu
@@ -43,7 +46,7 @@ type worker struct {
 }
 
 func newWorker(a *Agent, in *v1.Instance) *worker {
-	return &worker{a: a, uid: in.Metadata.UID, dir: filepath.Join(a.instancesDir(), in.Metadata.UID), kick: make(chan struct{}, 1)}
+	return &worker{a: a, uid: in.Metadata.UID, dir: filepath.Join(a.instancesDir(), in.Metadata.UID), kick: make(chan struct{}, 1), settled: make(chan struct{})}
 }
 
 // update hands the worker a version of its instance and wakes it. A
@@ -86,6 +89,14 @@ func (w *worker) current() *v1.Instance {
 	return w.latest
 }
 
+func (w *worker) settle() {
+	select {
+	case <-w.settled:
+	default:
+		close(w.settled)
+	}
+}
+
 func (w *worker) run(ctx context.Context) {
 	for {
 		select {
@@ -112,6 +123,7 @@ func (w *worker) run(ctx context.Context) {
 			return
 		}
 		done, err := w.reconcile(ctx, in)
+		w.settle()
 		if err != nil && ctx.Err() == nil {
 			w.a.log.Warn("reconcile failed; will retry", "tenant", in.Metadata.Tenant, "name", in.Metadata.Name, "err", err)
 			go func() { sleep(ctx, 2*time.Second); w.update(w.current()) }()
