@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -91,4 +92,72 @@ func TestShimDeath(t *testing.T) {
 	}
 	removeCgroupParent(cfg.Jail.CgroupParent)
 	assertNothingLeft(t, cfg, pid)
+}
+
+// fakeProberEnv makes the test binary a prober (see runFakeProber): it
+// runs the KVM probe with the variable's value as the QEMU binary.
+const fakeProberEnv = "CUBE_QEMU_TEST_FAKE_PROBER"
+
+func init() {
+	if os.Getenv(fakeProberEnv) != "" {
+		runFakeProber()
+	}
+}
+
+func runFakeProber() {
+	kvmDevice = os.DevNull // any device that opens read-write
+	bin := os.Getenv(fakeProberEnv)
+	accel, why := probeKVM(context.Background(), ProbeOptions{Binary: bin, Kernel: bin, Timeout: 10 * time.Minute})
+	fmt.Println("probe ended", accel, why)
+	os.Exit(0)
+}
+
+// TestProberDeath: a trial guest that hangs (as one does on a nested
+// kvm_pvm, until the probe's timeout) dies with its prober when that is
+// killed mid-probe, instead of running on for good. The trial QEMU is
+// fakeQEMU, a script that hangs: the real one would boot only where KVM
+// works, and hang where it does not, which is what is faked.
+func TestProberDeath(t *testing.T) {
+	dir := t.TempDir()
+	fakeQEMU := filepath.Join(dir, "fake-qemu")
+	// It writes its pid beside itself: the prober gives it no environment.
+	if err := os.WriteFile(fakeQEMU, []byte("#!/bin/sh\necho $$ > \"$0.pid\"\nexec sleep 600\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	prober := exec.Command(exe, "-test.run=^$")
+	prober.Env = append(os.Environ(), fakeProberEnv+"="+fakeQEMU)
+	prober.Stderr = os.Stderr
+	if err := prober.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { prober.Process.Kill(); prober.Wait() }()
+	var pid int
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, err := os.ReadFile(fakeQEMU + ".pid")
+		if pid, _ = strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the prober did not start its trial guest within 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatalf("pidfd_open(%d): %v", pid, err)
+	}
+	defer unix.Close(pidfd)
+	// Positive control: it hangs while its prober lives.
+	if n, _ := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, 0); n != 0 {
+		t.Fatal("the trial guest ended on its own; it should hang")
+	}
+	prober.Process.Signal(syscall.SIGKILL)
+	prober.Wait()
+	n, err := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, int((30 * time.Second).Milliseconds()))
+	if err != nil || n != 1 {
+		unix.Kill(pid, unix.SIGKILL)
+		t.Fatalf("trial guest %d still runs 30s after its prober was killed (poll %d, %v)", pid, n, err)
+	}
 }

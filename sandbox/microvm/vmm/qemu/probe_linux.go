@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cube-platform/cube/sandbox/microvm/vmm"
@@ -79,8 +80,11 @@ func cacheKey(kernel string) probeCache {
 	return probeCache{BootID: strings.TrimSpace(string(b)), Kernel: k}
 }
 
+// kvmDevice is opened first; a test points it elsewhere.
+var kvmDevice = "/dev/kvm"
+
 func probeKVM(ctx context.Context, opts ProbeOptions) (vmm.Accel, string) {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	f, err := os.OpenFile(kvmDevice, os.O_RDWR, 0)
 	if err != nil {
 		return vmm.AccelTCG, "cannot open /dev/kvm: " + err.Error()
 	}
@@ -113,6 +117,9 @@ func probeKVM(ctx context.Context, opts ProbeOptions) (vmm.Accel, string) {
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 	)
 	cmd.Env = []string{}
+	// A trial guest on a nested kvm_pvm hangs until the timeout: one whose
+	// prober is killed meanwhile (cube up, kill -9) must not hang on.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var out, stderr limitedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	start := time.Now()
