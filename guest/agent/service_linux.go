@@ -220,14 +220,24 @@ func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agent
 		return nil, fmt.Errorf("%w: container %q is running", errdefs.ErrConflict, c.spec.GetName())
 	}
 	spec := c.spec
+	// Each step's time, for the debug log, as Setup's.
+	var steps []any
+	t := time.Now()
+	step := func(name string) {
+		now := time.Now()
+		steps, t = append(steps, name, now.Sub(t).String()), now
+	}
+	defer func() { a.log.Debug("start", append([]any{"container", spec.GetName()}, steps...)...) }()
 	rootfs, err := a.rootfs(spec)
 	if err != nil {
 		return nil, err
 	}
+	step("rootfs")
 	cg, err := a.cgroups.create(spec.GetName(), spec.GetMemoryBytes())
 	if err != nil {
 		return nil, err
 	}
+	step("cgroup")
 	main, err := newProcess("", spec.GetTty(), spec.GetStdin(), 0, 0)
 	if err != nil {
 		return nil, err
@@ -241,6 +251,7 @@ func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agent
 		main.closeAll()
 		return nil, err
 	}
+	step("init")
 	run.main = main
 	if old := c.run; old != nil {
 		old.abandonOutput()
@@ -272,9 +283,11 @@ func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agent
 		ID: "", Args: spec.GetArgs(), Env: spec.GetEnv(), Cwd: spec.GetCwd(),
 		UID: spec.GetUid(), GID: spec.GetGid(), Groups: spec.GetAdditionalGids(), TTY: spec.GetTty(),
 	})
+	step("process")
 	if err == nil {
 		err = cg.limitCPU(spec.GetCpuMillis())
 	}
+	step("cpu")
 	if err != nil {
 		run.kill()
 		return nil, err
