@@ -30,16 +30,25 @@ const (
 const MachineOptions = "microvm,x-option-roms=off,isa-serial=on,pit=on,pic=on,rtc=on,acpi=off"
 
 // TCGCacheMiB caps TCG's translation cache. QEMU's default is 1 GiB of
-// address space that fills as the guest runs new code, and the cap is
-// resident in full once a boot has filled it. Measured 2026-12-02: to the
-// agent's Hello alone, 8 MiB boots as fast as 16 (4 MiB retranslates the
-// Go agent over and over, 2x slower), but a whole instance start does not
-// (cube bench boot --n 6, interleaved, twice: p50_start 1984/2078 ms at
-// 16 against 3098/2938 ms at 8; 32 was no faster than 16 for 18 MiB more):
-// the container's init and programs are new code that an 8 MiB cache
-// makes TCG flush for. So 16, for ~9 MiB more per VM than 8.
+// address space that fills as the guest runs new code; what is filled
+// stays resident. A clone's start alone (restore, Setup, the container's
+// init and first program) translates more than 16 MiB of host code, so at
+// 16 TCG flushed the cache and translated it all again, several times per
+// start: a container restart in a warm VM took 600 ms (a Go init's start
+// translated anew each time) against 70 ms at 128. Measured 2026-12-02,
+// cube bench boot --runtime microvm --n 5, one run each:
+//
+//	tb MiB  start_template  start (cold)  resume  density template/cold
+//	16      1865 ms         3011 ms       443 ms  40.4 / 89.0 MiB
+//	32      1374            2536          409     57.4 / 106.3
+//	64      1212            2385          332     57.9 / 128.5
+//
+// A clone's working set fits in 64 (its memory is the same as at 32);
+// 256 made QEMU's own start slower (more regions to map). The cap is also
+// what a VM running much new code can keep resident: within the VMM
+// cgroup's allowance (vmm.DefaultMemoryOverheadMiB).
 // Only TCG has it; under KVM the guest runs natively.
-const TCGCacheMiB = 16
+const TCGCacheMiB = 64
 
 // SandboxOptions is QEMU's own seccomp filter.
 const SandboxOptions = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"

@@ -18,7 +18,7 @@ func TestArgs(t *testing.T) {
 	got := strings.Join(args(&cfg), " ")
 	for _, want := range []string{
 		"-M " + MachineOptions,
-		"-accel tcg,tb-size=16 -cpu max",
+		"-accel tcg,tb-size=64 -cpu max",
 		"-nodefaults -no-user-config -nographic -no-reboot -S",
 		"-sandbox " + SandboxOptions,
 		"-m 256M -smp 2",
