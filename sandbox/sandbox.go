@@ -6,6 +6,7 @@
 package sandbox
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -61,6 +62,18 @@ type Spec struct {
 	MemoryBytes int64 `json:"memoryBytes,omitempty"`
 	// Containers of the instance, started in order.
 	Containers []ContainerSpec `json:"containers"`
+}
+
+// MilliCPU is the CPU the sandbox asked for, in thousandths of a core:
+// its containers' limits added up, a container without one counted as a
+// whole core. It sizes a VM's vCPUs and weighs the sandbox against the
+// others on the node (see cpuweight).
+func (s Spec) MilliCPU() int64 {
+	var milli int64
+	for _, c := range s.Containers {
+		milli += cmp.Or(c.MilliCPU, 1000)
+	}
+	return milli
 }
 
 // RootFS describes a container's read-only image: an unpacked directory,

@@ -24,6 +24,7 @@ import (
 	"github.com/cube-platform/cube/guest/agentapi"
 	"github.com/cube-platform/cube/guest/kernel"
 	"github.com/cube-platform/cube/sandbox"
+	"github.com/cube-platform/cube/sandbox/cpuweight"
 	"github.com/cube-platform/cube/sandbox/disk"
 	"github.com/cube-platform/cube/sandbox/microvm/tap"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm"
@@ -275,11 +276,7 @@ func validate(spec sandbox.Spec, o sandbox.VMOptions) error {
 func (s *vmSandbox) size() (int, int) {
 	vcpus, mib := s.spec.VCPUs, int(s.spec.MemoryBytes>>20)
 	if vcpus == 0 {
-		var milli int64
-		for _, c := range s.spec.Containers {
-			milli += cmp.Or(c.MilliCPU, 1000)
-		}
-		vcpus = min(max(1, int((milli+999)/1000)), runtime.NumCPU())
+		vcpus = min(max(1, int((s.spec.MilliCPU()+999)/1000)), runtime.NumCPU())
 	}
 	if mib == 0 {
 		mib = AgentOverheadMiB
@@ -384,6 +381,14 @@ func (s *vmSandbox) Create(ctx context.Context) (err error) {
 	}
 	if err := os.WriteFile(s.placeholder(), nil, 0o600); err != nil {
 		return err
+	}
+	// The guest limits each container; on the host the whole VM (its
+	// guest kernel, agent and TCG's emulation too) gets the instance's
+	// weight against the node's other instances.
+	if s.spec.CgroupParent != "" {
+		if err := cpuweight.Set(s.spec.CgroupParent, s.spec.MilliCPU()); err != nil {
+			return err
+		}
 	}
 	// A previous shim suspended it: nothing runs until Resume.
 	if suspended, err := s.loadSuspended(); err != nil || suspended {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/sandbox"
+	"github.com/cube-platform/cube/sandbox/cpuweight"
 )
 
 var _ sandbox.Sandbox = (*runcSandbox)(nil)
@@ -235,6 +236,12 @@ func (s *runcSandbox) Create(ctx context.Context) (err error) {
 		}
 	}
 	if err := s.removeLeftovers(ctx); err != nil {
+		return err
+	}
+	// Each container's shares divide the instance's weight among them;
+	// the weight itself, against the node's other instances, is the
+	// parent's.
+	if err := cpuweight.Set(s.spec.CgroupParent, s.spec.MilliCPU()); err != nil {
 		return err
 	}
 	// Before any container exists: runc's per-container cgroups are made

@@ -92,8 +92,10 @@ func TestResourcesReachCgroups(t *testing.T) {
 	}
 	path := cgroupsPath(spec, "c")
 	for file, want := range map[string]string{
-		"/sys/fs/cgroup/cpu" + path + "/cpu.cfs_quota_us":               "25000",
-		"/sys/fs/cgroup/cpu" + path + "/cpu.cfs_period_us":              "100000",
+		"/sys/fs/cgroup/cpu" + path + "/cpu.cfs_quota_us":  "25000",
+		"/sys/fs/cgroup/cpu" + path + "/cpu.cfs_period_us": "100000",
+		// The instance's weight against the others is its parent's.
+		"/sys/fs/cgroup/cpu" + spec.CgroupParent + "/cpu.shares":        "256",
 		"/sys/fs/cgroup/memory" + path + "/memory.limit_in_bytes":       strconv.Itoa(64 << 20),
 		"/sys/fs/cgroup/memory" + path + "/memory.memsw.limit_in_bytes": strconv.Itoa(64 << 20),
 	} {
