@@ -1,13 +1,14 @@
 package cpuweight
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/cube-platform/cube/sandbox/cgroupfs"
 )
 
 // Set creates path (relative to the hierarchy roots, clean and absolute,
@@ -55,32 +56,21 @@ func write(dir, name string, v uint64) error {
 }
 
 // cpuMounts finds the v1 hierarchy with the cpu controller and a v2 one
-// whose root offers it, from /proc/self/mountinfo.
+// whose root offers it.
 func cpuMounts() (v1, v2 string, err error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := cgroupfs.Mounts()
 	if err != nil {
 		return "", "", err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "id parent maj:min root mountpoint opts [optional...] - fstype source superopts"
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		a, b := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(a) < 5 || len(b) < 3 {
-			continue
-		}
-		switch b[0] {
-		case "cgroup":
-			if v1 == "" && slices.Contains(strings.Split(b[2], ","), "cpu") {
-				v1 = a[4]
-			}
-		case "cgroup2":
-			if c, err := os.ReadFile(filepath.Join(a[4], "cgroup.controllers")); err == nil && v2 == "" &&
-				slices.Contains(strings.Fields(string(c)), "cpu") {
-				v2 = a[4]
+	for _, m := range ms {
+		switch {
+		case !m.V2 && v1 == "" && slices.Contains(m.Controllers, "cpu"):
+			v1 = m.Point
+		case m.V2 && v2 == "":
+			if c, err := os.ReadFile(filepath.Join(m.Point, "cgroup.controllers")); err == nil && slices.Contains(strings.Fields(string(c)), "cpu") {
+				v2 = m.Point
 			}
 		}
 	}
-	return v1, v2, sc.Err()
+	return v1, v2, nil
 }

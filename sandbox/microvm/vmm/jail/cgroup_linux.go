@@ -1,7 +1,6 @@
 package jail
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cube-platform/cube/sandbox/cgroupfs"
 )
 
 // Cgroup is the VMM's own cgroup, e.g. "/cube/<id>/vmm", made in every
@@ -31,55 +32,21 @@ type Cgroup struct {
 	dirs []string // made by Create
 }
 
-type cgroupMount struct {
-	point string
-	v2    bool
-	opts  []string // v1 super options: the controllers
-}
-
-func cgroupMounts() ([]cgroupMount, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var ms []cgroupMount
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent maj:min root point opts [optional...] - fstype source superopts
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		a, b := strings.Fields(pre), strings.Fields(post)
-		if len(a) < 5 || len(b) < 3 {
-			continue
-		}
-		switch b[0] {
-		case "cgroup2":
-			ms = append(ms, cgroupMount{point: a[4], v2: true})
-		case "cgroup":
-			ms = append(ms, cgroupMount{point: a[4], opts: strings.Split(b[2], ",")})
-		}
-	}
-	return ms, sc.Err()
-}
-
 // Create makes the cgroup and sets its limits. It fails when no hierarchy
 // has a memory controller: an unbounded VMM could take the node.
 func (c *Cgroup) Create() error {
 	if !filepath.IsAbs(c.Path) || strings.Contains(c.Path, "..") {
 		return fmt.Errorf("vmm cgroup %q must be an absolute path", c.Path)
 	}
-	ms, err := cgroupMounts()
+	ms, err := cgroupfs.Mounts()
 	if err != nil {
 		return err
 	}
 	memSet := false
 	for _, m := range ms {
 		var files [][2]string
-		if m.v2 {
-			b, err := os.ReadFile(filepath.Join(m.point, "cgroup.controllers"))
+		if m.V2 {
+			b, err := os.ReadFile(filepath.Join(m.Point, "cgroup.controllers"))
 			if err != nil {
 				continue
 			}
@@ -91,23 +58,23 @@ func (c *Cgroup) Create() error {
 				files = append(files, [2]string{"pids.max", strconv.FormatInt(c.PidsMax, 10)})
 			}
 		} else {
-			if slices.Contains(m.opts, "memory") {
+			if slices.Contains(m.Controllers, "memory") {
 				files = append(files, [2]string{"memory.limit_in_bytes", strconv.FormatInt(c.MemoryBytes, 10)})
 			}
-			if slices.Contains(m.opts, "pids") {
+			if slices.Contains(m.Controllers, "pids") {
 				files = append(files, [2]string{"pids.max", strconv.FormatInt(c.PidsMax, 10)})
 			}
 		}
 		// In the cpu hierarchies the VMM only needs to sit below the
 		// sandbox, so the sandbox's cpu limit and accounting cover it.
-		placeOnly := !m.v2 && len(files) == 0 && (slices.Contains(m.opts, "cpu") || slices.Contains(m.opts, "cpuacct"))
+		placeOnly := !m.V2 && len(files) == 0 && (slices.Contains(m.Controllers, "cpu") || slices.Contains(m.Controllers, "cpuacct"))
 		if len(files) == 0 && !placeOnly {
 			continue
 		}
-		dir := filepath.Join(m.point, c.Path)
-		if m.v2 {
+		dir := filepath.Join(m.Point, c.Path)
+		if m.V2 {
 			// Enable the controllers down to our parent, as runc does.
-			if err := enableV2(m.point, filepath.Dir(c.Path)); err != nil {
+			if err := enableV2(m.Point, filepath.Dir(c.Path)); err != nil {
 				c.Remove(context.Background())
 				return err
 			}
@@ -174,12 +141,12 @@ func (c *Cgroup) Remove(ctx context.Context) error {
 	dirs := c.dirs
 	if dirs == nil {
 		// Not made by this process (a shim's leftover): find every copy.
-		ms, err := cgroupMounts()
+		ms, err := cgroupfs.Mounts()
 		if err != nil {
 			return err
 		}
 		for _, m := range ms {
-			dirs = append(dirs, filepath.Join(m.point, c.Path))
+			dirs = append(dirs, filepath.Join(m.Point, c.Path))
 		}
 	}
 	var errs []error

@@ -120,8 +120,12 @@ func runFakeProber() {
 func TestProberDeath(t *testing.T) {
 	dir := t.TempDir()
 	fakeQEMU := filepath.Join(dir, "fake-qemu")
-	// It writes its pid beside itself: the prober gives it no environment.
+	// It writes its pid into a FIFO beside itself (the prober gives it no
+	// environment), which the test reads: the write is the event.
 	if err := os.WriteFile(fakeQEMU, []byte("#!/bin/sh\necho $$ > \"$0.pid\"\nexec sleep 600\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(fakeQEMU+".pid", 0o600); err != nil {
 		t.Fatal(err)
 	}
 	exe, _ := os.Executable()
@@ -132,17 +136,20 @@ func TestProberDeath(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { prober.Process.Kill(); prober.Wait() }()
+	said := make(chan string, 1)
+	go func() {
+		b, _ := os.ReadFile(fakeQEMU + ".pid") // blocks until the script writes
+		said <- string(b)
+	}()
 	var pid int
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		b, err := os.ReadFile(fakeQEMU + ".pid")
-		if pid, _ = strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
-			break
+	select {
+	case line := <-said:
+		if pid, _ = strconv.Atoi(strings.TrimSpace(line)); pid <= 0 {
+			t.Fatalf("the trial guest wrote %q; want its pid", line)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the prober did not start its trial guest within 30s")
-		}
-		time.Sleep(10 * time.Millisecond)
+	case <-time.After(30 * time.Second):
+		os.WriteFile(fakeQEMU+".pid", nil, 0) // unblock the reader
+		t.Fatal("the prober did not start its trial guest within 30s")
 	}
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
