@@ -52,11 +52,6 @@ func (f *fakeNetwork) wasTornDown(id string) bool {
 func TestDeletedWithoutTeardown(t *testing.T) {
 	env := newReportEnv(t)
 	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	imgs, err := image.NewLocalStore(t.TempDir(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The instance ended (nothing to run again) but its state is here.
 	if _, err := env.st.Instances().Mutate(ctx, env.key, func(in *v1.Instance) error {
 		in.Status.Phase = v1.PhaseSucceeded
@@ -70,8 +65,9 @@ func TestDeletedWithoutTeardown(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(Config{Name: "n1", StateDir: state, Client: env.node, Images: imgs, Network: nw,
-		ShimCommand: []string{"false"}, Capacity: v1.Resources{CPU: "1", Memory: "1Gi"}, Log: log})
+	cfg := fakeAgentConfig(t, env, state)
+	cfg.Network = nw
+	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,6 +96,20 @@ func TestDeletedWithoutTeardown(t *testing.T) {
 		_, err := os.Stat(dir)
 		return os.IsNotExist(err) && nw.wasTornDown("u1") && w == nil
 	})
+}
+
+// fakeAgentConfig is an agent of node n1 on env's API, with state in
+// state: a real image store, fakeNetwork, and a shim command that fails
+// (for instances that have nothing to launch).
+func fakeAgentConfig(t *testing.T, env *reportEnv, state string) Config {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	imgs, err := image.NewLocalStore(t.TempDir(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Config{Name: "n1", StateDir: state, Client: env.node, Images: imgs, Network: &fakeNetwork{torndown: map[string]bool{}},
+		ShimCommand: []string{"false"}, Capacity: v1.Resources{CPU: "1", Memory: "1Gi"}, Log: log}
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

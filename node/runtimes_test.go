@@ -2,15 +2,12 @@ package node
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	v1 "github.com/cube-platform/cube/api/v1"
-	"github.com/cube-platform/cube/image"
 	"github.com/cube-platform/cube/sandbox"
 )
 
@@ -46,15 +43,9 @@ func (r *readyAfterFirstLook) Template(sandbox.Spec, sandbox.VMOptions) (Templat
 func TestRuntimesReadyRightAfterRegistering(t *testing.T) {
 	env := newReportEnv(t)
 	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	imgs, err := image.NewLocalStore(t.TempDir(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(Config{Name: "n1", StateDir: t.TempDir(), Client: env.node, Images: imgs,
-		Network: &fakeNetwork{torndown: map[string]bool{}}, ShimCommand: []string{"false"},
-		Capacity: v1.Resources{CPU: "1", Memory: "1Gi"}, Log: log,
-		Runtimes: &readyAfterFirstLook{}, HeartbeatInterval: 20 * time.Millisecond})
+	cfg := fakeAgentConfig(t, env, t.TempDir())
+	cfg.Runtimes, cfg.HeartbeatInterval = &readyAfterFirstLook{}, 20*time.Millisecond
+	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

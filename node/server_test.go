@@ -3,8 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -13,7 +11,6 @@ import (
 	"testing"
 
 	v1 "github.com/cube-platform/cube/api/v1"
-	"github.com/cube-platform/cube/image"
 	"github.com/cube-platform/cube/internal/logfile"
 )
 
@@ -25,11 +22,6 @@ import (
 func TestRequestsWaitForAdoption(t *testing.T) {
 	env := newReportEnv(t)
 	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	imgs, err := image.NewLocalStore(t.TempDir(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Finished, so the agent has nothing to launch; its log is on disk.
 	if _, err := env.st.Instances().Mutate(ctx, env.key, func(in *v1.Instance) error {
 		in.Status.Phase = v1.PhaseSucceeded
@@ -53,8 +45,7 @@ func TestRequestsWaitForAdoption(t *testing.T) {
 		t.Fatal(err)
 	}
 	lw.Close()
-	a, err := New(Config{Name: "n1", StateDir: state, Client: env.node, Images: imgs, Network: &fakeNetwork{torndown: map[string]bool{}},
-		ShimCommand: []string{"false"}, Capacity: v1.Resources{CPU: "1", Memory: "1Gi"}, Log: log})
+	a, err := New(fakeAgentConfig(t, env, state))
 	if err != nil {
 		t.Fatal(err)
 	}
