@@ -29,18 +29,7 @@ func TestVMWeight(t *testing.T) {
 	for i := range spec.Containers {
 		spec.Containers[i].RootFS = vmtest.Image(t)
 	}
-	sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(t), VM: vmtest.Options(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := sb.Destroy(context.Background()); err != nil {
-			t.Errorf("Destroy: %v", err)
-		}
-	})
-	if err := sb.Create(ctx); err != nil {
-		t.Fatal(err)
-	}
+	createVM(t, ctx, vmtest.Options(t), spec)
 	pids := VMMPids(spec.CgroupParent)
 	if len(pids) != 1 {
 		t.Fatalf("vmm pids %v; want one", pids)

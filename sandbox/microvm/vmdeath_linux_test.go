@@ -69,6 +69,12 @@ func createShellVMWith(t *testing.T, ctx context.Context, opts sandbox.VMOptions
 	spec := sandbox.Spec{ID: id, Hostname: "h-" + id, StateDir: filepath.Join(t.TempDir(), "state"), CgroupParent: "/cube-test/" + id,
 		Containers: []sandbox.ContainerSpec{sandboxtest.Shell("app", script)}}
 	spec.Containers[0].RootFS = vmtest.Image(t)
+	return createVM(t, ctx, opts, spec), spec
+}
+
+// createVM creates (boots) a VM sandbox of spec; the test's end destroys it.
+func createVM(t *testing.T, ctx context.Context, opts sandbox.VMOptions, spec sandbox.Spec) sandbox.Sandbox {
+	t.Helper()
 	sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(t), VM: opts})
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +87,7 @@ func createShellVMWith(t *testing.T, ctx context.Context, opts sandbox.VMOptions
 	if err := sb.Create(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return sb, spec
+	return sb
 }
 
 // TestBadGuests: a kernel that is not one, and a guest whose init never
