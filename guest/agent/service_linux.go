@@ -65,13 +65,9 @@ func (s *service) Setup(ctx context.Context, req *agentapi.SetupRequest) (*agent
 func (a *Agent) doSetup(req *agentapi.SetupRequest) error {
 	// Each step's time, for the debug log: under TCG a clone runs every
 	// step's guest code for the first time.
-	var steps []any
-	t := time.Now()
-	step := func(name string) {
-		now := time.Now()
-		steps, t = append(steps, name, now.Sub(t).String()), now
-	}
-	defer func() { a.log.Debug("setup", steps...) }()
+	steps := newStepTimes()
+	step := steps.step
+	defer func() { a.log.Debug("setup", steps.kv...) }()
 	if err := a.reseed(req.GetEntropy()); err != nil {
 		return err
 	}
@@ -115,6 +111,21 @@ func (a *Agent) doSetup(req *agentapi.SetupRequest) error {
 	err = a.mountDrives(req.GetDrives())
 	step("drives")
 	return err
+}
+
+// stepTimes collects how long each step of a call took, as the key-value
+// pairs of one debug log line.
+type stepTimes struct {
+	kv   []any
+	last time.Time
+}
+
+func newStepTimes(kv ...any) *stepTimes { return &stepTimes{kv: kv, last: time.Now()} }
+
+// step records the time since the previous step as name's.
+func (s *stepTimes) step(name string) {
+	now := time.Now()
+	s.kv, s.last = append(s.kv, name, now.Sub(s.last).String()), now
 }
 
 // setClock sets the guest's wall clock to the host's (Unix ns): the
@@ -221,13 +232,9 @@ func (s *service) Start(ctx context.Context, req *agentapi.StartRequest) (*agent
 	}
 	spec := c.spec
 	// Each step's time, for the debug log, as Setup's.
-	var steps []any
-	t := time.Now()
-	step := func(name string) {
-		now := time.Now()
-		steps, t = append(steps, name, now.Sub(t).String()), now
-	}
-	defer func() { a.log.Debug("start", append([]any{"container", spec.GetName()}, steps...)...) }()
+	steps := newStepTimes("container", spec.GetName())
+	step := steps.step
+	defer func() { a.log.Debug("start", steps.kv...) }()
 	rootfs, err := a.rootfs(spec)
 	if err != nil {
 		return nil, err
