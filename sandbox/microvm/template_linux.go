@@ -36,7 +36,7 @@ const (
 	TemplateImageSlots = 4
 	// templateLayout versions the devices a template declares (drive
 	// slots, NIC): a change makes every saved template stale.
-	templateLayout = 1
+	templateLayout = 2
 	// templateMeta, templateState and templateMem are a saved template's
 	// files; templateEmpty is the placeholder behind unused drive slots.
 	templateMeta  = "meta.json"

@@ -99,6 +99,11 @@ type Config struct {
 	MemoryMiB int
 	// Drives are the guest's block devices.
 	Drives []Drive
+	// MaxWritableBytes is the largest writable drive file the VMM may
+	// write to, now or once a drive is replaced (qemu.VM.ReplaceDrive):
+	// its RLIMIT_FSIZE is set at start and cannot be raised later by a
+	// host without CAP_SYS_RESOURCE. 0: the largest of Drives.
+	MaxWritableBytes int64
 	// Net is the guest's network card; nil: no network.
 	Net *NIC
 	// AgentSocket is the host unix socket path of the guest agent's

@@ -115,7 +115,7 @@ func args(cfg *vmm.Config) []string {
 			fd++
 		}
 		a = append(a,
-			"-drive", fmt.Sprintf("if=none,id=d%d,file=/dev/fdset/%d,format=raw,readonly=%s", i, set, ro),
+			"-drive", fmt.Sprintf("if=none,id=d%d,node-name=%s,file=/dev/fdset/%d,format=raw,readonly=%s", i, formatNode(i), set, ro),
 			"-device", fmt.Sprintf("virtio-blk-device,drive=d%d,serial=%s", i, d.ID),
 		)
 	}
@@ -138,6 +138,10 @@ func args(cfg *vmm.Config) []string {
 	}
 	return a
 }
+
+// formatNode names drive i's raw format node: QEMU would name it
+// "#block…", a name blockdev-reopen cannot match (see VM.ReplaceDrive).
+func formatNode(i int) string { return fmt.Sprintf("r%d", i) }
 
 // incomingFd is the fd of cfg.Incoming in the VMM (see args).
 func incomingFd(cfg *vmm.Config) int {

@@ -27,8 +27,8 @@ func TestArgs(t *testing.T) {
 		"-device virtserialport,chardev=agent,name=cube.agent",
 		"socket,id=agent,fd=4,server=on,wait=off",
 		"-netdev tap,id=n0,fd=5 -device virtio-net-device,netdev=n0,mac=02:00:00:00:00:07",
-		"-add-fd fd=6,set=1 -drive if=none,id=d0,file=/dev/fdset/1,format=raw,readonly=on -device virtio-blk-device,drive=d0,serial=image",
-		"-add-fd fd=7,set=2 -add-fd fd=8,set=2 -drive if=none,id=d1,file=/dev/fdset/2,format=raw,readonly=off -device virtio-blk-device,drive=d1,serial=rw",
+		"-add-fd fd=6,set=1 -drive if=none,id=d0,node-name=r0,file=/dev/fdset/1,format=raw,readonly=on -device virtio-blk-device,drive=d0,serial=image",
+		"-add-fd fd=7,set=2 -add-fd fd=8,set=2 -drive if=none,id=d1,node-name=r1,file=/dev/fdset/2,format=raw,readonly=off -device virtio-blk-device,drive=d1,serial=rw",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("args lack %q:\n%s", want, got)

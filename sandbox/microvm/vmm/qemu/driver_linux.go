@@ -123,6 +123,7 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 		qmpPath:   filepath.Join(cfg.StateDir, "qmp.sock"),
 		agent:     cfg.AgentSocket,
 		jailDir:   filepath.Join(cfg.StateDir, "jail"),
+		drives:    slotsOf(&cfg),
 	}
 	var cleanups []func()
 	defer func() {
@@ -156,7 +157,7 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	}
 	// RLIMIT_FSIZE: the largest file QEMU may write is a writable drive
 	// or a snapshot of the guest's memory (migrate to an fd).
-	maxFile := int64(cfg.MemoryMiB+64) << 20
+	maxFile := max(int64(cfg.MemoryMiB+64)<<20, cfg.MaxWritableBytes)
 	if n := cfg.Net; n != nil {
 		open := func() (*os.File, error) { return tap.Open(n.NetNS, n.Tap) }
 		if n.Isolated {
@@ -276,6 +277,7 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 	tJail := time.Since(t0)
 	v.cmd = cmd
 	v.pid = cmd.Process.Pid
+	v.maxFile = maxFile
 	// Opened before anything reaps QEMU, so it names this process even
 	// if the pid is reused later.
 	pidfd, pidfdErr := unix.PidfdOpen(v.pid, 0)

@@ -40,6 +40,14 @@ type VM struct {
 	// migration receives each MIGRATION event's status (Save waits on it).
 	migration chan string
 
+	driveMu sync.Mutex
+	// drives are the VM's drives, in its command line's order; fdsets
+	// counts the fdsets ReplaceDrive added. Protected by driveMu.
+	drives []driveSlot
+	fdsets int
+	// maxFile is the VMM's RLIMIT_FSIZE.
+	maxFile int64
+
 	mu sync.Mutex
 	// shutdown is the last SHUTDOWN event's data; protected by mu.
 	shutdown *qmp.ShutdownData

@@ -233,11 +233,18 @@ func (c *Client) Execute(ctx context.Context, command string, args any) (json.Ra
 // to a snapshot file: a jailed QEMU can open no path and spawn nothing.
 // The connection must be a unix socket.
 func (c *Client) SendFile(ctx context.Context, name string, f *os.File) error {
-	if _, ok := c.conn.(*net.UnixConn); !ok {
-		return fmt.Errorf("qmp getfd: not a unix socket: %w", errdefs.ErrInvalid)
-	}
-	_, err := c.execute(ctx, "getfd", map[string]string{"fdname": name}, f)
+	_, err := c.ExecuteFile(ctx, "getfd", map[string]string{"fdname": name}, f)
 	return err
+}
+
+// ExecuteFile runs a command that takes a descriptor (getfd, add-fd),
+// passing f with the command (SCM_RIGHTS). The connection must be a unix
+// socket.
+func (c *Client) ExecuteFile(ctx context.Context, command string, args any, f *os.File) (json.RawMessage, error) {
+	if _, ok := c.conn.(*net.UnixConn); !ok {
+		return nil, fmt.Errorf("qmp %s: not a unix socket: %w", command, errdefs.ErrInvalid)
+	}
+	return c.execute(ctx, command, args, f)
 }
 
 func (c *Client) execute(ctx context.Context, command string, args any, f *os.File) (json.RawMessage, error) {

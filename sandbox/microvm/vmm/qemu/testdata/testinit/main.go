@@ -33,6 +33,8 @@ func main() {
 			fmt.Printf("CUBE-TICK %d\n", i)
 			time.Sleep(20 * time.Millisecond)
 		}
+	case "drives":
+		drives()
 	case "devices":
 		devices()
 		syscall.Sync()
