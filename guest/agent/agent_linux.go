@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -73,13 +74,13 @@ func DefaultConfig() Config {
 // Agent serves the agent API. All of its state lives as long as the VM:
 // one Setup, then the containers it declared.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
+	cfg Config
+	log *slog.Logger
 	// netPrepared: prepareNetwork ran (PID 1 runs it before serving).
 	netPrepared bool
-	reaper  *reaper.Reaper
-	console *os.File
-	release string
+	reaper      *reaper.Reaper
+	console     *os.File
+	release     string
 
 	mu sync.Mutex
 	// bootID is read at Setup, after the reseed; "" before. Protected by
@@ -94,11 +95,20 @@ type Agent struct {
 	cgroups cgroups
 	// mounted are the drives mounted, by serial. Protected by mu.
 	mounted map[string]string
+	// booted is what the first Setup changed (the link's MAC and MTU,
+	// the hostname), for Reset to restore. Protected by mu.
+	booted *bootedState
 	// shutdown is set once Shutdown has begun: every later call fails.
 	// Protected by mu.
 	shutdown bool
 	// done is closed when Shutdown has finished its work.
 	done chan struct{}
+}
+
+type bootedState struct {
+	mac      net.HardwareAddr
+	mtu      int
+	hostname string
 }
 
 // New returns an agent; it starts reaping children at once when

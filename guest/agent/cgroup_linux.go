@@ -23,6 +23,9 @@ type cgroups interface {
 	// create makes (afresh) the cgroup of container name, with its
 	// memory bound; the cpu bound comes with limitCPU.
 	create(name string, memory int64) (cgroup, error)
+	// remove removes the sandbox cgroup and every cgroup below it; they
+	// must hold no process.
+	remove() error
 }
 
 type cgroup interface {
@@ -112,6 +115,8 @@ func (c *cgroupsV2) init(pids int64) error {
 	return nil
 }
 
+func (c *cgroupsV2) remove() error { return rmdirTree(c.dir) }
+
 func (c *cgroupsV2) create(name string, memory int64) (cgroup, error) {
 	dir := filepath.Join(c.dir, name)
 	if err := rmdirTree(dir); err != nil {
@@ -160,6 +165,13 @@ func (c *cgroupsV1) init(pids int64) error {
 		return write(c.pids, "pids.max", strconv.FormatInt(pids, 10))
 	}
 	return nil
+}
+
+func (c *cgroupsV1) remove() error {
+	if err := rmdirTree(c.mem); err != nil {
+		return err
+	}
+	return rmdirTree(c.pids)
 }
 
 func (c *cgroupsV1) create(name string, memory int64) (cgroup, error) {

@@ -133,6 +133,13 @@ func mounted(path string) bool {
 // unmountAll unmounts the containers' overlays, then the drives (the
 // writable one last), so that ext4 is clean when the VM ends.
 func (a *Agent) unmountAll() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.unmountAllLocked()
+}
+
+// unmountAllLocked is unmountAll with a.mu held.
+func (a *Agent) unmountAllLocked() error {
 	var errs []error
 	entries, _ := os.ReadDir(a.path("containers"))
 	for _, e := range entries {
@@ -143,12 +150,10 @@ func (a *Agent) unmountAll() error {
 			}
 		}
 	}
-	a.mu.Lock()
 	var targets []string
 	for _, t := range a.mounted {
 		targets = append(targets, t)
 	}
-	a.mu.Unlock()
 	slices.Sort(targets) // .../images/* before .../rw
 	for _, t := range targets {
 		if err := unix.Unmount(t, 0); err != nil {

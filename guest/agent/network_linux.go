@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 
@@ -50,6 +51,9 @@ func (a *Agent) configureNetwork(n *agentapi.Network) error {
 	link, err := netlink.LinkByName(a.cfg.Link)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", a.cfg.Link, err)
+	}
+	if b := a.booted; b != nil && b.mac == nil {
+		b.mac, b.mtu = slices.Clone(link.Attrs().HardwareAddr), link.Attrs().MTU
 	}
 	if n.GetMac() != "" {
 		mac, err := net.ParseMAC(n.GetMac())

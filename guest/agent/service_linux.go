@@ -68,6 +68,11 @@ func (a *Agent) doSetup(req *agentapi.SetupRequest) error {
 	steps := newStepTimes()
 	step := steps.step
 	defer func() { a.log.Debug("setup", steps.kv...) }()
+	if a.booted == nil {
+		var uts unix.Utsname
+		unix.Uname(&uts)
+		a.booted = &bootedState{hostname: unix.ByteSliceToString(uts.Nodename[:])}
+	}
 	if err := a.reseed(req.GetEntropy()); err != nil {
 		return err
 	}

@@ -356,7 +356,11 @@ type SetupRequest struct {
 	// The VM is a clone restored from a template snapshot: its drives were
 	// placeholders when the template booted, so the agent re-probes every
 	// virtio disk before it mounts any.
-	Restored      bool `protobuf:"varint,8,opt,name=restored,proto3" json:"restored,omitempty"`
+	Restored bool `protobuf:"varint,8,opt,name=restored,proto3" json:"restored,omitempty"`
+	// A rehearsal: the VM is a pooled clone warming up on scratch drives
+	// (docs/microvm-templates.md), and Reset may undo this Setup so that a
+	// real one can follow.
+	Rehearsal     bool `protobuf:"varint,9,opt,name=rehearsal,proto3" json:"rehearsal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -443,6 +447,13 @@ func (x *SetupRequest) GetEntropy() []byte {
 func (x *SetupRequest) GetRestored() bool {
 	if x != nil {
 		return x.Restored
+	}
+	return false
+}
+
+func (x *SetupRequest) GetRehearsal() bool {
+	if x != nil {
+		return x.Rehearsal
 	}
 	return false
 }
@@ -1796,7 +1807,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aboot_id\x18\x03 \x01(\tR\x06bootId\x12\x1d\n" +
 	"\n" +
 	"setup_done\x18\x04 \x01(\bR\tsetupDone\x12$\n" +
-	"\x0etime_unix_nano\x18\x05 \x01(\x03R\ftimeUnixNano\"\xc3\x02\n" +
+	"\x0etime_unix_nano\x18\x05 \x01(\x03R\ftimeUnixNano\"\xe1\x02\n" +
 	"\fSetupRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x120\n" +
 	"\anetwork\x18\x02 \x01(\v2\x16.cube.agent.v1.NetworkR\anetwork\x12,\n" +
@@ -1808,7 +1819,8 @@ const file_agent_proto_rawDesc = "" +
 	"containers\x12$\n" +
 	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\x12\x18\n" +
 	"\aentropy\x18\a \x01(\fR\aentropy\x12\x1a\n" +
-	"\brestored\x18\b \x01(\bR\brestored\"O\n" +
+	"\brestored\x18\b \x01(\bR\brestored\x12\x1c\n" +
+	"\trehearsal\x18\t \x01(\bR\trehearsal\"O\n" +
 	"\rResumeRequest\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x18\n" +
 	"\aentropy\x18\x02 \x01(\fR\aentropy\"\xf3\x01\n" +
@@ -1920,7 +1932,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eSTATUS_CREATED\x10\x01\x12\x12\n" +
 	"\x0eSTATUS_RUNNING\x10\x02\x12\x11\n" +
-	"\rSTATUS_EXITED\x10\x032\xaa\a\n" +
+	"\rSTATUS_EXITED\x10\x032\xdf\a\n" +
 	"\x05Agent\x12B\n" +
 	"\x05Hello\x12\x1b.cube.agent.v1.HelloRequest\x1a\x1c.cube.agent.v1.HelloResponse\x12:\n" +
 	"\x05Setup\x12\x1b.cube.agent.v1.SetupRequest\x1a\x14.cube.agent.v1.Empty\x12<\n" +
@@ -1938,7 +1950,8 @@ const file_agent_proto_rawDesc = "" +
 	"ReadOutput\x12 .cube.agent.v1.ReadOutputRequest\x1a!.cube.agent.v1.ReadOutputResponse\x12B\n" +
 	"\tResizePty\x12\x1f.cube.agent.v1.ResizePtyRequest\x1a\x14.cube.agent.v1.Empty\x12;\n" +
 	"\x05State\x12\x14.cube.agent.v1.Empty\x1a\x1c.cube.agent.v1.StateResponse\x126\n" +
-	"\bShutdown\x12\x14.cube.agent.v1.Empty\x1a\x14.cube.agent.v1.EmptyB7Z5github.com/cube-platform/cube/guest/agentapi;agentapib\x06proto3"
+	"\bShutdown\x12\x14.cube.agent.v1.Empty\x1a\x14.cube.agent.v1.Empty\x123\n" +
+	"\x05Reset\x12\x14.cube.agent.v1.Empty\x1a\x14.cube.agent.v1.EmptyB7Z5github.com/cube-platform/cube/guest/agentapi;agentapib\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -2018,22 +2031,24 @@ var file_agent_proto_depIdxs = []int32{
 	25, // 30: cube.agent.v1.Agent.ResizePty:input_type -> cube.agent.v1.ResizePtyRequest
 	3,  // 31: cube.agent.v1.Agent.State:input_type -> cube.agent.v1.Empty
 	3,  // 32: cube.agent.v1.Agent.Shutdown:input_type -> cube.agent.v1.Empty
-	5,  // 33: cube.agent.v1.Agent.Hello:output_type -> cube.agent.v1.HelloResponse
-	3,  // 34: cube.agent.v1.Agent.Setup:output_type -> cube.agent.v1.Empty
-	3,  // 35: cube.agent.v1.Agent.Resume:output_type -> cube.agent.v1.Empty
-	13, // 36: cube.agent.v1.Agent.Start:output_type -> cube.agent.v1.StartResponse
-	16, // 37: cube.agent.v1.Agent.Wait:output_type -> cube.agent.v1.WaitResponse
-	18, // 38: cube.agent.v1.Agent.WaitAny:output_type -> cube.agent.v1.WaitAnyResponse
-	3,  // 39: cube.agent.v1.Agent.Signal:output_type -> cube.agent.v1.Empty
-	3,  // 40: cube.agent.v1.Agent.Exec:output_type -> cube.agent.v1.Empty
-	22, // 41: cube.agent.v1.Agent.WriteStdin:output_type -> cube.agent.v1.WriteStdinResponse
-	3,  // 42: cube.agent.v1.Agent.CloseStdin:output_type -> cube.agent.v1.Empty
-	24, // 43: cube.agent.v1.Agent.ReadOutput:output_type -> cube.agent.v1.ReadOutputResponse
-	3,  // 44: cube.agent.v1.Agent.ResizePty:output_type -> cube.agent.v1.Empty
-	27, // 45: cube.agent.v1.Agent.State:output_type -> cube.agent.v1.StateResponse
-	3,  // 46: cube.agent.v1.Agent.Shutdown:output_type -> cube.agent.v1.Empty
-	33, // [33:47] is the sub-list for method output_type
-	19, // [19:33] is the sub-list for method input_type
+	3,  // 33: cube.agent.v1.Agent.Reset:input_type -> cube.agent.v1.Empty
+	5,  // 34: cube.agent.v1.Agent.Hello:output_type -> cube.agent.v1.HelloResponse
+	3,  // 35: cube.agent.v1.Agent.Setup:output_type -> cube.agent.v1.Empty
+	3,  // 36: cube.agent.v1.Agent.Resume:output_type -> cube.agent.v1.Empty
+	13, // 37: cube.agent.v1.Agent.Start:output_type -> cube.agent.v1.StartResponse
+	16, // 38: cube.agent.v1.Agent.Wait:output_type -> cube.agent.v1.WaitResponse
+	18, // 39: cube.agent.v1.Agent.WaitAny:output_type -> cube.agent.v1.WaitAnyResponse
+	3,  // 40: cube.agent.v1.Agent.Signal:output_type -> cube.agent.v1.Empty
+	3,  // 41: cube.agent.v1.Agent.Exec:output_type -> cube.agent.v1.Empty
+	22, // 42: cube.agent.v1.Agent.WriteStdin:output_type -> cube.agent.v1.WriteStdinResponse
+	3,  // 43: cube.agent.v1.Agent.CloseStdin:output_type -> cube.agent.v1.Empty
+	24, // 44: cube.agent.v1.Agent.ReadOutput:output_type -> cube.agent.v1.ReadOutputResponse
+	3,  // 45: cube.agent.v1.Agent.ResizePty:output_type -> cube.agent.v1.Empty
+	27, // 46: cube.agent.v1.Agent.State:output_type -> cube.agent.v1.StateResponse
+	3,  // 47: cube.agent.v1.Agent.Shutdown:output_type -> cube.agent.v1.Empty
+	3,  // 48: cube.agent.v1.Agent.Reset:output_type -> cube.agent.v1.Empty
+	34, // [34:49] is the sub-list for method output_type
+	19, // [19:34] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
 	19, // [19:19] is the sub-list for extension extendee
 	0,  // [0:19] is the sub-list for field type_name

@@ -22,6 +22,7 @@ type AgentService interface {
 	ResizePty(context.Context, *ResizePtyRequest) (*Empty, error)
 	State(context.Context, *Empty) (*StateResponse, error)
 	Shutdown(context.Context, *Empty) (*Empty, error)
+	Reset(context.Context, *Empty) (*Empty, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -124,6 +125,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.Shutdown(ctx, &req)
+			},
+			"Reset": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req Empty
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Reset(ctx, &req)
 			},
 		},
 	})
@@ -246,6 +254,14 @@ func (c *agentClient) State(ctx context.Context, req *Empty) (*StateResponse, er
 func (c *agentClient) Shutdown(ctx context.Context, req *Empty) (*Empty, error) {
 	var resp Empty
 	if err := c.client.Call(ctx, "cube.agent.v1.Agent", "Shutdown", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) Reset(ctx context.Context, req *Empty) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "cube.agent.v1.Agent", "Reset", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -151,6 +151,14 @@ func (c *Client) Resume(ctx context.Context, timeUnixNano int64, entropy []byte)
 	return fromStatus("resume", err)
 }
 
+// Reset undoes a rehearsal Setup (see the proto).
+func (c *Client) Reset(ctx context.Context) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	_, err := c.svc.Reset(ctx, &Empty{})
+	return fromStatus("reset", err)
+}
+
 // Start starts the declared container and returns its guest pid.
 func (c *Client) Start(ctx context.Context, container string) (int, error) {
 	ref := &ProcessRef{Container: container}
