@@ -263,3 +263,39 @@ func TestOpenBeforeSetup(t *testing.T) {
 		t.Errorf("tap0 still exists after its file was closed and Remove ran")
 	}
 }
+
+// TestMoveIsolated: a tap OpenIsolated made (a pooled VM's card) moves
+// into an instance's namespace, where Setup wires it and frames written
+// on the same queue file reach the instance's network; a name taken in
+// the target is refused and the tap stays where it was.
+func TestMoveIsolated(t *testing.T) {
+	requireNetAdmin(t)
+	nsA, nsB := twoNetns(t)
+	tapf, err := OpenIsolated("tap0")
+	if err != nil {
+		t.Fatalf("OpenIsolated: %v", err)
+	}
+	defer tapf.Close()
+	taken, err := Open(nsB, "tap0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Move(tapf, nsB); err == nil {
+		t.Errorf("Move into a namespace that has a tap0 succeeded")
+	}
+	taken.Close()
+	if err := Move(tapf, nsA); err != nil {
+		t.Fatalf("Move: %v", err)
+	}
+	mac, err := Setup(nsA, "eth0", "tap0")
+	if err != nil {
+		t.Fatalf("Setup of the moved tap: %v", err)
+	}
+	defer Remove(nsA, "eth0", "tap0")
+	peer, _ := packetSocket(t, nsB, "peer")
+	out := frame(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, mac, "moved-tap")
+	if _, err := tapf.Write(append(make([]byte, VNetHdrLen), out...)); err != nil {
+		t.Fatal(err)
+	}
+	readFrame(t, peer, "moved-tap")
+}

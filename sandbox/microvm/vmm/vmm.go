@@ -45,6 +45,10 @@ type NIC struct {
 	Isolated bool
 	// Tap is the tap device's name inside NetNS.
 	Tap string
+	// File, if set, is an open tap queue (tap.Open, tap.OpenIsolated)
+	// the VMM gets a copy of, instead of the driver opening Tap: a caller
+	// that must move the tap later (tap.Move) keeps its own.
+	File *os.File
 	// MAC the guest's card uses (the CNI interface's MAC, so traffic the
 	// tc redirect hands over is addressed to the guest).
 	MAC net.HardwareAddr

@@ -124,6 +124,16 @@ func enableV2(root, rel string) error {
 	return nil
 }
 
+// MoveCharges asks cgroup v1's memory controller to move the memory a
+// process has charged elsewhere along with it when Add moves it here
+// (memory.move_charge_at_immigrate: anonymous and file pages). Best
+// effort: newer kernels deprecate it, and v2 never moves charges.
+func (c *Cgroup) MoveCharges() {
+	for _, d := range c.dirs {
+		os.WriteFile(filepath.Join(d, "memory.move_charge_at_immigrate"), []byte("3"), 0)
+	}
+}
+
 // Add moves pid into the cgroup in every hierarchy it was made in.
 func (c *Cgroup) Add(pid int) error {
 	for _, d := range c.dirs {

@@ -88,6 +88,48 @@ func ReleaseID(dir, vmID string) error {
 	return nil
 }
 
+// RenameID gives the uid of VM from to VM to, dropping the one to had:
+// a pooled VM, jailed as its own uid, becomes an instance's, and the
+// instance's later owners find the uid by the instance's name.
+func RenameID(dir, from, to string) (int, error) {
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	id := 0
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		b, err := os.ReadFile(p)
+		switch {
+		case err != nil:
+		case bytes.Equal(b, []byte(to)):
+			if err := os.Remove(p); err != nil {
+				return 0, err
+			}
+		case bytes.Equal(b, []byte(from)):
+			id = n
+		}
+	}
+	if id == 0 {
+		return 0, fmt.Errorf("vmm ids: %q has no uid: %w", from, os.ErrNotExist)
+	}
+	// Written whole by rename: a reader never sees a half-written name.
+	tmp := filepath.Join(dir, ".rename")
+	if err := os.WriteFile(tmp, []byte(to), 0o600); err != nil {
+		return 0, err
+	}
+	return id, os.Rename(tmp, filepath.Join(dir, strconv.Itoa(id)))
+}
+
 func lockDir(dir string) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {

@@ -163,6 +163,15 @@ func (d *Driver) StartVM(ctx context.Context, cfg vmm.Config) (_ *VM, retErr err
 		if n.Isolated {
 			open = func() (*os.File, error) { return tap.OpenIsolated(n.Tap) }
 		}
+		if n.File != nil {
+			open = func() (*os.File, error) {
+				fd, err := unix.FcntlInt(n.File.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+				if err != nil {
+					return nil, err
+				}
+				return os.NewFile(uintptr(fd), n.File.Name()), nil
+			}
+		}
 		f, err := open()
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
