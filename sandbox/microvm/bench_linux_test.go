@@ -139,3 +139,70 @@ func BenchmarkExec(b *testing.B) {
 	b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(took[len(took)-1].Microseconds())/1000, "max-ms")
 }
+
+// BenchmarkStartFrom times an instance's start to its container running
+// (Create, then Start: the VM, Setup with its identity and drives, the
+// container's init and exec) by where its VM comes from:
+//
+//   - template: a clone of the template, restored for it;
+//   - warm: a warm VM (Warm: restored and rehearsed ahead, untimed).
+//
+// p50-ms is the median.
+//
+//	go test -run '^$' -bench StartFrom -benchtime 10x ./sandbox/microvm
+func BenchmarkStartFrom(b *testing.B) {
+	tp := sharedTemplate(b)
+	opts := templateOptions(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	newSandbox := func(b *testing.B) sandbox.Sandbox {
+		id := sandboxtest.RandomID()
+		spec := sandbox.Spec{ID: id, Hostname: "h-" + id, StateDir: filepath.Join(b.TempDir(), "state"), CgroupParent: "/cube-test/" + id,
+			Containers: []sandbox.ContainerSpec{{Name: "app", Args: []string{"sleep", "3600"}}}}
+		spec.Containers[0].RootFS = vmtest.Image(b)
+		sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(b), VM: opts})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return sb
+	}
+	for _, from := range []string{"template", "warm"} {
+		b.Run(from, func(b *testing.B) {
+			var took []time.Duration
+			for b.Loop() {
+				b.StopTimer()
+				sb := newSandbox(b)
+				if from == "warm" {
+					id := sandboxtest.RandomID()
+					w, err := Warm(ctx, opts, tp, WarmOptions{Dir: filepath.Join(b.TempDir(), "warm-"+id), CgroupParent: "/cube-test/warm-" + id,
+						Program: filepath.Join(vmtest.Image(b).Dir, "bin", "busybox")})
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := UseWarm(sb, w); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				t0 := time.Now()
+				if err := sb.Create(ctx); err != nil {
+					b.Fatal(err)
+				}
+				if err := sb.Start(ctx, "app", sandbox.Stdio{}); err != nil {
+					b.Fatal(err)
+				}
+				took = append(took, time.Since(t0))
+				b.StopTimer()
+				if r, _ := ReadBootRecord(sb.(*vmSandbox).spec.StateDir); r.From != from {
+					b.Fatalf("the vm came from %q, not %q", r.From, from)
+				}
+				if err := sb.Destroy(context.Background()); err != nil {
+					b.Fatalf("Destroy: %v", err)
+				}
+				b.StartTimer()
+			}
+			slices.Sort(took)
+			b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "p50-ms")
+		})
+	}
+}

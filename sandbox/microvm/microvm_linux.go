@@ -128,6 +128,10 @@ type vmSandbox struct {
 	// fallback is why the VM boots cold though it was given a template
 	// (for the boot record, and so the node's event); protected by lifeMu.
 	fallback string
+	// warm is the warm VM the next boot adopts (UseWarm); protected by
+	// lifeMu. warmDir is the adopted one's dir; protected by mu.
+	warm    *WarmVM
+	warmDir string
 }
 
 // ctr is the host's view of one container.
@@ -420,6 +424,9 @@ func (s *vmSandbox) removeLeftovers(ctx context.Context) error {
 	if err := killVMM(ctx, s.spec.CgroupParent); err != nil {
 		return err
 	}
+	if err := s.removeWarmDir(); err != nil {
+		return err
+	}
 	if err := s.driver.Cleanup(ctx, s.vmConfig(uid)); err != nil {
 		return err
 	}
@@ -436,6 +443,17 @@ func (s *vmSandbox) removeLeftovers(ctx context.Context) error {
 // fails: a damaged template never fails the instance) a cold boot.
 // Preconditions: lifeMu held, no VM running.
 func (s *vmSandbox) boot(ctx context.Context) error {
+	if w := s.warm; w != nil {
+		s.warm = nil
+		err := s.adopt(ctx, w)
+		if err == nil {
+			return nil
+		}
+		s.log.Warn("the warm vm could not be adopted; restoring a clone of its own", "err", err)
+		if err := s.removeLeftovers(ctx); err != nil {
+			return err
+		}
+	}
 	uid, err := jail.AllocateID(s.idDir, s.spec.ID)
 	if err != nil {
 		return err
@@ -1093,6 +1111,9 @@ func (s *vmSandbox) cleanup(ctx context.Context, all bool) error {
 			errs = append(errs, err)
 		}
 		<-booted
+	}
+	if err := s.removeWarmDir(); err != nil {
+		errs = append(errs, err)
 	}
 	s.mu.Lock()
 	for _, c := range s.ctrs {

@@ -23,7 +23,7 @@ var (
 
 // sharedTemplate is one template of the default test VM size (one vCPU,
 // a container of the default memory), built once for the package.
-func sharedTemplate(t *testing.T) *Template {
+func sharedTemplate(t testing.TB) *Template {
 	t.Helper()
 	opts := vmtest.Options(t)
 	testTemplateOnce.Do(func() {
@@ -49,7 +49,7 @@ func sharedTemplate(t *testing.T) *Template {
 }
 
 // templateOptions are the test VM options with the shared template.
-func templateOptions(t *testing.T) sandbox.VMOptions {
+func templateOptions(t testing.TB) sandbox.VMOptions {
 	t.Helper()
 	tp := sharedTemplate(t)
 	o := vmtest.Options(t)
