@@ -72,6 +72,23 @@ type Config struct {
 	// attaches the instance's network, and calls Start once the network
 	// is ready: no container may run before that.
 	AwaitStart bool `json:"awaitStart,omitempty"`
+	// Warm makes this a warm shim: it holds a warm VM (microvm.Warm) for
+	// no instance yet, until Adopt hands it one, and Sandbox, LogDir and
+	// the restart fields are unused until then (see warm_linux.go).
+	Warm *WarmSpec `json:"warm,omitempty"`
+}
+
+// WarmSpec is what a warm shim warms: a clone of the template VM names
+// (TemplateDir and TemplateMemFD, the memory as an extra file), of
+// VCPUs and MemoryMiB.
+type WarmSpec struct {
+	VCPUs     int `json:"vcpus"`
+	MemoryMiB int `json:"memoryMiB"`
+	// CgroupParent is the warm VM's cgroup until it is adopted.
+	CgroupParent string `json:"cgroupParent"`
+	// Program is a static binary the rehearsal's container runs ("":
+	// none; see microvm.WarmOptions).
+	Program string `json:"program,omitempty"`
 }
 
 // WithDefaults returns c with every unset field at its default.
@@ -111,11 +128,28 @@ func (c Config) Validate() error {
 	if !filepath.IsAbs(c.Socket) || len(c.Socket) > 107 {
 		return fmt.Errorf("shim config: socket %q must be an absolute path of at most 107 bytes", c.Socket)
 	}
+	if c.Warm != nil {
+		return c.Warm.validate(c)
+	}
 	if !filepath.IsAbs(c.LogDir) {
 		return fmt.Errorf("shim config: log dir %q must be an absolute path", c.LogDir)
 	}
 	if c.Sandbox.ID == "" || len(c.Sandbox.Containers) == 0 {
 		return errors.New("shim config: the sandbox needs an id and at least one container")
+	}
+	return nil
+}
+
+func (w *WarmSpec) validate(c Config) error {
+	switch {
+	case c.Backend != sandbox.BackendMicroVM:
+		return fmt.Errorf("shim config: a warm shim is a microvm's, not %q", c.Backend)
+	case c.VM.TemplateDir == "" || c.VM.TemplateMemFD <= 0:
+		return errors.New("shim config: a warm shim needs a template (vm.templateDir and its memory's fd)")
+	case w.VCPUs <= 0 || w.MemoryMiB <= 0:
+		return fmt.Errorf("shim config: warm vm size %dx%dM", w.VCPUs, w.MemoryMiB)
+	case w.CgroupParent != "" && !filepath.IsAbs(w.CgroupParent):
+		return fmt.Errorf("shim config: warm cgroup %q must be an absolute path", w.CgroupParent)
 	}
 	return nil
 }

@@ -50,39 +50,14 @@ func Main(ctx context.Context, configPath string) error {
 		return err
 	}
 	cfg = cfg.WithDefaults()
-	level := slog.LevelInfo
-	if cfg.Debug {
-		level = slog.LevelDebug
+	p, err := prepare(cfg.Debug, cfg.Sandbox.ID)
+	if err != nil {
+		return err
 	}
-	base := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	// ttRPC logs through logrus, a line per frame a guest sends on an
-	// unknown stream: a hostile guest would fill the shim's log. The
-	// agent client reports what matters as errors.
-	containerdlog.L.Logger.SetOutput(io.Discard)
-	log := base.With("component", "shim", "sandbox", cfg.Sandbox.ID)
-
-	// Container processes are reparented to us when runc exits; only as a
-	// subreaper can we reap them and read their exit status.
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		return fmt.Errorf("shim: become child subreaper: %w", err)
+	defer p.stop()
+	if cfg.Warm != nil {
+		return warmMain(ctx, cfg, p)
 	}
-	// Ignore SIGHUP and SIGPIPE by catching and dropping them, not with
-	// signal.Ignore: SIG_IGN would be inherited through exec by runc and,
-	// unless runc resets it, by the containers.
-	ignored := make(chan os.Signal, 4)
-	signal.Notify(ignored, unix.SIGHUP, unix.SIGPIPE)
-	defer func() {
-		signal.Stop(ignored) // no more sends after Stop returns
-		close(ignored)
-	}()
-	go func() {
-		for range ignored {
-		}
-	}()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
-	defer signal.Stop(sigs)
-
 	files := FilesFor(cfg.Socket)
 	unlock, err := lockPidFile(files.Pid)
 	if err != nil {
@@ -94,25 +69,78 @@ func Main(ctx context.Context, configPath string) error {
 		os.Remove(files.Pid)
 		return err
 	}
-	failEarly := func(err error) error {
+	sb, err := Backends.New(cfg.Backend, cfg.Sandbox, sandbox.Options{Logger: p.base, Runc: cfg.Runtime, VM: cfg.VM})
+	if err != nil {
 		ln.Close() // unlinks the socket
 		os.Remove(files.Pid)
 		return err
 	}
-	sb, err := Backends.New(cfg.Backend, cfg.Sandbox, sandbox.Options{Logger: base, Runc: cfg.Runtime, VM: cfg.VM})
-	if err != nil {
-		return failEarly(err)
+	return serve(ctx, cfg, sb, ln, p, signalReady)
+}
+
+// process is what a shim process sets up before it serves anything.
+type process struct {
+	base *slog.Logger
+	log  *slog.Logger
+	sigs chan os.Signal
+	stop func()
+}
+
+// prepare sets up the shim process: its log, child subreaping, and its
+// signals.
+func prepare(debug bool, id string) (*process, error) {
+	level := slog.LevelInfo
+	if debug {
+		level = slog.LevelDebug
 	}
+	base := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// ttRPC logs through logrus, a line per frame a guest sends on an
+	// unknown stream: a hostile guest would fill the shim's log. The
+	// agent client reports what matters as errors.
+	containerdlog.L.Logger.SetOutput(io.Discard)
+	log := base.With("component", "shim", "sandbox", id)
+
+	// Container processes are reparented to us when runc exits; only as a
+	// subreaper can we reap them and read their exit status.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return nil, fmt.Errorf("shim: become child subreaper: %w", err)
+	}
+	// Ignore SIGHUP and SIGPIPE by catching and dropping them, not with
+	// signal.Ignore: SIG_IGN would be inherited through exec by runc and,
+	// unless runc resets it, by the containers.
+	ignored := make(chan os.Signal, 4)
+	signal.Notify(ignored, unix.SIGHUP, unix.SIGPIPE)
+	go func() {
+		for range ignored {
+		}
+	}()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
+	return &process{base: base, log: log, sigs: sigs, stop: func() {
+		signal.Stop(sigs)
+		signal.Stop(ignored) // no more sends after Stop returns
+		close(ignored)
+	}}, nil
+}
+
+// serve supervises sb for cfg on ln until the shim is done: it serves,
+// calls served (Launch's signal), creates the sandbox and starts its
+// containers in the background, and returns after an explicit shutdown,
+// a signal's or ctx's.
+func serve(ctx context.Context, cfg Config, sb sandbox.Sandbox, ln net.Listener, p *process, served func()) error {
+	log := p.log.With("sandbox", cfg.Sandbox.ID)
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	s, err := newSupervisor(life, cfg, sb, log)
 	if err != nil {
-		return failEarly(err)
+		ln.Close() // unlinks the socket
+		os.Remove(FilesFor(cfg.Socket).Pid)
+		return err
 	}
 	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	signalReady()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	served()
 	go s.boot()
 	log.Info("shim serving", "socket", cfg.Socket, "pid", os.Getpid())
 
@@ -120,14 +148,14 @@ func Main(ctx context.Context, configPath string) error {
 		select {
 		case <-s.exited:
 			done = true
-		case sig := <-sigs:
+		case sig := <-p.sigs:
 			log.Info("signal: shutting down", "signal", sig.String())
 			done = shutdownOrLog(s, log)
 		case <-ctx.Done():
 			log.Info("context done: shutting down")
 			done = shutdownOrLog(s, log)
 			ctx = context.Background() // try once; then wait for /shutdown or a signal
-		case err := <-served:
+		case err := <-serveErr:
 			return fmt.Errorf("shim: serve %s: %w", cfg.Socket, err)
 		}
 	}

@@ -221,7 +221,9 @@ func checkGoroutineLeaks(wait time.Duration) error {
 		buf = buf[:runtime.Stack(buf, true)]
 		var leaked []string
 		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "cube-platform/cube") && !strings.Contains(g, "checkGoroutineLeaks") {
+			// jail.forkLoop (the template TestWarmShim* builds in this
+			// process) lives as long as the process, by design.
+			if strings.Contains(g, "cube-platform/cube") && !strings.Contains(g, "checkGoroutineLeaks") && !strings.Contains(g, "jail.forkLoop") {
 				leaked = append(leaked, g)
 			}
 		}
