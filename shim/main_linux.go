@@ -98,7 +98,10 @@ func prepare(debug bool, id string) (*process, error) {
 	// unknown stream: a hostile guest would fill the shim's log. The
 	// agent client reports what matters as errors.
 	containerdlog.L.Logger.SetOutput(io.Discard)
-	log := base.With("component", "shim", "sandbox", id)
+	log := base.With("component", "shim")
+	if id != "" {
+		log = log.With("sandbox", id)
+	}
 
 	// Container processes are reparented to us when runc exits; only as a
 	// subreaper can we reap them and read their exit status.
@@ -128,7 +131,7 @@ func prepare(debug bool, id string) (*process, error) {
 // containers in the background, and returns after an explicit shutdown,
 // a signal's or ctx's.
 func serve(ctx context.Context, cfg Config, sb sandbox.Sandbox, ln net.Listener, p *process, served func()) error {
-	log := p.log.With("sandbox", cfg.Sandbox.ID)
+	log := p.base.With("component", "shim", "sandbox", cfg.Sandbox.ID)
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	s, err := newSupervisor(life, cfg, sb, log)

@@ -15,7 +15,7 @@ type BootRecord struct {
 	VMMPid int `json:"vmmPid"`
 	// BootMs is the time from the VMM's start to the agent's first answer.
 	BootMs float64 `json:"bootMs"`
-	// From is "cold" (booted the kernel) or "template" (a clone).
+	// From is FromCold, FromTemplate or FromWarm.
 	From string `json:"from"`
 	// Fallback says why a VM given a template booted cold (bounded).
 	Fallback string `json:"fallback,omitempty"`
@@ -37,6 +37,17 @@ type BootRecord struct {
 	Kernel string `json:"kernel"`
 	BootID string `json:"bootID"`
 }
+
+// Where a VM came from (BootRecord.From).
+const (
+	// FromCold booted the kernel.
+	FromCold = "cold"
+	// FromTemplate is a clone of the template, restored for the sandbox.
+	FromTemplate = "template"
+	// FromWarm is a warm VM the sandbox adopted: a clone of the template
+	// restored and rehearsed ahead (see Warm).
+	FromWarm = "warm"
+)
 
 // BootRecordFile is where a sandbox of state dir dir keeps its record.
 func BootRecordFile(dir string) string { return filepath.Join(dir, "boot.json") }

@@ -337,7 +337,7 @@ func (s *vmSandbox) adopt(ctx context.Context, w *WarmVM) (err error) {
 	s.mu.Lock()
 	s.vm, s.agent, s.booted, s.isSetup = w.vm, w.agent, booted, false
 	s.liveDrives, s.liveIsolatedNIC = 1+TemplateImageSlots, s.spec.NetNS == ""
-	s.record = BootRecord{VMMPid: w.vm.Pid(), BootMs: float64(time.Since(start).Microseconds()) / 1000, From: "warm",
+	s.record = BootRecord{VMMPid: w.vm.Pid(), BootMs: float64(time.Since(start).Microseconds()) / 1000, From: FromWarm,
 		GuestMiB: w.key.MemoryMiB, Accel: w.key.Accel}
 	s.vmStarted = start
 	s.warmDir = w.dir
