@@ -62,6 +62,15 @@ type BootResult struct {
 	DensityColdMiB     float64 `json:"density_mib_per_instance_cold"`
 	// TemplateFallbacks counts template starts that booted cold instead.
 	TemplateFallbacks int `json:"template_fallbacks"`
+	// WarmStarts counts the template starts that adopted a warm VM (a
+	// clone restored and rehearsed ahead: their restore runs from the
+	// adoption's start); the others restored a clone of their own. Each
+	// path's start and restore medians follow (0: no such start).
+	WarmStarts        int     `json:"warm_starts"`
+	P50StartWarmMs    float64 `json:"p50_start_warm_ms"`
+	P50StartCloneMs   float64 `json:"p50_start_clone_ms"`
+	P50RestoreWarmMs  float64 `json:"p50_restore_warm_ms"`
+	P50RestoreCloneMs float64 `json:"p50_restore_clone_ms"`
 }
 
 // DensityResult is the final JSON line of `cube bench density`.
@@ -183,6 +192,32 @@ func (b *vmBench) waitTemplate(ctx context.Context, in *v1.Instance, size string
 	}
 }
 
+// waitWarm waits up to max until in's node reports a warm VM of size
+// ready after more than taken were taken, and says whether it has (and
+// how many were taken then).
+func (b *vmBench) waitWarm(ctx context.Context, in *v1.Instance, size string, taken int, max time.Duration) (bool, int) {
+	deadline := time.Now().Add(max)
+	for delay := 50 * time.Millisecond; ; delay = min(delay*2, 500*time.Millisecond) {
+		if nodes, err := b.c.ListNodes(ctx); err == nil {
+			for _, n := range nodes.Items {
+				for _, t := range n.Status.Templates {
+					if n.Metadata.Name == in.Status.Node && t.Size == size && t.Warm > 0 && t.WarmTaken >= taken {
+						return true, t.WarmTaken
+					}
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return false, taken
+		}
+		select {
+		case <-ctx.Done():
+			return false, taken
+		case <-time.After(delay): // the node reports its warm vms with its heartbeat
+		}
+	}
+}
+
 // bootSample is what one started instance tells.
 type bootSample struct {
 	in    *v1.Instance
@@ -192,9 +227,16 @@ type bootSample struct {
 }
 
 // startN starts n instances one after another (prefix-0..) with labels.
-func (b *vmBench) startN(ctx context.Context, prefix string, n int, labels map[string]string, progress string) ([]bootSample, error) {
+func (b *vmBench) startN(ctx context.Context, prefix string, n int, labels map[string]string, progress string, before func(last *bootSample)) ([]bootSample, error) {
 	var out []bootSample
 	for i := 0; i < n; i++ {
+		if before != nil {
+			var last *bootSample
+			if len(out) > 0 {
+				last = &out[len(out)-1]
+			}
+			before(last)
+		}
 		in, took, err := b.startLabeled(ctx, fmt.Sprintf("%s-%s-%d", b.run, prefix, i), labels)
 		if err != nil {
 			return nil, err
@@ -277,8 +319,13 @@ template for their VM size (waiting first until the node has it), then N
 more that boot their kernel (label cube.dev/vm-boot=cold), keeping all up;
 then suspend and resume each template start.
 
-  restore        a clone's VMM start to agent ready with its identity
-  start_template the create call's return to Running, through a template
+  restore        a clone's VMM start to agent ready with its identity (for
+                 a warm VM: from its adoption's start)
+  start_template the create call's return to Running, through a template:
+                 adopting a warm VM when the node keeps them (each start
+                 waits until one is ready), else restoring a clone;
+                 warm_starts counts the former, *_warm_ms and *_clone_ms
+                 are each path's medians
   boot / start   the same for cold boots (to the agent's first answer)
   resume         the node's restore of a suspended VM; resume_api the
                  resume call's return to Running
@@ -321,13 +368,29 @@ The last line is JSON:
 			_ = b.c.DeleteInstance(ctx, warm.Metadata.Name, true)
 			_, _ = b.c.WaitInstance(ctx, warm.Metadata.Name, []string{"deleted"}, 2*time.Minute)
 
+			// One start at a time on a node at rest: when the node keeps
+			// warm VMs, each template start waits for one to be ready
+			// (a create while the node still warms the last one's
+			// replacement restores a clone of its own).
+			warmWait, taken := b.waitWarm(ctx, warm, size, 0, time.Minute)
+			if warmWait {
+				fmt.Fprintf(g.stderr, "node %s keeps warm vms of %s: each template start waits for one\n", warm.Status.Node, size)
+			}
 			base := memAvail()
-			tmpl, err := b.startN(ctx, "tmpl", n, nil, "template starts")
+			tmpl, err := b.startN(ctx, "tmpl", n, nil, "template starts", func(last *bootSample) {
+				if !warmWait {
+					return
+				}
+				if last != nil && last.rec.From == microvm.FromWarm {
+					taken++ // the last start took one: wait for its replacement
+				}
+				_, taken = b.waitWarm(ctx, warm, size, taken, time.Minute)
+			})
 			if err != nil {
 				return err
 			}
 			withTemplates := memAvail()
-			cold, err := b.startN(ctx, "cold", n, map[string]string{v1.LabelVMBoot: v1.VMBootCold}, "cold starts")
+			cold, err := b.startN(ctx, "cold", n, map[string]string{v1.LabelVMBoot: v1.VMBootCold}, "cold starts", nil)
 			if err != nil {
 				return err
 			}
@@ -352,8 +415,14 @@ The last line is JSON:
 					}
 				}
 			}
+			var warmStarts, cloneStarts, warmRestores, cloneRestores []time.Duration
 			for _, t := range tmpl {
-				if t.rec.From != "template" {
+				switch t.rec.From {
+				case "warm":
+					warmStarts, warmRestores = append(warmStarts, t.took), append(warmRestores, msd(t.rec.ReadyMs))
+				case "template":
+					cloneStarts, cloneRestores = append(cloneStarts, t.took), append(cloneRestores, msd(t.rec.ReadyMs))
+				default:
 					fallbacks++
 					continue
 				}
@@ -394,7 +463,9 @@ The last line is JSON:
 				P50StartTemplateMs: ms(percentile(st, 50)), P99StartTemplateMs: ms(percentile(st, 99)),
 				P50ResumeMs: ms(percentile(sres, 50)), P50ResumeAPIMs: ms(percentile(sapi, 50)),
 				DensityTemplateMiB: perInstance(base, withTemplates), DensityColdMiB: perInstance(withTemplates, withCold),
-				TemplateFallbacks: fallbacks}
+				TemplateFallbacks: fallbacks, WarmStarts: len(warmStarts),
+				P50StartWarmMs: ms(percentile(durations(warmStarts), 50)), P50StartCloneMs: ms(percentile(durations(cloneStarts), 50)),
+				P50RestoreWarmMs: ms(percentile(durations(warmRestores), 50)), P50RestoreCloneMs: ms(percentile(durations(cloneRestores), 50))}
 			tw := newTable(g.stdout)
 			fmt.Fprintln(tw, "PATH\tN\tACCEL\tVM READY P50\tVM READY P99\tSTART P50\tSTART P99\tHOST MEM/INSTANCE")
 			fmt.Fprintf(tw, "template\t%d\t%s\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%.1fMiB\n", n-fallbacks, accel, res.P50RestoreMs, res.P99RestoreMs,
@@ -402,6 +473,8 @@ The last line is JSON:
 			fmt.Fprintf(tw, "cold\t%d\t%s\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%.1fMiB\n", n, accel, res.P50BootMs, res.P99BootMs,
 				res.P50StartMs, res.P99StartMs, res.DensityColdMiB)
 			_ = tw.Flush()
+			fmt.Fprintf(g.stdout, "template starts: %d adopted a warm vm (start p50 %.1fms, ready %.1fms), %d restored a clone (start p50 %.1fms, ready %.1fms)\n",
+				res.WarmStarts, res.P50StartWarmMs, res.P50RestoreWarmMs, len(cloneStarts), res.P50StartCloneMs, res.P50RestoreCloneMs)
 			fmt.Fprintf(g.stdout, "resume p50 %.1fms (node), %.1fms (API to Running); cold VMM overhead %.1f MiB (private %.1f, PSS %.1f), shim RSS %.1f MiB\n",
 				res.P50ResumeMs, res.P50ResumeAPIMs, res.VMMOverheadMiB, res.VMMPrivateMiB, res.VMMPSSMiB, res.ShimRSSMiB)
 			out, _ := json.Marshal(res)

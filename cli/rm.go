@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -85,7 +86,7 @@ func newNodesCmd(g *globals) *cobra.Command {
 				return err
 			}
 			tw := newTable(g.stdout)
-			fmt.Fprintln(tw, "NAME\tSTATUS\tCPU(ALLOC/CAP)\tMEMORY(ALLOC/CAP)\tINSTANCES\tRUNTIMES\tACCEL\tTEMPLATES\tAGE")
+			fmt.Fprintln(tw, "NAME\tSTATUS\tCPU(ALLOC/CAP)\tMEMORY(ALLOC/CAP)\tINSTANCES\tRUNTIMES\tACCEL\tTEMPLATES\tWARM\tAGE")
 			now := time.Now()
 			for _, n := range list.Items {
 				status := "Ready"
@@ -95,9 +96,10 @@ func newNodesCmd(g *globals) *cobra.Command {
 				if n.Spec.Unschedulable {
 					status += ",Unschedulable"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s/%s\t%d\t%s\t%s\t%s\t%s\n", n.Metadata.Name, status,
+				fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s/%s\t%d\t%s\t%s\t%s\t%s\t%s\n", n.Metadata.Name, status,
 					n.Status.Allocated.CPU, n.Status.Capacity.CPU, n.Status.Allocated.Memory, n.Status.Capacity.Memory,
-					n.Status.Instances, runtimesText(n.Status), orDash(n.Status.Accelerator), templatesText(n.Status.Templates), age(n.Metadata.CreationTimestamp, now))
+					n.Status.Instances, runtimesText(n.Status), orDash(n.Status.Accelerator), templatesText(n.Status.Templates),
+					warmText(n.Status.Templates), age(n.Metadata.CreationTimestamp, now))
 			}
 			return tw.Flush()
 		},
@@ -237,6 +239,19 @@ func templatesText(ts []v1.TemplateStatus) string {
 		out += " (" + strings.Join(ready, ",") + ")"
 	}
 	return out
+}
+
+// warmText counts a node's warm VMs (clones restored and rehearsed
+// ahead, which creates take over): "-" without templates.
+func warmText(ts []v1.TemplateStatus) string {
+	if len(ts) == 0 {
+		return "-"
+	}
+	n := 0
+	for _, t := range ts {
+		n += t.Warm
+	}
+	return strconv.Itoa(n)
 }
 
 // runtimesText lists a node's runtimes, and the guest kernel's progress

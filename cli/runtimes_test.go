@@ -25,6 +25,15 @@ func TestRuntimesText(t *testing.T) {
 	}
 }
 
+func TestWarmText(t *testing.T) {
+	if got := warmText(nil); got != "-" {
+		t.Errorf("warmText(nil) = %q; want -", got)
+	}
+	if got := warmText([]v1.TemplateStatus{{Size: "1x324M", Warm: 2}, {Size: "1x84M", Warm: 1}, {Size: "2x580M"}}); got != "3" {
+		t.Errorf("warmText = %q; want 3", got)
+	}
+}
+
 func TestTemplatesText(t *testing.T) {
 	for _, c := range []struct {
 		in   []v1.TemplateStatus

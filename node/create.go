@@ -130,12 +130,16 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 	}()
 	spec.NetNS = netns
 	var extra []*os.File
+	warm := ""
 	if backend == sandbox.BackendMicroVM && in.Metadata.Labels[v1.LabelVMBoot] != v1.VMBootCold {
 		// A clone of the node's template for this VM size, when it has one
 		// ready; the shim gets the template's memory as an fd.
 		if t, ok := w.a.cfg.Runtimes.Template(spec, vm); ok {
 			vm.TemplateDir, vm.TemplateMemFD = t.Dir, shim.FirstExtraFD
 			extra = append(extra, t.Mem)
+			// Better still: a clone restored and warmed ahead, whose shim
+			// becomes this instance's.
+			warm, _ = w.a.cfg.Runtimes.Warm(spec, vm)
 		}
 	}
 	cfg := shim.Config{
@@ -156,7 +160,7 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 	}
 	lctx, lcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer lcancel()
-	c, err := shim.Launch(lctx, w.a.cfg.ShimCommand, cfg)
+	c, err := w.launch(lctx, warm, cfg)
 	launched := time.Since(t0)
 	nw := <-attc
 	if err == nil && nw.err == nil {
@@ -187,6 +191,23 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 	}
 	w.a.log.Debug("instance prepared", "uid", w.uid, "images", t0.Sub(start), "network", nw.took, "shim", launched, "total", time.Since(start))
 	return c, nil
+}
+
+// launch starts the instance's shim: the warm shim at warm, if any,
+// adopts the instance; if it cannot, a shim is launched for it.
+func (w *worker) launch(ctx context.Context, warm string, cfg shim.Config) (*shim.Client, error) {
+	if warm != "" {
+		c, err := shim.Adopt(ctx, warm, cfg)
+		if err == nil {
+			return c, nil
+		}
+		w.a.log.Warn("the warm vm could not be adopted; launching a shim", "uid", w.uid, "err", err)
+		// It may have taken the instance's socket before it failed.
+		if c := shim.Dial(cfg.Socket); c.Ping(ctx) == nil {
+			return c, nil
+		}
+	}
+	return shim.Launch(ctx, w.a.cfg.ShimCommand, cfg)
 }
 
 // attached records the instance's network attachment: on disk for a later

@@ -317,6 +317,10 @@ func (w *worker) follow(ctx context.Context, c *shim.Client) {
 					// The boot record is written once the guest is set up.
 					if rec, err := microvm.ReadBootRecord(filepath.Join(w.dir, "sandbox")); err == nil {
 						status.VMBoot, status.VMBootWarning = rec.From, ""
+						if rec.From == microvm.FromWarm {
+							// A clone of the template too, restored ahead.
+							status.VMBoot = microvm.FromTemplate
+						}
 						if rec.Fallback != "" {
 							// The reason names host paths: the node's log
 							// has it, the tenant gets the fact.

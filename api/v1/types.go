@@ -348,6 +348,12 @@ type TemplateStatus struct {
 	MemoryMiB int    `json:"memoryMiB"`
 	// State is "queued", "building", "ready" or "failed: <reason>".
 	State string `json:"state"`
+	// Warm is how many warm VMs of this size wait for an instance
+	// (clones restored and rehearsed ahead; docs/microvm-templates.md).
+	Warm int `json:"warm,omitempty"`
+	// WarmTaken counts the warm VMs of this size creates took over since
+	// the node started.
+	WarmTaken int `json:"warmTaken,omitempty"`
 }
 
 // MaxNodeTemplates bounds NodeStatus.Templates.

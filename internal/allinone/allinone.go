@@ -83,7 +83,10 @@ type Config struct {
 	// BuildKernel lets the default Runtimes build a missing guest kernel
 	// in the background (a few minutes on two cores).
 	BuildKernel bool
-	Log         *slog.Logger
+	// WarmVMs is how many warm VMs the default Runtimes keep per VM size
+	// (docs/microvm-templates.md); 0: none.
+	WarmVMs int
+	Log     *slog.Logger
 }
 
 // Platform is a running `cube up`.
@@ -114,9 +117,6 @@ func (c *Config) validate() error {
 	default:
 		return fmt.Errorf("default runtime %q: want auto, microvm or runc", c.DefaultRuntime)
 	}
-	if c.Runtimes == nil {
-		c.Runtimes = vmhost.New(vmhost.Config{Build: c.BuildKernel, Log: c.Log, TemplateDir: filepath.Join(c.DataDir, "templates")})
-	}
 	if len(c.Etcd.Endpoints) > 0 {
 		if err := c.Etcd.Validate(); err != nil {
 			return err
@@ -134,6 +134,13 @@ func (c *Config) validate() error {
 			return err
 		}
 		c.ShimCommand = []string{exe, "shim", "--config"}
+	}
+	if c.WarmVMs < 0 {
+		return fmt.Errorf("warm vms %d: want 0 or more", c.WarmVMs)
+	}
+	if c.Runtimes == nil {
+		c.Runtimes = vmhost.New(vmhost.Config{Build: c.BuildKernel, Log: c.Log, TemplateDir: filepath.Join(c.DataDir, "templates"),
+			WarmVMs: c.WarmVMs, ShimCommand: c.ShimCommand, WarmDir: filepath.Join(c.DataDir, "warm")})
 	}
 	return nil
 }

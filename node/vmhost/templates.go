@@ -178,7 +178,7 @@ func (ts *templates) closeAll() {
 }
 
 // status is each size's template state, sorted by size.
-func (ts *templates) status() []v1.TemplateStatus {
+func (ts *templates) status(warm func(microvm.TemplateKey) (idle, taken int)) []v1.TemplateStatus {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	out := make([]v1.TemplateStatus, 0, len(ts.entries))
@@ -187,7 +187,8 @@ func (ts *templates) status() []v1.TemplateStatus {
 		if len(st) > 120 {
 			st = st[:117] + "..."
 		}
-		out = append(out, v1.TemplateStatus{Size: k.Size(), VCPUs: k.VCPUs, MemoryMiB: k.MemoryMiB, State: st})
+		idle, taken := warm(k)
+		out = append(out, v1.TemplateStatus{Size: k.Size(), VCPUs: k.VCPUs, MemoryMiB: k.MemoryMiB, State: st, Warm: idle, WarmTaken: taken})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		return cmp.Or(cmp.Compare(out[i].VCPUs, out[j].VCPUs), cmp.Compare(out[i].MemoryMiB, out[j].MemoryMiB)) < 0
@@ -208,11 +209,42 @@ func (h *Host) Template(spec sandbox.Spec, vm sandbox.VMOptions) (node.Template,
 		h.log.Warn("no template key", "err", err)
 		return node.Template{}, false
 	}
+	if h.warm != nil {
+		// A size in use keeps warm VMs once its template is ready.
+		h.warm.want(key)
+	}
 	if t, ok := h.templates.get(key); ok {
 		return node.Template{Dir: t.Dir, Mem: t.Mem}, true
 	}
 	h.templates.want(key)
 	return node.Template{}, false
+}
+
+// Warm implements node.Runtimes: an idle warm shim of spec's VM size, or
+// false (and warm VMs of that size asked for).
+func (h *Host) Warm(spec sandbox.Spec, vm sandbox.VMOptions) (string, bool) {
+	if h.warm == nil {
+		return "", false
+	}
+	vcpus, mib := microvm.SizeOf(spec)
+	key, err := microvm.TemplateKeyFor(vm, vcpus, mib)
+	if err != nil {
+		return "", false
+	}
+	return h.warm.take(key)
+}
+
+// readyTemplate is key's ready template and the VM options of today.
+func (h *Host) readyTemplate(key microvm.TemplateKey) (*microvm.Template, sandbox.VMOptions, bool) {
+	vm, ok := h.VM()
+	if !ok {
+		return nil, vm, false
+	}
+	if now, err := microvm.TemplateKeyFor(vm, key.VCPUs, key.MemoryMiB); err != nil || now != key {
+		return nil, vm, false // the binaries changed: another key now
+	}
+	t, ok := h.templates.get(key)
+	return t, vm, ok
 }
 
 // defaultTemplateSize is the VM of an instance with one container of

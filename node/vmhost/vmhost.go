@@ -46,6 +46,12 @@ type Config struct {
 	// TemplateDir keeps the node's VM templates (docs/microvm-templates.md);
 	// empty: no templates, every VM boots cold.
 	TemplateDir string
+	// WarmVMs is how many warm VMs the node keeps per VM size it runs
+	// (with a template), for creates to adopt; 0: none. They need
+	// ShimCommand (node.Config's) and WarmDir, where their shims live.
+	WarmVMs     int
+	ShimCommand []string
+	WarmDir     string
 	Log         *slog.Logger
 }
 
@@ -55,8 +61,10 @@ type Host struct {
 	log     *slog.Logger
 	builder *kernel.Builder
 	runc    bool
-	// templates is nil without Config.TemplateDir.
+	// templates is nil without Config.TemplateDir; warm nil without
+	// warm VMs. Both set before the node runs.
 	templates *templates
+	warm      *warmPool
 
 	mu     sync.Mutex
 	vm     *sandbox.VMOptions // set once everything is there; protected by mu
@@ -78,6 +86,11 @@ func New(cfg Config) *Host {
 	h := &Host{cfg: cfg, log: log, runc: err == nil, reason: "not started"}
 	if cfg.TemplateDir != "" {
 		h.templates = newTemplates(cfg.TemplateDir, log, nil)
+		if cfg.WarmVMs > 0 && len(cfg.ShimCommand) > 0 && cfg.WarmDir != "" {
+			h.warm = newWarmPool(cfg.WarmDir, cfg.WarmVMs, cfg.ShimCommand, cfg.Init, log, h.readyTemplate)
+			// A template that gets ready can have warm VMs.
+			h.templates.changed = h.warm.poke
+		}
 	}
 	return h
 }
@@ -121,9 +134,15 @@ func (h *Host) find(ctx context.Context) {
 	h.log.Info("microvm runtime ready", "kernel", vm.Kernel, "initrd", vm.Initrd, "accel", vm.Accel)
 	if h.templates != nil {
 		go h.templates.run(ctx, h.VM)
+		if h.warm != nil {
+			go h.warm.run(ctx)
+		}
 		vcpus, mib := defaultTemplateSize()
 		if key, err := microvm.TemplateKeyFor(*vm, vcpus, mib); err == nil {
 			h.templates.want(key)
+			if h.warm != nil {
+				h.warm.want(key)
+			}
 		}
 	}
 }
@@ -181,7 +200,11 @@ func (h *Host) Status() node.RuntimeStatus {
 		st.Runtimes = append(st.Runtimes, v1.RuntimeRunc)
 	}
 	if h.templates != nil {
-		st.Templates = h.templates.status()
+		count := func(microvm.TemplateKey) (int, int) { return 0, 0 }
+		if h.warm != nil {
+			count = h.warm.count
+		}
+		st.Templates = h.templates.status(count)
 	}
 	if len(st.GuestKernel) > maxStatus {
 		st.GuestKernel = st.GuestKernel[:maxStatus-3] + "..."
