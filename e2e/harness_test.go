@@ -25,6 +25,7 @@ import (
 
 	v1 "github.com/cube-platform/cube/api/v1"
 	"github.com/cube-platform/cube/client"
+	"github.com/cube-platform/cube/shim"
 )
 
 // cubeBin is the cube binary built once for the whole suite.
@@ -353,6 +354,14 @@ func (c *cluster) destroy() {
 		cancel()
 	}
 	c.stop()
+	// A cube up that stops stops its warm VMs; one killed leaves them to
+	// the next, and there is none.
+	socks, _ := filepath.Glob(filepath.Join(c.dataDir, "warm", "*", "shim.sock"))
+	for _, sock := range socks {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = shim.Dial(sock).Shutdown(ctx)
+		cancel()
+	}
 	_ = exec.Command("ip", "link", "del", c.bridge).Run()
 	// The network's packet filter is per bridge (network/filter*.go).
 	for _, family := range []string{"bridge", "inet"} {

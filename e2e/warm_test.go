@@ -60,7 +60,8 @@ func (c *cluster) warmShims(t *testing.T) []int {
 // shim becomes the instance's, its VMM moves into the instance's cgroup,
 // and the instance has its own identity; the node warms a replacement; a
 // warm VM that cube up's kill -9 left behind is stopped by the next
-// cube up, and removing the instances leaves no warm VM's files.
+// cube up, removing the instances leaves no warm VM's files, and cube up's
+// stop stops the warm VMs.
 func TestMicroVMWarmStart(t *testing.T) {
 	c := startCluster(t)
 	c.requireMicroVM(t)
@@ -132,6 +133,20 @@ func TestMicroVMWarmStart(t *testing.T) {
 		for _, vm := range vms {
 			if _, err := os.Stat(filepath.Join(filepath.Dir(vm), "shim.sock")); errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("%s is left, and no warm shim serves beside it", vm)
+			}
+		}
+		return nil
+	})
+	// A cube up that stops stops its warm VMs (instances would run on).
+	idle := c.warmShims(t)
+	if len(idle) == 0 {
+		t.Fatal("no idle warm shim before cube up's stop")
+	}
+	c.stop()
+	c.eventually(30*time.Second, "the warm shims stopped with cube up", func() error {
+		for _, pid := range idle {
+			if syscall.Kill(pid, 0) == nil {
+				return fmt.Errorf("warm shim %d runs on after cube up stopped", pid)
 			}
 		}
 		return nil

@@ -186,7 +186,13 @@ func Start(ctx context.Context, cfg Config) (*Platform, error) {
 			if h, ok := cfg.Runtimes.(*vmhost.Host); ok {
 				vctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 				h.Start(vctx)
-				p.closers = append(p.closers, cancel)
+				p.closers = append(p.closers, func() {
+					cancel()
+					// Its warm VMs stop with it (instances run on).
+					sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+					defer scancel()
+					h.Stop(sctx)
+				})
 			}
 			return nil
 		}},

@@ -70,6 +70,8 @@ type Host struct {
 	vm     *sandbox.VMOptions // set once everything is there; protected by mu
 	reason string             // why microvm is not offered; protected by mu
 	probed bool               // protected by mu
+	// warmStarted: the warm pool runs (Stop waits for it); protected by mu.
+	warmStarted bool
 }
 
 var _ node.Runtimes = (*Host)(nil)
@@ -113,6 +115,22 @@ func (h *Host) Start(ctx context.Context) {
 	go h.find(ctx)
 }
 
+// Stop waits, until ctx ends, for what Start began to stop once its
+// context was cancelled: the warm shims (a warm VM belongs to no instance;
+// left running, it would run on after the node).
+func (h *Host) Stop(ctx context.Context) {
+	h.mu.Lock()
+	started := h.warmStarted
+	h.mu.Unlock()
+	if h.warm == nil || !started {
+		return
+	}
+	select {
+	case <-h.warm.done:
+	case <-ctx.Done():
+	}
+}
+
 func (h *Host) setReason(r string) {
 	h.mu.Lock()
 	h.reason = r
@@ -135,13 +153,14 @@ func (h *Host) find(ctx context.Context) {
 	if h.templates != nil {
 		go h.templates.run(ctx, h.VM)
 		if h.warm != nil {
+			h.warmStarted = true // h.mu is held
 			go h.warm.run(ctx)
 		}
 		vcpus, mib := defaultTemplateSize()
 		if key, err := microvm.TemplateKeyFor(*vm, vcpus, mib); err == nil {
 			h.templates.want(key)
 			if h.warm != nil {
-				h.warm.want(key)
+				go h.warm.want(key) // not under h.mu: it may ask h.VM
 			}
 		}
 	}

@@ -47,6 +47,8 @@ type warmPool struct {
 	mu     sync.Mutex
 	sizes  map[microvm.TemplateKey]*warmSize // protected by mu
 	closed bool                              // protected by mu
+	// done is closed when run has returned, its warm shims stopped.
+	done chan struct{}
 }
 
 type warmSize struct {
@@ -58,7 +60,7 @@ type warmSize struct {
 func newWarmPool(dir string, per int, shimCmd []string, init string, log *slog.Logger,
 	ready func(microvm.TemplateKey) (*microvm.Template, sandbox.VMOptions, bool)) *warmPool {
 	return &warmPool{dir: dir, per: per, shim: shimCmd, init: init, log: log, wake: make(chan struct{}, 1), ready: ready,
-		sizes: map[microvm.TemplateKey]*warmSize{}}
+		sizes: map[microvm.TemplateKey]*warmSize{}, done: make(chan struct{})}
 }
 
 // want asks for warm VMs of key's size. When maxWarmSizes are asked
@@ -125,6 +127,7 @@ func (p *warmPool) count(key microvm.TemplateKey) (idle, taken int) {
 // run launches warm shims until every size asked for has its count,
 // until ctx ends; then it stops the idle ones.
 func (p *warmPool) run(ctx context.Context) {
+	defer close(p.done)
 	p.sweep(ctx)
 	for {
 		key, ok := p.next()
