@@ -30,14 +30,7 @@ func BenchmarkContainerStart(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	newVM := func(b *testing.B) sandbox.Sandbox {
-		id := sandboxtest.RandomID()
-		spec := sandbox.Spec{ID: id, Hostname: "h-" + id, StateDir: filepath.Join(b.TempDir(), "state"), CgroupParent: "/cube-test/" + id,
-			Containers: []sandbox.ContainerSpec{{Name: "app", Args: []string{"sleep", "3600"}}}}
-		spec.Containers[0].RootFS = vmtest.Image(b)
-		sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(b), VM: opts})
-		if err != nil {
-			b.Fatal(err)
-		}
+		sb := newSleeper(b, opts)
 		if err := sb.Create(ctx); err != nil {
 			sb.Destroy(context.Background())
 			b.Fatal(err)
@@ -99,6 +92,20 @@ func BenchmarkContainerStart(b *testing.B) {
 	})
 }
 
+// newSleeper is a sandbox (not created) of one container, app, that
+// sleeps, on the test image.
+func newSleeper(b *testing.B, opts sandbox.VMOptions) sandbox.Sandbox {
+	id := sandboxtest.RandomID()
+	spec := sandbox.Spec{ID: id, Hostname: "h-" + id, StateDir: filepath.Join(b.TempDir(), "state"), CgroupParent: "/cube-test/" + id,
+		Containers: []sandbox.ContainerSpec{{Name: "app", Args: []string{"sleep", "3600"}}}}
+	spec.Containers[0].RootFS = vmtest.Image(b)
+	sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(b), VM: opts})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return sb
+}
+
 // BenchmarkExec times Exec of `true` in a running container (to its
 // exit), from the host: the container init's spawn of an exec. p50-ms
 // and max-ms are the median and the slowest.
@@ -108,14 +115,7 @@ func BenchmarkExec(b *testing.B) {
 	opts := vmtest.Options(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	id := sandboxtest.RandomID()
-	spec := sandbox.Spec{ID: id, Hostname: "h-" + id, StateDir: filepath.Join(b.TempDir(), "state"), CgroupParent: "/cube-test/" + id,
-		Containers: []sandbox.ContainerSpec{{Name: "app", Args: []string{"sleep", "3600"}}}}
-	spec.Containers[0].RootFS = vmtest.Image(b)
-	sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(b), VM: opts})
-	if err != nil {
-		b.Fatal(err)
-	}
+	sb := newSleeper(b, opts)
 	defer func() {
 		if err := sb.Destroy(context.Background()); err != nil {
 			b.Errorf("Destroy: %v", err)
@@ -155,23 +155,12 @@ func BenchmarkStartFrom(b *testing.B) {
 	opts := templateOptions(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	newSandbox := func(b *testing.B) sandbox.Sandbox {
-		id := sandboxtest.RandomID()
-		spec := sandbox.Spec{ID: id, Hostname: "h-" + id, StateDir: filepath.Join(b.TempDir(), "state"), CgroupParent: "/cube-test/" + id,
-			Containers: []sandbox.ContainerSpec{{Name: "app", Args: []string{"sleep", "3600"}}}}
-		spec.Containers[0].RootFS = vmtest.Image(b)
-		sb, err := New(spec, sandbox.Options{Logger: sandboxtest.Logger(b), VM: opts})
-		if err != nil {
-			b.Fatal(err)
-		}
-		return sb
-	}
 	for _, from := range []string{"template", "warm"} {
 		b.Run(from, func(b *testing.B) {
 			var took []time.Duration
 			for b.Loop() {
 				b.StopTimer()
-				sb := newSandbox(b)
+				sb := newSleeper(b, opts)
 				if from == "warm" {
 					id := sandboxtest.RandomID()
 					w, err := Warm(ctx, opts, tp, WarmOptions{Dir: filepath.Join(b.TempDir(), "warm-"+id), CgroupParent: "/cube-test/warm-" + id,
