@@ -14,9 +14,12 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/guest/agentapi"
 	"github.com/cube-platform/cube/sandbox"
+	"github.com/cube-platform/cube/sandbox/cpuweight"
 	"github.com/cube-platform/cube/sandbox/disk"
 	"github.com/cube-platform/cube/sandbox/microvm/tap"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm"
@@ -42,6 +45,8 @@ const (
 	// warmDirFile, in an adopting sandbox's state dir, names the warm
 	// VM's dir, for whoever cleans up after the sandbox.
 	warmDirFile = "warm-dir"
+	// warmMilliCPU is a warming VM's cpu weight: the least there is.
+	warmMilliCPU = 1
 )
 
 // WarmOptions configure Warm.
@@ -54,7 +59,29 @@ type WarmOptions struct {
 	// Program is a static binary the rehearsal's container runs (any
 	// exit is fine: it is the start that warms); "" starts no container.
 	Program string
-	Log     *slog.Logger
+	// Name is the warm VM's jail uid's name until adopted (default: a
+	// random "warm-…"): whoever cleans up after a warm VM that died
+	// unadopted releases it (ReleaseWarm).
+	Name string
+	Log  *slog.Logger
+}
+
+// ReleaseWarm removes what a warm VM named name left when it died
+// unadopted (its VMM is gone with its shim): its jail uid, and the
+// cgroup cgroupParent ("" for none).
+func ReleaseWarm(ctx context.Context, name, cgroupParent string) error {
+	var errs []error
+	if cgroupParent != "" {
+		for _, p := range []string{filepath.Join(cgroupParent, "vmm"), cgroupParent} {
+			if err := (&jail.Cgroup{Path: p}).Remove(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := jail.ReleaseID(IDDir, name); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // WarmVM is a warm VM, ready to be adopted once.
@@ -103,7 +130,7 @@ func Warm(ctx context.Context, o sandbox.VMOptions, t *Template, wo WarmOptions)
 	if err := os.Mkdir(wo.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("warm vm: %w", err)
 	}
-	w := &WarmVM{key: t.Key, name: "warm-" + randomHex(6), dir: wo.Dir, cgroup: wo.CgroupParent}
+	w := &WarmVM{key: t.Key, name: cmp.Or(wo.Name, "warm-"+randomHex(6)), dir: wo.Dir, cgroup: wo.CgroupParent}
 	defer func() {
 		if err != nil {
 			w.release(context.WithoutCancel(ctx))
@@ -128,6 +155,15 @@ func Warm(ctx context.Context, o sandbox.VMOptions, t *Template, wo WarmOptions)
 		return nil, err
 	}
 	cfg.Jail.CgroupParent = wo.CgroupParent
+	if wo.CgroupParent != "" {
+		// Warming is background work: it must not slow the start of the
+		// instance whose adoption made the node warm a replacement, whose
+		// weight may be a few milli-cpus'. An adoption moves the VMM into
+		// its instance's cgroup, with the instance's weight.
+		if err := cpuweight.Set(wo.CgroupParent, warmMilliCPU); err != nil {
+			return nil, err
+		}
+	}
 	// Any instance's writable layer fits behind the drive later.
 	cfg.MaxWritableBytes = PlaceholderBytes
 	cfg.Memory = &vmm.Memory{File: t.Mem}
@@ -295,42 +331,54 @@ func (s *vmSandbox) adopt(ctx context.Context, w *WarmVM) (err error) {
 	if err := os.WriteFile(filepath.Join(s.spec.StateDir, warmDirFile), []byte(w.dir), 0o600); err != nil {
 		return err
 	}
-	steps := []any{}
-	last := time.Now()
-	step := func(name string) {
-		now := time.Now()
-		steps, last = append(steps, name, now.Sub(last).String()), now
-	}
-	for _, d := range s.drives {
-		if err := w.vm.ReplaceDrive(ctx, d); err != nil {
+	// Three independent moves, at once: the drives (QMP), the cgroup and
+	// uid (cgroupfs, the id dir), the card (netlink; a netdev's move
+	// between namespaces waits for RCU).
+	var took [3]time.Duration
+	timed := func(i int, fn func() error) func() error {
+		return func() error {
+			t0 := time.Now()
+			err := fn()
+			took[i] = time.Since(t0)
 			return err
 		}
 	}
-	step("drives")
-	if s.spec.CgroupParent != "" {
-		if err := w.vm.MoveCgroup(ctx, s.spec.CgroupParent); err != nil {
-			return err
+	var g errgroup.Group
+	g.Go(timed(0, func() error {
+		for _, d := range s.drives {
+			if err := w.vm.ReplaceDrive(ctx, d); err != nil {
+				return err
+			}
 		}
-		if w.cgroup != "" {
-			(&jail.Cgroup{Path: w.cgroup}).Remove(ctx)
+		return nil
+	}))
+	g.Go(timed(1, func() error {
+		if s.spec.CgroupParent != "" {
+			if err := w.vm.MoveCgroup(ctx, s.spec.CgroupParent); err != nil {
+				return err
+			}
+			if w.cgroup != "" {
+				(&jail.Cgroup{Path: w.cgroup}).Remove(ctx)
+			}
 		}
-	}
-	step("cgroup")
-	if _, err := jail.RenameID(s.idDir, w.name, s.spec.ID); err != nil {
+		_, err := jail.RenameID(s.idDir, w.name, s.spec.ID)
 		return err
-	}
-	step("uid")
-	if s.spec.NetNS != "" {
+	}))
+	g.Go(timed(2, func() error {
+		if s.spec.NetNS == "" {
+			return nil
+		}
 		// The instance's eth0 has its tap from now on; Connect wires it.
 		if err := tap.Remove(s.spec.NetNS, "eth0", tapName); err != nil {
 			return err
 		}
-		if err := tap.Move(w.nic, s.spec.NetNS); err != nil {
-			return err
-		}
+		return tap.Move(w.nic, s.spec.NetNS)
+	}))
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	w.nic.Close()
-	step("tap")
+	steps := []any{"drives", took[0].String(), "cgroup-uid", took[1].String(), "tap", took[2].String()}
 	s.log.Debug("adopted a warm vm", steps...)
 	s.log.Info("vm booted", "from", "warm", "pid", w.vm.Pid(), "adopt", time.Since(start), "accel", w.key.Accel)
 	booted := make(chan struct{})

@@ -114,7 +114,9 @@ func slotsOf(cfg *vmm.Config) []driveSlot {
 // v1 the memory already charged moves with it where the kernel still
 // can (memory.move_charge_at_immigrate); else it stays charged above.
 func (v *VM) MoveCgroup(ctx context.Context, parent string) error {
+	v.mu.Lock()
 	old := v.cgroup
+	v.mu.Unlock()
 	if old == nil {
 		return fmt.Errorf("vm %s has no cgroup to move: %w", v.id, errdefs.ErrInvalid)
 	}
@@ -127,7 +129,9 @@ func (v *VM) MoveCgroup(ctx context.Context, parent string) error {
 		to.Remove(ctx)
 		return fmt.Errorf("vm %s: %w", v.id, err)
 	}
+	v.mu.Lock()
 	v.cgroup = to
+	v.mu.Unlock()
 	if err := old.Remove(ctx); err != nil {
 		v.log.Warn("remove the cgroup the vmm left", "cgroup", old.Path, "err", err)
 	}

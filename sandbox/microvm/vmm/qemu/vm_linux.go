@@ -32,7 +32,7 @@ type VM struct {
 	qmpPath string
 	agent   string
 	jailDir string
-	cgroup  *jail.Cgroup
+	cgroup  *jail.Cgroup // protected by mu once the VM runs (MoveCgroup)
 	console *tail
 	stderr  *tail
 	copiers sync.WaitGroup // console and stderr copiers
@@ -301,10 +301,13 @@ func (v *VM) release() {
 	if err := os.Remove(v.jailDir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		v.log.Warn("remove jail dir", "path", v.jailDir, "err", err)
 	}
-	if v.cgroup != nil {
+	v.mu.Lock()
+	cg := v.cgroup
+	v.mu.Unlock()
+	if cg != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := v.cgroup.Remove(ctx); err != nil {
+		if err := cg.Remove(ctx); err != nil {
 			v.log.Warn("remove vmm cgroup", "err", err)
 		}
 	}
