@@ -80,18 +80,19 @@ func Main(ctx context.Context, configPath string) error {
 
 // process is what a shim process sets up before it serves anything.
 type process struct {
-	base *slog.Logger
-	log  *slog.Logger
-	sigs chan os.Signal
-	stop func()
+	base  *slog.Logger
+	level *slog.LevelVar
+	log   *slog.Logger
+	sigs  chan os.Signal
+	stop  func()
 }
 
 // prepare sets up the shim process: its log, child subreaping, and its
 // signals.
 func prepare(debug bool, id string) (*process, error) {
-	level := slog.LevelInfo
+	level := new(slog.LevelVar) // info; an adopted warm shim takes its instance's
 	if debug {
-		level = slog.LevelDebug
+		level.Set(slog.LevelDebug)
 	}
 	base := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	// ttRPC logs through logrus, a line per frame a guest sends on an
@@ -119,7 +120,7 @@ func prepare(debug bool, id string) (*process, error) {
 	}()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
-	return &process{base: base, log: log, sigs: sigs, stop: func() {
+	return &process{base: base, level: level, log: log, sigs: sigs, stop: func() {
 		signal.Stop(sigs)
 		signal.Stop(ignored) // no more sends after Stop returns
 		close(ignored)

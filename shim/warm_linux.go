@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -36,6 +37,9 @@ import (
 //	POST /adopt     body Config: 200 {"pid":N} once it serves on Config.Socket
 //	POST /shutdown  200; the warm VM is stopped and the shim exits
 const (
+	// AdoptedFile, beside an adopted warm shim's socket, names the
+	// instance's socket: the warm VM's files there are the instance's.
+	AdoptedFile = "adopted"
 	// maxAdoptBody bounds an adoption's config.
 	maxAdoptBody = 1 << 20
 	// warmVMDir is where, beside its socket, a warm shim keeps its VM.
@@ -108,8 +112,16 @@ func warmMain(ctx context.Context, cfg Config, p *process) error {
 		// instance's shim, and its log the instance's. The adoption's
 		// request is still in flight: it is answered once the instance's
 		// socket serves.
+		// Marked first: whoever sweeps the warm shims' dirs leaves this
+		// one's VM files to the instance that owns them now.
+		if err := os.WriteFile(filepath.Join(filepath.Dir(cfg.Socket), AdoptedFile), []byte(a.cfg.Socket), 0o600); err != nil {
+			p.log.Warn("mark the warm dir adopted", "err", err)
+		}
 		ln.Close() // unlinks the socket
 		removeFiles()
+		if a.cfg.Debug {
+			p.level.Set(slog.LevelDebug)
+		}
 		os.Remove(FilesFor(cfg.Socket).Log)
 		defer a.unlock()
 		return serve(ctx, a.cfg, a.sb, a.ln, p, func() { close(a.served) })
@@ -122,6 +134,10 @@ func warmMain(ctx context.Context, cfg Config, p *process) error {
 		return stopWarm()
 	}
 }
+
+// WarmName is the name of the warm VM of the warm shim serving socket
+// (its jail uid's, until adopted): its dir's.
+func WarmName(socket string) string { return filepath.Base(filepath.Dir(socket)) }
 
 // warmUp opens the template cfg names and warms a clone of it.
 func warmUp(ctx context.Context, cfg Config, p *process) (*microvm.WarmVM, error) {
@@ -146,7 +162,7 @@ func warmUp(ctx context.Context, cfg Config, p *process) (*microvm.WarmVM, error
 	defer cancel()
 	return microvm.Warm(wctx, cfg.VM, t, microvm.WarmOptions{
 		Dir:          filepath.Join(filepath.Dir(cfg.Socket), warmVMDir),
-		CgroupParent: cfg.Warm.CgroupParent, Program: cfg.Warm.Program, Log: p.base})
+		CgroupParent: cfg.Warm.CgroupParent, Program: cfg.Warm.Program, Name: WarmName(cfg.Socket), Log: p.base})
 }
 
 func (ws *warmShim) handler() http.Handler {

@@ -137,6 +137,14 @@ func TestWarmShimAdopt(t *testing.T) {
 	if _, err := os.Stat(warm.Socket); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the warm socket is left after adoption: %v", err)
 	}
+	if b, err := os.ReadFile(filepath.Join(filepath.Dir(warm.Socket), AdoptedFile)); err != nil || string(b) != cfg.Socket {
+		t.Errorf("the adopted mark says %q (%v); want the instance's socket", b, err)
+	}
+	for _, d := range []string{filepath.Dir(warm.Socket), filepath.Join(filepath.Dir(warm.Socket), warmVMDir)} {
+		if st, err := os.Stat(d); err != nil || st.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: %v (%v); want it the node's alone", d, st.Mode(), err)
+		}
+	}
 	if _, err := Adopt(ctx, warm.Socket, microvmConfig(t, "true")); err == nil {
 		t.Errorf("a second Adopt of the same warm shim succeeded")
 	}

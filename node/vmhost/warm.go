@@ -248,11 +248,24 @@ func (p *warmPool) sweep(ctx context.Context) {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		alive := shim.Dial(sock).Ping(pctx) == nil
 		cancel()
-		if alive {
+		_, adoptedErr := os.Stat(filepath.Join(dir, shim.AdoptedFile))
+		_, vmErr := os.Stat(filepath.Join(dir, "warm-vm"))
+		switch {
+		case alive:
+			// It removes what it made as it stops.
 			p.log.Info("stopping a warm vm a previous node left", "shim", sock)
 			stopWarm(sock)
-		}
-		if _, err := os.Stat(filepath.Join(dir, "warm-vm")); os.IsNotExist(err) {
+		case adoptedErr == nil && vmErr == nil:
+			// Its VM's files are an instance's, until it is removed.
+		default:
+			// Adopted, and its instance gone; or it died unadopted (its
+			// VMM with it): what it left goes.
+			if adoptedErr != nil {
+				name := e.Name()
+				if err := microvm.ReleaseWarm(ctx, name, "/cube/"+name); err != nil {
+					p.log.Warn("release what a dead warm vm left", "name", name, "err", err)
+				}
+			}
 			os.RemoveAll(dir)
 		}
 	}

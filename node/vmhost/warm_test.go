@@ -12,6 +12,7 @@ import (
 
 	"github.com/cube-platform/cube/sandbox"
 	"github.com/cube-platform/cube/sandbox/microvm"
+	"github.com/cube-platform/cube/shim"
 )
 
 func noTemplate(microvm.TemplateKey) (*microvm.Template, sandbox.VMOptions, bool) {
@@ -73,7 +74,8 @@ func TestWarmPoolTake(t *testing.T) {
 }
 
 // TestWarmPoolSweep: a warm shim a previous node left is shut down; the
-// dir of an adopted warm VM (its files, no shim) stays; an empty one goes.
+// dir of an adopted warm VM (its files, marked adopted) stays; an empty
+// one goes, and so does one whose warm shim died unadopted.
 func TestWarmPoolSweep(t *testing.T) {
 	dir := t.TempDir()
 	mk := func(name string, vm bool) string {
@@ -86,7 +88,10 @@ func TestWarmPoolSweep(t *testing.T) {
 		}
 		return d
 	}
-	left, adopted, empty := mk("warm-left", true), mk("warm-adopted", true), mk("warm-empty", false)
+	left, adopted, empty, dead := mk("warm-left", true), mk("warm-adopted", true), mk("warm-empty", false), mk("warm-dead", true)
+	if err := os.WriteFile(filepath.Join(adopted, shim.AdoptedFile), []byte("/x/shim.sock"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// A fake warm shim: what a real one answers on its socket.
 	var shutdowns atomic.Int32
 	l, err := net.Listen("unix", filepath.Join(left, "shim.sock"))
@@ -109,7 +114,9 @@ func TestWarmPoolSweep(t *testing.T) {
 			t.Errorf("%s was removed: it holds a warm vm's files", d)
 		}
 	}
-	if _, err := os.Stat(empty); !os.IsNotExist(err) {
-		t.Errorf("the empty %s is left", empty)
+	for _, d := range []string{empty, dead} {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Errorf("%s is left", d)
+		}
 	}
 }

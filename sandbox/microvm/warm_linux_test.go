@@ -255,3 +255,39 @@ func TestWarmMisfit(t *testing.T) {
 		t.Errorf("UseWarm after Create succeeded")
 	}
 }
+
+// TestReleaseWarm: what a warm VM that died unadopted left (its cgroup,
+// its uid) is released.
+func TestReleaseWarm(t *testing.T) {
+	vmtest.Require(t)
+	name := "warm-" + sandboxtest.RandomID()
+	parent := "/cube-test/" + name
+	cg := &jail.Cgroup{Path: parent + "/vmm", MemoryBytes: 64 << 20, PidsMax: 8}
+	if err := cg.Create(); err != nil {
+		t.Fatal(err)
+	}
+	uid, err := jail.AllocateID(IDDir, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ReleaseWarm(context.Background(), name, parent); err != nil {
+		t.Fatalf("ReleaseWarm: %v", err)
+	}
+	for _, h := range []string{"memory", "pids", "cpu"} {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", h, parent)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("cgroup %s of %s is left (%v)", parent, h, err)
+		}
+	}
+	// The uid is free: another name gets it (the lowest free one), or at
+	// least this name no longer holds it.
+	if again, err := jail.AllocateID(IDDir, "other-"+name); err != nil {
+		t.Fatal(err)
+	} else {
+		defer jail.ReleaseID(IDDir, "other-"+name)
+		if again != uid {
+			if b, _ := os.ReadFile(filepath.Join(IDDir, strconv.Itoa(uid))); string(b) == name {
+				t.Errorf("uid %d still belongs to %s", uid, name)
+			}
+		}
+	}
+}
