@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -13,9 +12,6 @@ import (
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/guest/agentapi"
 )
-
-// resetTimeout bounds how long Reset waits for killed containers.
-const resetTimeout = 10 * time.Second
 
 // Reset undoes a rehearsal Setup: a pooled clone warms up on scratch
 // drives with the very calls an instance's start makes, so that under
@@ -47,30 +43,12 @@ func (s *service) Reset(ctx context.Context, _ *agentapi.Empty) (*agentapi.Empty
 
 // reset does Reset's work. Preconditions: a.mu is held.
 func (a *Agent) reset() error {
-	var runs []*containerRun
-	for _, c := range a.containers {
-		c.mu.Lock()
-		if c.run != nil {
-			runs = append(runs, c.run)
-		}
-		c.mu.Unlock()
+	left, err := killRuns(a.currentRuns())
+	if err != nil {
+		return err
 	}
-	for _, r := range runs {
-		if err := r.kill(); err != nil {
-			return err
-		}
-	}
-	deadline := time.NewTimer(resetTimeout)
-	defer deadline.Stop()
-	for _, r := range runs {
-		if r.main == nil {
-			continue
-		}
-		select {
-		case <-r.main.done:
-		case <-deadline.C:
-			return fmt.Errorf("the container init %d outlived SIGKILL for %s", r.initPid, resetTimeout)
-		}
+	if len(left) > 0 {
+		return fmt.Errorf("the container init %d outlived SIGKILL for %s", left[0].initPid, killTimeout)
 	}
 	if err := a.unmountAllLocked(); err != nil {
 		return err

@@ -571,8 +571,57 @@ func (s *service) State(ctx context.Context, _ *agentapi.Empty) (*agentapi.State
 	return resp, nil
 }
 
-// shutdownTimeout bounds how long Shutdown waits for killed containers.
-const shutdownTimeout = 10 * time.Second
+// killTimeout bounds how long Shutdown and Reset wait for killed
+// containers.
+const killTimeout = 10 * time.Second
+
+// currentRuns are the containers' current (or last) runs.
+// Preconditions: a.mu is held.
+func (a *Agent) currentRuns() []*containerRun {
+	var runs []*containerRun
+	for _, c := range a.containers {
+		c.mu.Lock()
+		if c.run != nil {
+			runs = append(runs, c.run)
+		}
+		c.mu.Unlock()
+	}
+	return runs
+}
+
+// killRuns sends SIGKILL to each run's init and waits, killTimeout in
+// all, for their main processes to end. It returns the runs that outlived
+// that, and the first error sending the signal (the others still get it).
+func killRuns(runs []*containerRun) (left []*containerRun, err error) {
+	for _, r := range runs {
+		if kerr := r.kill(); kerr != nil && err == nil {
+			err = kerr
+		}
+	}
+	deadline := time.NewTimer(killTimeout)
+	defer deadline.Stop()
+	expired := false
+	for _, r := range runs {
+		if r.main == nil {
+			continue
+		}
+		if expired {
+			select {
+			case <-r.main.done:
+			default:
+				left = append(left, r)
+			}
+			continue
+		}
+		select {
+		case <-r.main.done:
+		case <-deadline.C:
+			expired = true
+			left = append(left, r)
+		}
+	}
+	return left, err
+}
 
 func (s *service) Shutdown(ctx context.Context, _ *agentapi.Empty) (*agentapi.Empty, error) {
 	a := s.a
@@ -583,26 +632,11 @@ func (s *service) Shutdown(ctx context.Context, _ *agentapi.Empty) (*agentapi.Em
 		return &agentapi.Empty{}, nil
 	}
 	a.shutdown = true
-	var runs []*containerRun
-	for _, c := range a.containers {
-		c.mu.Lock()
-		if c.run != nil {
-			runs = append(runs, c.run)
-		}
-		c.mu.Unlock()
-	}
+	runs := a.currentRuns()
 	a.mu.Unlock()
-	wctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancel()
-	for _, r := range runs {
-		r.kill()
-	}
-	for _, r := range runs {
-		select {
-		case <-r.main.done:
-		case <-wctx.Done():
-			a.log.Warn("a container outlived SIGKILL", "pid", r.initPid)
-		}
+	left, _ := killRuns(runs)
+	for _, r := range left {
+		a.log.Warn("a container outlived SIGKILL", "pid", r.initPid)
 	}
 	unix.Sync()
 	if err := a.unmountAll(); err != nil {
