@@ -101,7 +101,7 @@ func args(cfg *vmm.Config) []string {
 		fd++
 	}
 	for i, d := range cfg.Drives {
-		set := i + 1
+		set := driveFdset(i)
 		ro := "off"
 		if d.ReadOnly {
 			ro = "on"
@@ -138,6 +138,9 @@ func args(cfg *vmm.Config) []string {
 	}
 	return a
 }
+
+// driveFdset is the fdset of drive i on the command line.
+func driveFdset(i int) int { return i + 1 }
 
 // formatNode names drive i's raw format node: QEMU would name it
 // "#block…", a name blockdev-reopen cannot match (see VM.ReplaceDrive).

@@ -3,11 +3,9 @@ package qemu
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/sandbox/microvm/vmm"
-	"github.com/cube-platform/cube/sandbox/microvm/vmm/jail"
 )
 
 // driveSlot is what a VM remembers of one of its drives: the QMP names
@@ -98,42 +96,11 @@ func (v *VM) ReplaceDrive(ctx context.Context, d vmm.Drive) error {
 	return nil
 }
 
-// slotsOf are a new VM's drive slots, in cfg's order (fdset i+1 is
-// drive i's; see args).
+// slotsOf are a new VM's drive slots, in cfg's order (see args).
 func slotsOf(cfg *vmm.Config) []driveSlot {
 	s := make([]driveSlot, len(cfg.Drives))
 	for i, d := range cfg.Drives {
-		s[i] = driveSlot{id: d.ID, format: formatNode(i), readOnly: d.ReadOnly, fdset: i + 1}
+		s[i] = driveSlot{id: d.ID, format: formatNode(i), readOnly: d.ReadOnly, fdset: driveFdset(i)}
 	}
 	return s
-}
-
-// MoveCgroup moves the VMM into a cgroup "<parent>/vmm" with the limits
-// of the one it runs in, and removes the old one: a pooled VM becomes an
-// instance's, whose cgroup the node made and accounts it by. On cgroup
-// v1 the memory already charged moves with it where the kernel still
-// can (memory.move_charge_at_immigrate); else it stays charged above.
-func (v *VM) MoveCgroup(ctx context.Context, parent string) error {
-	v.mu.Lock()
-	old := v.cgroup
-	v.mu.Unlock()
-	if old == nil {
-		return fmt.Errorf("vm %s has no cgroup to move: %w", v.id, errdefs.ErrInvalid)
-	}
-	to := &jail.Cgroup{Path: filepath.Join(parent, "vmm"), MemoryBytes: old.MemoryBytes, PidsMax: old.PidsMax}
-	if err := to.Create(); err != nil {
-		return fmt.Errorf("vm %s: %w", v.id, err)
-	}
-	to.MoveCharges()
-	if err := to.Add(v.pid); err != nil {
-		to.Remove(ctx)
-		return fmt.Errorf("vm %s: %w", v.id, err)
-	}
-	v.mu.Lock()
-	v.cgroup = to
-	v.mu.Unlock()
-	if err := old.Remove(ctx); err != nil {
-		v.log.Warn("remove the cgroup the vmm left", "cgroup", old.Path, "err", err)
-	}
-	return nil
 }
