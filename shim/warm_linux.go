@@ -108,21 +108,21 @@ func warmMain(ctx context.Context, cfg Config, p *process) error {
 	}
 	select {
 	case a := <-ws.adopted:
-		// The warm shim's own files go; from now on this process is the
-		// instance's shim, and its log the instance's. The adoption's
-		// request is still in flight: it is answered once the instance's
-		// socket serves.
 		// Marked first: whoever sweeps the warm shims' dirs leaves this
 		// one's VM files to the instance that owns them now.
 		if err := os.WriteFile(filepath.Join(filepath.Dir(cfg.Socket), AdoptedFile), []byte(a.cfg.Socket), 0o600); err != nil {
 			p.log.Warn("mark the warm dir adopted", "err", err)
 		}
+		// The warm shim's own files go; from now on this process is the
+		// instance's shim, and its log the instance's. The adoption's
+		// request is still in flight: it is answered once the instance's
+		// socket serves.
 		ln.Close() // unlinks the socket
 		removeFiles()
+		os.Remove(files.Log)
 		if a.cfg.Debug {
 			p.level.Set(slog.LevelDebug)
 		}
-		os.Remove(FilesFor(cfg.Socket).Log)
 		defer a.unlock()
 		return serve(ctx, a.cfg, a.sb, a.ln, p, func() { close(a.served) })
 	case <-ws.quit:
@@ -141,20 +141,9 @@ func WarmName(socket string) string { return filepath.Base(filepath.Dir(socket))
 
 // warmUp opens the template cfg names and warms a clone of it.
 func warmUp(ctx context.Context, cfg Config, p *process) (*microvm.WarmVM, error) {
-	fd, err := unix.FcntlInt(uintptr(cfg.VM.TemplateMemFD), unix.F_DUPFD_CLOEXEC, 3)
+	t, err := microvm.OpenTemplateFD(cfg.VM, cfg.Warm.VCPUs, cfg.Warm.MemoryMiB)
 	if err != nil {
-		return nil, fmt.Errorf("warm shim: template memory fd %d: %w", cfg.VM.TemplateMemFD, err)
-	}
-	mem := os.NewFile(uintptr(fd), "template-mem")
-	key, err := microvm.TemplateKeyFor(cfg.VM, cfg.Warm.VCPUs, cfg.Warm.MemoryMiB)
-	if err != nil {
-		mem.Close()
-		return nil, err
-	}
-	t, err := microvm.OpenTemplate(cfg.VM.TemplateDir, mem, key)
-	if err != nil {
-		mem.Close()
-		return nil, err
+		return nil, fmt.Errorf("warm shim: %w", err)
 	}
 	// The clone maps the memory; the shim needs no descriptor of it.
 	defer t.Close()

@@ -17,7 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cube-platform/cube/errdefs"
@@ -129,9 +128,8 @@ type vmSandbox struct {
 	// (for the boot record, and so the node's event); protected by lifeMu.
 	fallback string
 	// warm is the warm VM the next boot adopts (UseWarm); protected by
-	// lifeMu. warmDir is the adopted one's dir; protected by mu.
-	warm    *WarmVM
-	warmDir string
+	// lifeMu.
+	warm *WarmVM
 }
 
 // ctr is the host's view of one container.
@@ -227,22 +225,12 @@ func (s *vmSandbox) openTemplate() *Template {
 			return skip(fmt.Errorf("drive %s is larger than a template's placeholder", d.ID))
 		}
 	}
-	// A dup: the sandbox owns (and the GC may close) its own descriptor.
-	fd, err := unix.FcntlInt(uintptr(o.TemplateMemFD), unix.F_DUPFD_CLOEXEC, 3)
-	if err != nil {
-		return skip(fmt.Errorf("template memory fd %d: %w", o.TemplateMemFD, err))
-	}
-	mem := os.NewFile(uintptr(fd), "template-mem")
 	vcpus, mib := s.size()
-	key, err := TemplateKeyFor(o, vcpus, mib)
-	if err == nil {
-		var t *Template
-		if t, err = OpenTemplate(o.TemplateDir, mem, key); err == nil {
-			return t
-		}
+	t, err := OpenTemplateFD(o, vcpus, mib)
+	if err != nil {
+		return skip(err)
 	}
-	mem.Close()
-	return skip(err)
+	return t
 }
 
 func validate(spec sandbox.Spec, o sandbox.VMOptions) error {

@@ -331,6 +331,27 @@ func OpenTemplate(dir string, mem *os.File, key TemplateKey) (*Template, error) 
 	return &Template{Key: key, Dir: dir, Mem: mem}, nil
 }
 
+// OpenTemplateFD is the template o names (TemplateDir, and its memory as
+// the descriptor TemplateMemFD, which it dups: the caller keeps its own,
+// and the template owns the dup), checked against the key of a VM of
+// vcpus and mib MiB under o.
+func OpenTemplateFD(o sandbox.VMOptions, vcpus, mib int) (*Template, error) {
+	fd, err := unix.FcntlInt(uintptr(o.TemplateMemFD), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return nil, fmt.Errorf("template memory fd %d: %w", o.TemplateMemFD, err)
+	}
+	mem := os.NewFile(uintptr(fd), "template-mem")
+	key, err := TemplateKeyFor(o, vcpus, mib)
+	if err == nil {
+		var t *Template
+		if t, err = OpenTemplate(o.TemplateDir, mem, key); err == nil {
+			return t, nil
+		}
+	}
+	mem.Close()
+	return nil, err
+}
+
 func matchesKey(cfg vmm.Config, key TemplateKey) bool {
 	k, err := TemplateKeyFor(sandbox.VMOptions{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Accel: string(cfg.Accel)}, cfg.VCPUs, cfg.MemoryMiB)
 	if err != nil {

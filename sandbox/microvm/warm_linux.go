@@ -7,9 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -18,6 +18,7 @@ import (
 
 	"github.com/cube-platform/cube/errdefs"
 	"github.com/cube-platform/cube/guest/agentapi"
+	imagepkg "github.com/cube-platform/cube/image"
 	"github.com/cube-platform/cube/sandbox"
 	"github.com/cube-platform/cube/sandbox/cpuweight"
 	"github.com/cube-platform/cube/sandbox/disk"
@@ -88,7 +89,6 @@ func ReleaseWarm(ctx context.Context, name, cgroupParent string) error {
 type WarmVM struct {
 	key    TemplateKey
 	name   string // its jail uid's name until adopted
-	uid    int
 	dir    string
 	cgroup string
 	vm     *qemu.VM
@@ -97,9 +97,6 @@ type WarmVM struct {
 	// Rehearsal is how long warming took (restore to Reset).
 	Rehearsal time.Duration
 }
-
-// Key is the template key the warm VM was cloned from.
-func (w *WarmVM) Key() TemplateKey { return w.key }
 
 // Close stops a warm VM nobody adopted and removes its files.
 func (w *WarmVM) Close(ctx context.Context) error {
@@ -136,7 +133,8 @@ func Warm(ctx context.Context, o sandbox.VMOptions, t *Template, wo WarmOptions)
 			w.release(context.WithoutCancel(ctx))
 		}
 	}()
-	if w.uid, err = jail.AllocateID(IDDir, w.name); err != nil {
+	uid, err := jail.AllocateID(IDDir, w.name)
+	if err != nil {
 		return nil, err
 	}
 	rw, image, empty := filepath.Join(w.dir, "rw.img"), filepath.Join(w.dir, "image.erofs"), filepath.Join(w.dir, templateEmpty)
@@ -150,7 +148,7 @@ func Warm(ctx context.Context, o sandbox.VMOptions, t *Template, wo WarmOptions)
 		return nil, err
 	}
 	drives := append([]vmm.Drive{{ID: writableDrive, Path: rw}, {ID: "img0", Path: image, ReadOnly: true}}, placeholderSlots(1, empty)...)
-	cfg := baseConfig(o, w.name, filepath.Join(w.dir, "vmm"), w.uid, t.Key.VCPUs, t.Key.MemoryMiB, drives)
+	cfg := baseConfig(o, w.name, filepath.Join(w.dir, "vmm"), uid, t.Key.VCPUs, t.Key.MemoryMiB, drives)
 	if err := os.Mkdir(cfg.StateDir, 0o700); err != nil {
 		return nil, err
 	}
@@ -240,7 +238,7 @@ func (w *WarmVM) rehearse(ctx context.Context, program bool) error {
 			return err
 		}
 		for _, s := range []agentapi.Stream{agentapi.Stream_STREAM_STDOUT, agentapi.Stream_STREAM_STDERR} {
-			if _, err := w.agent.CopyOutput(ctx, p, s, discard{}); err != nil {
+			if _, err := w.agent.CopyOutput(ctx, p, s, io.Discard); err != nil {
 				return err
 			}
 		}
@@ -250,10 +248,6 @@ func (w *WarmVM) rehearse(ctx context.Context, program bool) error {
 	}
 	return w.agent.Reset(ctx)
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // rehearsalImage makes the rehearsal's image: an erofs holding program
 // (if any) as /warm.
@@ -272,11 +266,7 @@ func rehearsalImage(ctx context.Context, image, program string) error {
 			return err
 		}
 	}
-	out, err := exec.CommandContext(ctx, "mkfs.erofs", "--quiet", image, stage).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("warm vm: mkfs.erofs: %w: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	return imagepkg.BuildBlockImage(ctx, stage, image)
 }
 
 func randomHex(n int) string {
@@ -380,7 +370,7 @@ func (s *vmSandbox) adopt(ctx context.Context, w *WarmVM) (err error) {
 	w.nic.Close()
 	steps := []any{"drives", took[0].String(), "cgroup-uid", took[1].String(), "tap", took[2].String()}
 	s.log.Debug("adopted a warm vm", steps...)
-	s.log.Info("vm booted", "from", "warm", "pid", w.vm.Pid(), "adopt", time.Since(start), "accel", w.key.Accel)
+	s.log.Info("vm booted", "from", FromWarm, "pid", w.vm.Pid(), "adopt", time.Since(start), "accel", w.key.Accel)
 	booted := make(chan struct{})
 	s.mu.Lock()
 	s.vm, s.agent, s.booted, s.isSetup = w.vm, w.agent, booted, false
@@ -388,7 +378,6 @@ func (s *vmSandbox) adopt(ctx context.Context, w *WarmVM) (err error) {
 	s.record = BootRecord{VMMPid: w.vm.Pid(), BootMs: float64(time.Since(start).Microseconds()) / 1000, From: FromWarm,
 		GuestMiB: w.key.MemoryMiB, Accel: w.key.Accel}
 	s.vmStarted = start
-	s.warmDir = w.dir
 	s.mu.Unlock()
 	go s.watch(w.vm, w.agent, booted)
 	return nil
