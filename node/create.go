@@ -139,7 +139,7 @@ func (w *worker) create(ctx context.Context, in *v1.Instance, lost *lostShim) (*
 			extra = append(extra, t.Mem)
 			// Better still: a clone restored and warmed ahead, whose shim
 			// becomes this instance's.
-			warm, _ = w.a.cfg.Runtimes.Warm(spec, vm)
+			warm = t.Warm
 		}
 	}
 	cfg := shim.Config{

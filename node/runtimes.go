@@ -21,10 +21,6 @@ type Runtimes interface {
 	// Template is the ready template a microVM of spec's size, booting
 	// with vm (what VM returned), clones; false: it boots cold.
 	Template(spec sandbox.Spec, vm sandbox.VMOptions) (Template, bool)
-	// Warm is the socket of a warm shim (shim.Config.Warm) holding a warm
-	// VM of spec's size, booting with vm, now the caller's to adopt
-	// (shim.Adopt); false: none is ready.
-	Warm(spec sandbox.Spec, vm sandbox.VMOptions) (string, bool)
 }
 
 // Template is a booted VM saved for clones (sandbox/microvm): its
@@ -32,6 +28,10 @@ type Runtimes interface {
 type Template struct {
 	Dir string
 	Mem *os.File
+	// Warm, if set, is the socket of a warm shim (shim.Config.Warm)
+	// holding a clone of this template restored and rehearsed ahead, now
+	// the caller's to adopt (shim.Adopt).
+	Warm string
 }
 
 // RuntimeStatus is the runtimes part of a node's status.
@@ -58,9 +58,6 @@ func (RuncOnly) Status() RuntimeStatus         { return RuntimeStatus{Runtimes: 
 func (RuncOnly) VM() (sandbox.VMOptions, bool) { return sandbox.VMOptions{}, false }
 
 func (RuncOnly) Template(sandbox.Spec, sandbox.VMOptions) (Template, bool) { return Template{}, false }
-
-// Warm implements Runtimes.
-func (RuncOnly) Warm(sandbox.Spec, sandbox.VMOptions) (string, bool) { return "", false }
 
 // backendOf maps an instance's runtime onto the shim's sandbox backend;
 // an instance stored before runtimes existed ran runc.

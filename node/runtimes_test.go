@@ -31,8 +31,6 @@ func (r *readyAfterFirstLook) Status() RuntimeStatus {
 
 func (r *readyAfterFirstLook) VM() (sandbox.VMOptions, bool) { return sandbox.VMOptions{}, false }
 
-func (r *readyAfterFirstLook) Warm(sandbox.Spec, sandbox.VMOptions) (string, bool) { return "", false }
-
 func (r *readyAfterFirstLook) Template(sandbox.Spec, sandbox.VMOptions) (Template, bool) {
 	return Template{}, false
 }

@@ -204,8 +204,6 @@ func (fakeVMRuntimes) Status() RuntimeStatus {
 }
 func (fakeVMRuntimes) VM() (sandbox.VMOptions, bool) { return sandbox.VMOptions{Accel: "tcg"}, true }
 
-func (fakeVMRuntimes) Warm(sandbox.Spec, sandbox.VMOptions) (string, bool) { return "", false }
-
 func (fakeVMRuntimes) Template(sandbox.Spec, sandbox.VMOptions) (Template, bool) {
 	return Template{}, false
 }

@@ -197,8 +197,9 @@ func (ts *templates) status(warm func(microvm.TemplateKey) (idle, taken int)) []
 }
 
 // Template implements node.Runtimes: the ready template for spec's VM
-// size, or false (and its build queued, so a later instance of that size
-// clones it).
+// size, with an idle warm shim of it if there is one (taken: the pool
+// warms another), or false (and its build queued, so a later instance of
+// that size clones it).
 func (h *Host) Template(spec sandbox.Spec, vm sandbox.VMOptions) (node.Template, bool) {
 	if h.templates == nil {
 		return node.Template{}, false
@@ -214,24 +215,14 @@ func (h *Host) Template(spec sandbox.Spec, vm sandbox.VMOptions) (node.Template,
 		h.warm.want(key)
 	}
 	if t, ok := h.templates.get(key); ok {
-		return node.Template{Dir: t.Dir, Mem: t.Mem}, true
+		nt := node.Template{Dir: t.Dir, Mem: t.Mem}
+		if h.warm != nil {
+			nt.Warm, _ = h.warm.take(key)
+		}
+		return nt, true
 	}
 	h.templates.want(key)
 	return node.Template{}, false
-}
-
-// Warm implements node.Runtimes: an idle warm shim of spec's VM size, or
-// false (and warm VMs of that size asked for).
-func (h *Host) Warm(spec sandbox.Spec, vm sandbox.VMOptions) (string, bool) {
-	if h.warm == nil {
-		return "", false
-	}
-	vcpus, mib := microvm.SizeOf(spec)
-	key, err := microvm.TemplateKeyFor(vm, vcpus, mib)
-	if err != nil {
-		return "", false
-	}
-	return h.warm.take(key)
 }
 
 // readyTemplate is key's ready template and the VM options of today.

@@ -98,9 +98,10 @@ func (p *warmPool) poke() {
 }
 
 // take is the socket of an idle warm shim of key's size, now the
-// caller's to adopt; false: none is ready (and more are asked for).
+// caller's to adopt; false: none is ready. Either way the pool then
+// looks for sizes short of warm VMs (of those asked for: want).
 func (p *warmPool) take(key microvm.TemplateKey) (string, bool) {
-	defer p.want(key)
+	defer p.poke()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s, ok := p.sizes[key]
