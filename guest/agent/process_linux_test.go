@@ -491,3 +491,30 @@ func TestPidsLimit(t *testing.T) {
 		t.Errorf("Hello after the fork loop: %v", err)
 	}
 }
+
+// TestExecThatEndsMain: an exec that makes the main process exit at once
+// (it creates the file the main process spins on) was started, and Exec
+// says so: the init reports it before it ends with the main process.
+// The race is narrow on a fast host, so it runs many times.
+func TestExecThatEndsMain(t *testing.T) {
+	vm := startAgent(t)
+	spec := sh("app", "while [ ! -e /stop ]; do :; done; rm /stop; exit 7")
+	spec.Env = []string{"PATH=/bin"}
+	if err := vm.c.Setup(ctx(t), baseSetup(spec)); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	main := agentapi.Process{Container: "app"}
+	for i := range 20 {
+		if _, err := vm.c.Start(ctx(t), "app"); err != nil {
+			t.Fatalf("Start %d: %v", i, err)
+		}
+		err := vm.c.Exec(ctx(t), &agentapi.ExecRequest{Process: &agentapi.ProcessRef{Container: "app", ExecId: "stop" + strconv.Itoa(i)},
+			Args: []string{"touch", "/stop"}, Env: []string{"PATH=/bin"}})
+		if err != nil {
+			t.Fatalf("run %d: Exec of the process that ends main: %v", i, err)
+		}
+		if st, err := vm.c.Wait(ctx(t), main); err != nil || st.Code != 7 {
+			t.Fatalf("run %d: main ended %+v, %v; want exit 7", i, st, err)
+		}
+	}
+}

@@ -58,6 +58,12 @@ type containerInit struct {
 	// ids maps an id to its process: signals go through its handle (a
 	// pidfd), never to a pid that may have been reused. Protected by mu.
 	ids map[string]*os.Process
+	// reporting is held from a process's start until its "started" is
+	// sent. The main process's exit takes it before it ends the init: a
+	// process that made the main one exit (an exec that touches the file
+	// it waits for) was started, and the agent must hear so, not that
+	// the init is gone.
+	reporting sync.Mutex
 }
 
 func (ci *containerInit) serve() int {
@@ -98,6 +104,8 @@ func (ci *containerInit) serve() int {
 
 func (ci *containerInit) run(r *reaper.Reaper, m initproto.Msg, files []*os.File, mainDone chan<- int) {
 	defer initproto.CloseFiles(files)
+	ci.reporting.Lock()
+	defer ci.reporting.Unlock()
 	fail := func(err error) {
 		initproto.Send(ci.conn, initproto.Msg{Op: "failed", ID: m.ID, Error: err.Error()})
 	}
@@ -155,6 +163,11 @@ func (ci *containerInit) run(r *reaper.Reaper, m initproto.Msg, files []*os.File
 		}
 		delete(ci.ids, m.ID)
 		ci.mu.Unlock()
+		if m.ID == "" {
+			// Every start under way has been reported.
+			ci.reporting.Lock()
+			ci.reporting.Unlock()
+		}
 		initproto.Send(ci.conn, initproto.Msg{Op: "exited", ID: m.ID, Status: int(ws)})
 		if m.ID == "" {
 			// The init's own status says how the main process ended too,

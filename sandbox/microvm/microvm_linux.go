@@ -1112,6 +1112,11 @@ func (s *vmSandbox) cleanup(ctx context.Context, all bool) error {
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	// A VMM this sandbox did not start (another owner's on the same
+	// state) would keep the cgroup busy and run on.
+	if err := killVMM(ctx, s.spec.CgroupParent); err != nil {
+		errs = append(errs, err)
+	}
 	if uid, err := jail.AllocateID(s.idDir, s.spec.ID); err == nil {
 		if err := s.driver.Cleanup(ctx, s.vmConfig(uid)); err != nil {
 			errs = append(errs, err)

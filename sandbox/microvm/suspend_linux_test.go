@@ -76,6 +76,7 @@ func TestSuspendResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { sb2.Destroy(context.Background()) }) // before sb's
 	if err := sb2.Create(ctx); err != nil {
 		t.Fatalf("Create of a suspended sandbox: %v", err)
 	}
@@ -108,7 +109,6 @@ func TestSuspendResume(t *testing.T) {
 	if sus2.Suspended() {
 		t.Error("still suspended after Resume")
 	}
-	sb2.Destroy(ctx)
 }
 
 func firstCount(a *arrivals) int {
